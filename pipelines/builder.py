@@ -1,0 +1,61 @@
+"""The one builder: raw records in, enriched rows and dead letters out.
+
+Entry points differ only in the read step; everything after it is built here,
+so a live stream and an archive replay go through the same transforms.
+"""
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler
+
+from models.handler import SentenceTransformerHandler
+from pipelines.options import JobConfig
+from transforms.enrich import EmbedEvents
+from transforms.parse import ParseEvents
+from transforms.sinks import CollectDeadLetters, WriteDeadLetters, WriteEnrichedParquet
+from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
+
+
+class EnrichmentOutputs(NamedTuple):
+  enriched: beam.PCollection  # Embedded, windowed by event time
+  deadletters: beam.PCollection  # DeadLetter, global window
+
+
+class WrittenFiles(NamedTuple):
+  enriched: beam.PCollection  # (path, rows, window start us, window end us)
+  deadletters: beam.PCollection  # (path, rows)
+
+
+def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
+                     model_handler: Optional[ModelHandler] = None) -> EnrichmentOutputs:
+  """Parse, flag late events, stamp event time, window and embed.
+
+  Args:
+    raw_records: RawRecords from any source.
+    config: the validated job configuration.
+    model_handler: replaces the sentence-transformers handler (tests use a fake).
+  """
+  handler = model_handler or SentenceTransformerHandler(config.model)
+  events, unparsable = raw_records | 'Parse events' >> ParseEvents(
+      config.mapping, config.time_parser)
+  on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
+  embedded, failed = (on_time
+                      | 'Assign event time' >> AssignEventTime()
+                      | 'Window events' >> WindowEvents(config.window)
+                      | 'Embed events' >> EmbedEvents(handler))
+  deadletters = (unparsable, late, failed) | 'Collect dead letters' >> CollectDeadLetters()
+  return EnrichmentOutputs(embedded, deadletters)
+
+
+def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles:
+  """Writes enriched rows and dead letters as Parquet under config.output."""
+  return WrittenFiles(
+      outputs.enriched | 'Write enriched' >> WriteEnrichedParquet(config.output,
+                                                                config.model.model),
+      outputs.deadletters | 'Write dead letters' >> WriteDeadLetters(config.output))
+
+
+def build(raw_records: beam.PCollection, config: JobConfig,
+          model_handler: Optional[ModelHandler] = None) -> WrittenFiles:
+  """The whole job after the read step."""
+  return write_outputs(build_enrichment(raw_records, config, model_handler), config)

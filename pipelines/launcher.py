@@ -1,0 +1,125 @@
+"""Running a built job: runner defaults, counts from metrics, a summary, clean errors."""
+import json
+import logging
+import sys
+import time
+from typing import Callable, NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.builder import build
+from pipelines.options import ConfigError, JobConfig
+from transforms.fields import MISSING, format_path, resolve
+from transforms.sources import format_of, read_archive
+
+_SAMPLE_RECORDS = 100
+
+
+class JobResult(NamedTuple):
+  records_read: int
+  enriched_rows: int
+  deadletters: int
+  seconds: float
+  output: str
+
+  @property
+  def balanced(self) -> bool:
+    return self.records_read == self.enriched_rows + self.deadletters
+
+  def summary(self) -> str:
+    rate = self.records_read / self.seconds if self.seconds else 0.0
+    check = ('every record accounted for' if self.balanced else
+             'rows and records differ: sliding windows write an event once per window')
+    return '\n'.join([
+        f'Read {self.records_read} records: {self.enriched_rows} enriched rows, '
+        f'{self.deadletters} dead letters ({check}).',
+        f'Took {self.seconds:.1f} s, {rate:.1f} events/s end to end.',
+        f'Enriched rows: {self.output.rstrip("/")}/enriched/   '
+        f'dead letters: {self.output.rstrip("/")}/deadletter/',
+    ])
+
+
+def _counter(result, name: str) -> int:
+  found = result.metrics().query(
+      MetricsFilter().with_namespace('enrichment').with_name(name))['counters']
+  total = 0
+  for counter in found:
+    value = counter.committed if counter.committed is not None else counter.attempted
+    total += value or 0
+  return total
+
+
+def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
+           test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
+  """Builds the job behind `read`, runs it to the end and returns its counts."""
+  started = time.monotonic()
+  pipeline = test_pipeline or beam.Pipeline(options=options)
+  raw_records = pipeline | 'Read records' >> read
+  build(raw_records, config)
+  result = pipeline.run()
+  result.wait_until_finish()
+  return JobResult(_counter(result, 'records_read'), _counter(result, 'enriched_rows'),
+                   _counter(result, 'deadletters'), time.monotonic() - started, config.output)
+
+
+def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig):
+  """Fails early when the input matches nothing or the field paths match nothing."""
+  if not pattern:
+    raise ConfigError('--input is required: a file glob of the archive(s) to replay')
+  try:
+    matches = FileSystems.match([pattern])[0].metadata_list
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'cannot list --input {pattern}: {e}') from None
+  if not matches:
+    raise ConfigError(f'no file matches --input {pattern}')
+  first = sorted(m.path for m in matches)[0]
+  try:
+    format_of(first, declared_format)
+    sample = []
+    for record in read_archive(first, declared_format):
+      if record.row is not None:
+        sample.append(record.row)
+      elif record.decode_error is None:
+        try:
+          sample.append(json.loads(record.raw))
+        except ValueError:
+          pass
+      if len(sample) >= _SAMPLE_RECORDS:
+        break
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'cannot read {first}: {type(e).__name__}: {e}') from None
+  if not sample:
+    raise ConfigError(f'found no readable record in {first}')
+
+  def matched(path):
+    return any(resolve(record, path) is not MISSING for record in sample)
+
+  mapping = config.mapping
+  for flag, path in (('--time_field', mapping.time_path), ('--id_field', mapping.id_path)):
+    if path is not None and not matched(path):
+      raise ConfigError(f'{flag} {format_path(path)} matches nothing in the first '
+                        f'{len(sample)} records of {first}')
+  if not any(matched(path) for path in mapping.text_paths):
+    paths = ','.join(format_path(p) for p in mapping.text_paths)
+    raise ConfigError(f'--text_field {paths} matches nothing in the first '
+                      f'{len(sample)} records of {first}')
+
+
+def main(run: Callable[..., JobResult], argv=None) -> None:
+  """What a `__main__` does: logging, run, summary, and one-line errors with exit 2."""
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
+                      datefmt='%H:%M:%S')
+  for noisy in ('apache_beam', 'sentence_transformers', 'transformers', 'httpx',
+                'huggingface_hub'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    result = run(argv)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(result.summary())

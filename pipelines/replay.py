@@ -1,0 +1,31 @@
+"""Replays archives (backfills, reprocessing) through the enrichment job.
+
+Bounded, on the DirectRunner unless a runner is named; any Beam option passes through:
+
+  python -m pipelines.replay --input 'archive/*.json.gz' --output out \\
+      --time_field time --text_field comment
+  python -m pipelines.replay --input 'gs://bucket/events-*.parquet' --output gs://bucket/out \\
+      --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
+      --setup_file ./setup.py
+"""
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.launcher import JobResult, check_archive, launch, main
+from pipelines.options import ArchiveOptions, job_config
+from transforms.sources import ReadArchive
+
+
+def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
+  options = PipelineOptions(argv)
+  archive = options.view_as(ArchiveOptions)
+  config = job_config(options)
+  check_archive(archive.input, archive.input_format, config)
+  return launch(options, config, ReadArchive(archive.input, archive.input_format),
+                test_pipeline)
+
+
+if __name__ == '__main__':
+  main(run)

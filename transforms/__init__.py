@@ -1,0 +1,1 @@
+"""PTransforms of the enrichment job: sources, parsing, event time, windows, embedding, sinks."""

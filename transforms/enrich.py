@@ -1,0 +1,65 @@
+"""Embedding: prepare the text, RunInference, and split results from failures."""
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.metrics import Metrics
+
+from models.handler import InferenceFailure
+from transforms import records as r
+from transforms.parse import DEADLETTER
+
+_PROGRESS_EVERY_S = 5.0
+
+
+class _SplitResultsFn(beam.DoFn):
+  """Pairs events with their vectors, dead-letters failures, logs progress."""
+
+  def __init__(self):
+    self._embedded = Metrics.counter('enrichment', 'events_embedded')
+    self._count = 0
+    self._started = None
+    self._last_report = None
+
+  def setup(self):
+    self._count = 0
+    self._started = self._last_report = time.monotonic()
+
+  def process(self, keyed_result):
+    event, result = keyed_result
+    if isinstance(result.inference, InferenceFailure):
+      yield beam.pvalue.TaggedOutput(DEADLETTER, r.DeadLetter(
+          event.raw, r.INFERENCE_ERROR, result.inference.error, event.source,
+          id=event.id, event_time_us=event.event_time_us))
+      return
+    self._embedded.inc()
+    self._count += 1
+    now = time.monotonic()
+    if now - self._last_report >= _PROGRESS_EVERY_S:
+      self._last_report = now
+      logging.info('Embedded %d events (%.0f events/s)', self._count,
+                   self._count / (now - self._started))
+    yield r.Embedded(event, result.inference)
+
+
+class EmbedEvents(beam.PTransform):
+  """Embeds each Event's text with RunInference; returns (embedded, dead letters).
+
+  Args:
+    model_handler: a ModelHandler from texts to PredictionResults whose
+      inference is a vector or an InferenceFailure.
+  """
+
+  def __init__(self, model_handler: ModelHandler):
+    super().__init__()
+    self._model_handler = model_handler
+
+  def expand(self, events):
+    outputs = (
+        events
+        | 'Key by event' >> beam.Map(lambda event: (event, event.text))
+        | 'Embed text' >> RunInference(KeyedModelHandler(self._model_handler))
+        | 'Split failures' >> beam.ParDo(_SplitResultsFn()).with_outputs(
+            DEADLETTER, main='embedded'))
+    return outputs.embedded, outputs[DEADLETTER]

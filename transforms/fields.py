@@ -1,0 +1,120 @@
+"""Field mapping: dotted paths into nested records, text choice and event ids."""
+import hashlib
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+
+PathSegment = Union[str, int]
+Path = Tuple[PathSegment, ...]
+
+
+class _Missing:
+  """Marks a path that leads nowhere (distinct from a JSON null)."""
+
+  def __repr__(self):
+    return 'MISSING'
+
+  def __reduce__(self):
+    return (_missing_instance, ())
+
+
+def _missing_instance():
+  return MISSING
+
+
+MISSING = _Missing()
+
+
+def parse_path(dotted: str) -> Path:
+  """Splits `payload.commits.0.message` into its segments.
+
+  Integer segments are kept as strings too; `resolve` decides per step whether
+  the segment indexes a list or names an object key (objects may have a key "0").
+  """
+  dotted = dotted.strip()
+  if not dotted:
+    raise ValueError('a field path must not be empty')
+  segments = tuple(dotted.split('.'))
+  if any(not s for s in segments):
+    raise ValueError(f'field path {dotted!r} has an empty segment')
+  return segments
+
+
+def resolve(record: Any, path: Path) -> Any:
+  """Returns the value at `path` in `record`, or MISSING."""
+  value = record
+  for segment in path:
+    if isinstance(value, dict):
+      if segment not in value:
+        return MISSING
+      value = value[segment]
+    elif isinstance(value, (list, tuple)):
+      try:
+        index = int(segment)
+      except ValueError:
+        return MISSING
+      if not -len(value) <= index < len(value):
+        return MISSING
+      value = value[index]
+    else:
+      return MISSING
+  return value
+
+
+def format_path(path: Path) -> str:
+  return '.'.join(str(s) for s in path)
+
+
+class FieldMapping(NamedTuple):
+  """Where an event's id, time and text live in a record.
+
+  Attributes:
+    id_path: path to the id, or None to derive ids from the records.
+    time_path: path to the event time.
+    text_paths: candidate paths to the text; the first non-blank string wins.
+  """
+  id_path: Optional[Path]
+  time_path: Path
+  text_paths: Tuple[Path, ...]
+
+  @classmethod
+  def from_flags(cls, id_field: Optional[str], time_field: str,
+                 text_field: str) -> 'FieldMapping':
+    """Builds a mapping from the command-line spellings (comma-separated text paths)."""
+    text_paths = tuple(parse_path(p) for p in text_field.split(',') if p.strip())
+    if not text_paths:
+      raise ValueError('--text_field needs at least one path')
+    return cls(
+        id_path=parse_path(id_field) if id_field else None,
+        time_path=parse_path(time_field),
+        text_paths=text_paths)
+
+  def paths(self) -> Sequence[Tuple[str, Path]]:
+    """(flag name, path) for every configured path, for validation messages."""
+    named = [('--time_field', self.time_path)]
+    if self.id_path is not None:
+      named.append(('--id_field', self.id_path))
+    named.extend(('--text_field', p) for p in self.text_paths)
+    return named
+
+
+def pick_text(record: Any, text_paths: Sequence[Path]) -> Optional[str]:
+  """The first value among `text_paths` that is a string with non-blank content."""
+  for path in text_paths:
+    value = resolve(record, path)
+    if isinstance(value, str) and value.strip():
+      return value
+  return None
+
+
+def derive_id(stream: str, position: int, raw: str) -> str:
+  """A deterministic id for a record that has none.
+
+  It hashes the record's content together with its position, so replaying an
+  archive gives the same ids while identical records at different positions
+  stay apart. Only the stream's base name is used, so moving an archive to
+  another folder or bucket keeps its ids.
+  """
+  base = stream.replace('\\', '/').rsplit('/', 1)[-1]
+  digest = hashlib.blake2b(digest_size=16)
+  digest.update(f'{base}\0{position}\0'.encode('utf-8'))
+  digest.update(raw.encode('utf-8', 'surrogatepass'))
+  return digest.hexdigest()

@@ -1,0 +1,92 @@
+"""Parsing: raw records to events, with every failure sent to dead letters."""
+import json
+from typing import Union
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import records as r
+from transforms.eventtime import TimeParser
+from transforms.fields import MISSING, FieldMapping, format_path, derive_id, pick_text, resolve
+
+DEADLETTER = 'deadletter'
+
+
+def parse_record(record: r.RawRecord, mapping: FieldMapping,
+                 time_parser: TimeParser) -> Union[r.Event, r.DeadLetter]:
+  """Turns one raw record into an Event, or a DeadLetter saying why not."""
+
+  def dead(reason, error, **kwargs):
+    return r.DeadLetter(record.raw, reason, error, record.source, **kwargs)
+
+  if record.decode_error is not None:
+    return dead(r.INVALID_UTF8, record.decode_error)
+  if record.row is not None:
+    obj = record.row
+  else:
+    if not record.raw.strip():
+      return dead(r.EMPTY_RECORD, 'the record is empty')
+    try:
+      obj = json.loads(record.raw)
+    except (ValueError, RecursionError) as e:
+      return dead(r.INVALID_JSON, f'invalid JSON: {e}')
+    if not isinstance(obj, dict):
+      return dead(r.NOT_AN_OBJECT, f'expected a JSON object, got {type(obj).__name__}')
+
+  event_id = None
+  if mapping.id_path is not None:
+    value = resolve(obj, mapping.id_path)
+    if isinstance(value, str) and value:
+      event_id = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+      event_id = str(value)
+    elif value is not MISSING and value is not None:
+      return dead(r.BAD_ID, f'{format_path(mapping.id_path)} is a '
+                  f'{type(value).__name__}, not a string or integer')
+  if event_id is None:
+    event_id = derive_id(record.stream, record.position, record.raw)
+
+  time_value = resolve(obj, mapping.time_path)
+  if time_value is MISSING or time_value is None:
+    return dead(r.NO_TIME, f'no value at {format_path(mapping.time_path)}', id=event_id)
+  try:
+    event_time_us = time_parser.parse(time_value)
+  except ValueError as e:
+    return dead(r.BAD_TIME, str(e), id=event_id)
+
+  text = pick_text(obj, mapping.text_paths)
+  if text is None:
+    paths = ', '.join(format_path(p) for p in mapping.text_paths)
+    return dead(r.NO_TEXT, f'no non-blank string at {paths}',
+                id=event_id, event_time_us=event_time_us)
+  return r.Event(event_id, event_time_us, text, record.source, record.stream, record.raw)
+
+
+class _ParseFn(beam.DoFn):
+
+  def __init__(self, mapping: FieldMapping, time_parser: TimeParser):
+    self._mapping = mapping
+    self._time_parser = time_parser
+    self._read = Metrics.counter('enrichment', 'records_read')
+
+  def process(self, record: r.RawRecord):
+    self._read.inc()
+    parsed = parse_record(record, self._mapping, self._time_parser)
+    if isinstance(parsed, r.Event):
+      yield parsed
+    else:
+      yield beam.pvalue.TaggedOutput(DEADLETTER, parsed)
+
+
+class ParseEvents(beam.PTransform):
+  """Parses raw records into Events; returns (events, dead letters)."""
+
+  def __init__(self, mapping: FieldMapping, time_parser: TimeParser):
+    super().__init__()
+    self._mapping = mapping
+    self._time_parser = time_parser
+
+  def expand(self, raw_records):
+    outputs = raw_records | 'Parse' >> beam.ParDo(
+        _ParseFn(self._mapping, self._time_parser)).with_outputs(DEADLETTER, main='events')
+    return outputs.events, outputs[DEADLETTER]

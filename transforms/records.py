@@ -1,0 +1,65 @@
+"""The values that flow between the steps of the job.
+
+NamedTuples keep them cheap to pickle and easy to read in tests.
+"""
+from typing import NamedTuple, Optional
+
+
+class RawRecord(NamedTuple):
+  """One record exactly as a source read it.
+
+  Attributes:
+    raw: the line (JSON Lines) or the row serialized as JSON (Parquet, CSV).
+    stream: the ordered stream it came from (a file path, a Redis stream).
+    position: its position in that stream (1-based line or row number).
+    row: the already decoded row for columnar sources, else None.
+    decode_error: why the bytes could not be decoded as UTF-8, if they could not.
+  """
+  raw: str
+  stream: str
+  position: int
+  row: Optional[dict] = None
+  decode_error: Optional[str] = None
+
+  @property
+  def source(self) -> str:
+    return f'{self.stream}:{self.position}'
+
+
+class Event(NamedTuple):
+  """A parsed event, ready to be embedded."""
+  id: str
+  event_time_us: int  # microseconds since the epoch, UTC
+  text: str
+  source: str
+  stream: str
+  raw: str  # kept so a later failure can dead-letter the record as read
+
+
+class DeadLetter(NamedTuple):
+  """A record that could not be enriched, and why."""
+  raw: str
+  reason: str
+  error: str
+  source: str
+  id: Optional[str] = None
+  event_time_us: Optional[int] = None
+
+
+# Reason codes written in the dead letters' `reason` column.
+INVALID_UTF8 = 'invalid_utf8'
+INVALID_JSON = 'invalid_json'
+NOT_AN_OBJECT = 'not_an_object'
+EMPTY_RECORD = 'empty_record'
+NO_TEXT = 'no_text'
+NO_TIME = 'no_time'
+BAD_TIME = 'bad_time'
+BAD_ID = 'bad_id'
+LATE = 'late'
+INFERENCE_ERROR = 'inference_error'
+
+
+class Embedded(NamedTuple):
+  """An event with its embedding (float32)."""
+  event: Event
+  embedding: 'numpy.ndarray'

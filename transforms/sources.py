@@ -1,0 +1,119 @@
+"""Archive sources: JSON Lines, Parquet and CSV files matched by a glob.
+
+Each file is read in order by one DoFn call, so its records keep their
+positions (line or row numbers) and the steps fused behind it see them in
+stream order. Compression (.gz, .bz2, ...) follows the file extension.
+"""
+import csv
+import io
+import json
+from typing import Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.records import RawRecord
+
+FORMATS = ('jsonl', 'parquet', 'csv')
+_EXTENSIONS = {
+    'jsonl': 'jsonl', 'json': 'jsonl', 'ndjson': 'jsonl',
+    'parquet': 'parquet', 'pq': 'parquet',
+    'csv': 'csv',
+}
+_COMPRESSIONS = {'gz', 'gzip', 'bz2', 'zst', 'zstd', 'deflate', 'lzma', 'xz'}
+
+
+def format_of(path: str, declared: Optional[str] = None) -> str:
+  """The archive format: the declared one, else the one the extension names."""
+  if declared:
+    if declared not in FORMATS:
+      raise ValueError(f'unknown --input_format {declared!r}; use one of {", ".join(FORMATS)}')
+    return declared
+  parts = path.rsplit('/', 1)[-1].lower().split('.')
+  while len(parts) > 1 and parts[-1] in _COMPRESSIONS:
+    parts.pop()
+  extension = parts[-1] if len(parts) > 1 else ''
+  if extension not in _EXTENSIONS:
+    raise ValueError(f'cannot tell the format of {path} from its extension; '
+                     f'pass --input_format ({", ".join(FORMATS)})')
+  return _EXTENSIONS[extension]
+
+
+def _row_as_json(row: dict) -> str:
+  return json.dumps(row, ensure_ascii=False, default=str, sort_keys=False)
+
+
+def read_jsonl(stream, path: str) -> Iterator[RawRecord]:
+  for number, line in enumerate(stream, start=1):
+    line = line.rstrip(b'\r\n')
+    try:
+      yield RawRecord(line.decode('utf-8'), path, number)
+    except UnicodeDecodeError as e:
+      yield RawRecord(line.decode('utf-8', 'backslashreplace'), path, number,
+                      decode_error=f'invalid UTF-8: {e}')
+
+
+def read_csv(stream, path: str) -> Iterator[RawRecord]:
+  text = io.TextIOWrapper(stream, encoding='utf-8', errors='strict', newline='')
+  reader = csv.DictReader(text)
+  number = 0
+  try:
+    for number, row in enumerate(reader, start=1):
+      yield RawRecord(_row_as_json(row), path, number, row=row)
+  except UnicodeDecodeError as e:
+    # csv cannot resynchronise inside a broken row; the rest of the file is one dead letter.
+    yield RawRecord(f'<undecodable bytes after row {number}>', path, number + 1,
+                    decode_error=f'invalid UTF-8: {e}')
+
+
+def read_parquet(stream, path: str, batch_rows: int = 4096) -> Iterator[RawRecord]:
+  import pyarrow.parquet as pq
+  number = 0
+  for batch in pq.ParquetFile(stream).iter_batches(batch_size=batch_rows):
+    for row in batch.to_pylist():
+      number += 1
+      yield RawRecord(_row_as_json(row), path, number, row=row)
+
+
+_READERS = {'jsonl': read_jsonl, 'csv': read_csv, 'parquet': read_parquet}
+
+
+def read_archive(path: str, declared_format: Optional[str] = None) -> Iterator[RawRecord]:
+  """Yields every record of one archive file, in order."""
+  archive_format = format_of(path, declared_format)
+  # Parquet compresses inside the file; everything else decompresses by extension.
+  compression = (CompressionTypes.UNCOMPRESSED if archive_format == 'parquet'
+                 else CompressionTypes.AUTO)
+  reader = _READERS[archive_format]
+  with FileSystems.open(path, compression_type=compression) as stream:
+    yield from reader(stream, path)
+
+
+class _ReadFileFn(beam.DoFn):
+
+  def __init__(self, declared_format: Optional[str]):
+    self._declared_format = declared_format
+
+  def process(self, metadata):
+    yield from read_archive(metadata.path, self._declared_format)
+
+
+class ReadArchive(beam.PTransform):
+  """Reads every file matching a glob as RawRecords, in file order.
+
+  Args:
+    pattern: a file glob, local or on any Beam filesystem (gs://, s3://, ...).
+    input_format: 'jsonl', 'parquet' or 'csv'; None decides by extension.
+  """
+
+  def __init__(self, pattern: str, input_format: Optional[str] = None):
+    super().__init__()
+    self._pattern = pattern
+    self._input_format = input_format
+
+  def expand(self, pbegin):
+    return (pbegin
+            | 'Match files' >> fileio.MatchFiles(self._pattern)
+            | 'Read records' >> beam.ParDo(_ReadFileFn(self._input_format)))
