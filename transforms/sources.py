@@ -5,7 +5,6 @@ positions (line or row numbers) and the steps fused behind it see them in
 stream order. Compression (.gz, .bz2, ...) follows the file extension.
 """
 import csv
-import io
 import json
 from typing import Iterator, Optional
 
@@ -46,7 +45,8 @@ def _row_as_json(row: dict) -> str:
 
 
 def read_jsonl(stream, path: str) -> Iterator[RawRecord]:
-  for number, line in enumerate(stream, start=1):
+  # Beam's decompressing files are not iterable; readline works on every stream.
+  for number, line in enumerate(iter(stream.readline, b''), start=1):
     line = line.rstrip(b'\r\n')
     try:
       yield RawRecord(line.decode('utf-8'), path, number)
@@ -56,8 +56,8 @@ def read_jsonl(stream, path: str) -> Iterator[RawRecord]:
 
 
 def read_csv(stream, path: str) -> Iterator[RawRecord]:
-  text = io.TextIOWrapper(stream, encoding='utf-8', errors='strict', newline='')
-  reader = csv.DictReader(text)
+  lines = (line.decode('utf-8') for line in iter(stream.readline, b''))
+  reader = csv.DictReader(lines)
   number = 0
   try:
     for number, row in enumerate(reader, start=1):

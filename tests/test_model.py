@@ -1,0 +1,101 @@
+"""The real packaged model: embeddings equal a direct encode; failures stay per text."""
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from models.handler import InferenceFailure, SentenceTransformerHandler
+from models.loading import (DEFAULT_MODEL, ModelConfig, packaged_model_path, pick_device)
+
+pytestmark = pytest.mark.real_model
+
+TEXTS = [
+    'The checkout page fails with a timeout.',
+    'Die Seite lädt nicht mehr seit dem Update.',
+    'テキストの埋め込みを計算します',
+    'short',
+    'a much longer text that goes on ' * 100,  # beyond the 256-token limit: truncated
+]
+
+
+def cosine(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_packaged_model_resolves_offline():
+  assert ModelConfig().is_packaged_default()
+  assert ModelConfig(model='all-MiniLM-L6-v2').is_packaged_default()
+  assert (packaged_model_path().rstrip('/')).endswith('model')
+  assert pick_device('auto') in ('cpu', 'cuda')
+  assert pick_device('cpu') == 'cpu'
+
+
+def test_model_config_validation():
+  with pytest.raises(ValueError, match='precision'):
+    ModelConfig(precision='int4').validate()
+  with pytest.raises(ValueError, match='batch'):
+    ModelConfig(min_batch_size=10, max_batch_size=5).validate()
+  with pytest.raises(ValueError, match='does not exist'):
+    ModelConfig(model='./no/such/model').validate()
+
+
+@pytest.mark.parametrize('normalize', [False, True])
+def test_handler_matches_direct_encode(real_model, normalize):
+  handler = SentenceTransformerHandler(ModelConfig(device='cpu', normalize=normalize))
+  results = list(handler.run_inference(TEXTS, real_model))
+  direct = real_model.encode(TEXTS, normalize_embeddings=normalize)
+  assert [res.example for res in results] == TEXTS
+  for res, expected in zip(results, direct):
+    assert res.inference.dtype == np.float32
+    assert res.inference.shape == (384,)
+    assert cosine(res.inference, expected) >= 0.999
+  if normalize:
+    assert np.allclose([np.linalg.norm(res.inference) for res in results], 1, atol=1e-5)
+
+
+def test_bf16_stays_close_to_fp32(real_model):
+  from models.loading import load_sentence_transformer
+  config = ModelConfig(device='cpu', precision='bf16')
+  model = load_sentence_transformer(config)
+  results = SentenceTransformerHandler(config).run_inference(TEXTS, model)
+  direct = real_model.encode(TEXTS)
+  assert min(cosine(res.inference, d) for res, d in zip(results, direct)) >= 0.99
+
+
+class _BreaksOn:
+  """The real model, except that any batch holding `bad` raises."""
+
+  def __init__(self, model, bad):
+    self._model, self._bad = model, bad
+
+  def encode(self, texts, **kwargs):
+    if self._bad in texts:
+      raise ValueError('simulated failure')
+    return self._model.encode(texts, **kwargs)
+
+
+def test_a_failing_batch_is_retried_text_by_text(real_model):
+  handler = SentenceTransformerHandler(ModelConfig(device='cpu'))
+  results = list(handler.run_inference(TEXTS, _BreaksOn(real_model, TEXTS[1])))
+  assert isinstance(results[1].inference, InferenceFailure)
+  assert 'simulated failure' in results[1].inference.error
+  direct = real_model.encode([TEXTS[0]] + TEXTS[2:])
+  good = [results[0]] + results[2:]
+  assert all(cosine(res.inference, d) >= 0.999 for res, d in zip(good, direct))
+
+
+def test_run_inference_loads_the_packaged_model_in_a_pipeline(real_model):
+  expected = {t: v for t, v in zip(TEXTS, real_model.encode(TEXTS))}
+
+  def check(results):
+    assert len(results) == len(TEXTS)
+    for res in results:
+      assert cosine(res.inference, expected[res.example]) >= 0.999
+
+  handler = SentenceTransformerHandler(ModelConfig(model=DEFAULT_MODEL, device='cpu'))
+  with TestPipeline() as p:
+    results = p | beam.Create(TEXTS) | RunInference(handler)
+    assert_that(results, check)

@@ -1,0 +1,111 @@
+"""The builder's composites with the hashing model: routing, accounting, files."""
+import json
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.dataset as ds
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from models.loading import ModelConfig
+from pipelines.builder import build, build_enrichment
+from pipelines.options import JobConfig
+from tests.fakes import FAIL_MARKER, HashingModelHandler, hashed_vector
+from transforms import records as r
+from transforms.eventtime import TimeParser
+from transforms.fields import FieldMapping
+from transforms.synthetic import GenerateSyntheticEvents, synthetic_records
+from transforms.windowing import WindowSpec
+
+
+def config(output='unused', window=WindowSpec(10, max_out_of_orderness_s=5)):
+  return JobConfig(FieldMapping.from_flags('id', 'time', 'text'), TimeParser(), window,
+                   ModelConfig(), str(output))
+
+
+def raw(n, seconds, text='hello', **extra):
+  fields = {'id': f'e{n}', 'time': seconds, 'text': text, **extra}
+  return r.RawRecord(json.dumps(fields), 'stream', n)
+
+
+RECORDS = [
+    raw(1, 1, 'first'),
+    raw(2, 3, 'second'),
+    raw(3, 12, 'third'),
+    r.RawRecord('{broken', 'stream', 4),
+    raw(5, 13, FAIL_MARKER),          # inference fails for this text only
+    raw(6, 40, 'pushes the watermark to 35'),
+    raw(7, 2, 'late'),                # window [0,10) closed at watermark 35
+    raw(8, 14, '   '),
+]
+
+
+def test_events_and_dead_letters_are_routed_by_reason():
+  with TestPipeline() as p:
+    outputs = build_enrichment(p | beam.Create(RECORDS), config(), HashingModelHandler())
+    assert_that(outputs.enriched | beam.Map(lambda row: row.event.id),
+                equal_to(['e1', 'e2', 'e3', 'e6']), label='enriched')
+    assert_that(outputs.deadletters | beam.Map(lambda d: (d.source, d.reason)),
+                equal_to([('stream:4', r.INVALID_JSON), ('stream:5', r.INFERENCE_ERROR),
+                          ('stream:7', r.LATE), ('stream:8', r.NO_TEXT)]),
+                label='dead letters')
+
+
+def test_a_failing_batch_keeps_its_good_records():
+  texts = ['a', 'b', FAIL_MARKER, 'c']
+  records = [raw(n, 1, t) for n, t in enumerate(texts)]
+  handler = HashingModelHandler(ModelConfig(min_batch_size=4, max_batch_size=4))
+  with TestPipeline() as p:
+    outputs = build_enrichment(p | beam.Create(records), config(), handler)
+    assert_that(outputs.enriched | beam.Map(lambda row: (row.event.text, row.embedding.tolist())),
+                equal_to([(t, hashed_vector(t).tolist()) for t in 'abc']), label='good')
+    assert_that(outputs.deadletters | beam.Map(lambda d: d.reason),
+                equal_to([r.INFERENCE_ERROR]), label='bad')
+
+
+def test_written_files_hold_every_record_once(tmp_path):
+  with TestPipeline() as p:
+    build(p | beam.Create(RECORDS), config(tmp_path), HashingModelHandler())
+  enriched = ds.dataset(tmp_path / 'enriched', format='parquet', partitioning='hive').to_table()
+  dead = ds.dataset(tmp_path / 'deadletter', format='parquet', partitioning='hive').to_table()
+  assert enriched.num_rows + dead.num_rows == len(RECORDS)
+  rows = {row['id']: row for row in enriched.to_pylist()}
+  assert set(rows) == {'e1', 'e2', 'e3', 'e6'}
+  assert rows['e3']['window_start'].timestamp() == 10
+  assert rows['e3']['window_end'].timestamp() == 20
+  assert rows['e6']['event_time'].timestamp() == 40
+  np.testing.assert_allclose(rows['e1']['embedding'], hashed_vector('first'))
+  assert rows['e1']['source'] == 'stream:1'
+  assert sorted(p.name for p in (tmp_path / 'enriched').iterdir()) == [
+      'window=19700101T000000Z', 'window=19700101T000010Z', 'window=19700101T000040Z']
+  letters = {row['source']: row for row in dead.to_pylist()}
+  assert letters['stream:4']['raw'] == '{broken'
+  assert letters['stream:7']['reason'] == r.LATE
+  assert letters['stream:7']['id'] == 'e7'
+  assert 'watermark' in letters['stream:7']['error']
+
+
+def test_rewriting_the_same_input_replaces_files(tmp_path):
+  listings = []
+  for _ in range(2):
+    with TestPipeline() as p:
+      build(p | beam.Create(RECORDS), config(tmp_path), HashingModelHandler())
+    listings.append(sorted(str(f.relative_to(tmp_path)) for f in tmp_path.rglob('*')))
+  assert listings[0] == listings[1]
+  assert len([f for f in listings[1] if f.endswith('.parquet')]) == 3 + 4  # windows + reasons
+  enriched = ds.dataset(tmp_path / 'enriched', format='parquet', partitioning='hive')
+  assert enriched.count_rows() == 4
+
+
+def test_synthetic_source_is_deterministic_and_has_every_kind_of_flaw(tmp_path):
+  records = list(synthetic_records(1000, rate=20, seed=3))
+  assert records == list(synthetic_records(1000, rate=20, seed=3))
+  assert [rec.position for rec in records] == list(range(1, 1001))
+  with TestPipeline() as p:
+    build(p | GenerateSyntheticEvents(1000, 20, seed=3), config(tmp_path),
+          HashingModelHandler())
+  dead = ds.dataset(tmp_path / 'deadletter', format='parquet', partitioning='hive').to_table()
+  enriched = ds.dataset(tmp_path / 'enriched', format='parquet', partitioning='hive')
+  reasons = sorted(set(dead.column('reason').to_pylist()))
+  assert reasons == [r.BAD_TIME, r.INVALID_JSON, r.LATE, r.NO_TEXT]
+  assert enriched.count_rows() + dead.num_rows == 1000
