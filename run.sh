@@ -25,7 +25,7 @@ setup() {
   [[ -x "$PY" ]] || python3 -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade pip
   "$PY" -m pip install --quiet "$TORCH_SPEC"
-  "$PY" -m pip install --quiet -e '.[test]'
+  "$PY" -m pip install --quiet -e '.[test,bench]'
   echo "$want" > "$stamp"
 }
 

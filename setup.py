@@ -24,5 +24,6 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8'],
+        'bench': ['matplotlib>=3.8'],
     },
 )

@@ -46,7 +46,7 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
 
   def _encode(self, model, texts, inference_args) -> np.ndarray:
     kwargs = {
-        'batch_size': max(len(texts), 1),
+        'batch_size': self._config.encode_batch_size,
         'normalize_embeddings': self._config.normalize,
         'show_progress_bar': False,
         'convert_to_tensor': True,

@@ -17,16 +17,19 @@ class ModelConfig(NamedTuple):
     device: 'auto' (CUDA when present), 'cpu' or 'cuda' (or 'cuda:N').
     precision: 'fp32', 'fp16' or 'bf16'.
     normalize: whether embeddings are scaled to unit length.
-    min_batch_size, max_batch_size: bounds for Beam's batching.
+    min_batch_size, max_batch_size: bounds for Beam's batching (texts per call).
+    encode_batch_size: texts per forward pass inside `encode`, which sorts each
+      call's texts by length first; large Beam batches thus pad little.
     max_batch_duration_secs: how long a streaming batch may wait to fill.
   """
   model: str = DEFAULT_MODEL
   device: str = 'auto'
   precision: str = 'fp32'
   normalize: bool = False
-  min_batch_size: int = 8
-  max_batch_size: int = 64
+  min_batch_size: int = 32
+  max_batch_size: int = 1024
   max_batch_duration_secs: Optional[float] = None
+  encode_batch_size: int = 32
 
   def validate(self) -> None:
     if self.precision not in PRECISIONS:
@@ -35,6 +38,8 @@ class ModelConfig(NamedTuple):
       raise ValueError(f'--device must be one of {", ".join(DEVICES)} or cuda:N')
     if not 1 <= self.min_batch_size <= self.max_batch_size:
       raise ValueError('batch sizes need 1 <= --min_batch_size <= --max_batch_size')
+    if self.encode_batch_size < 1:
+      raise ValueError('--encode_batch_size must be at least 1')
     if self.is_packaged_default():
       packaged_model_path()  # fails early and clearly when the package is missing
     elif self.model.startswith(('/', './', '../', '~')) and not os.path.exists(

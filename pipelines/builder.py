@@ -28,7 +28,7 @@ class WrittenFiles(NamedTuple):
 
 def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
                      model_handler: Optional[ModelHandler] = None) -> EnrichmentOutputs:
-  """Parse, flag late events, stamp event time, window and embed.
+  """Parse, flag late events, stamp event time, embed and window.
 
   Args:
     raw_records: RawRecords from any source.
@@ -41,10 +41,10 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
   on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
   embedded, failed = (on_time
                       | 'Assign event time' >> AssignEventTime()
-                      | 'Window events' >> WindowEvents(config.window)
                       | 'Embed events' >> EmbedEvents(handler))
+  windowed = embedded | 'Window events' >> WindowEvents(config.window)
   deadletters = (unparsable, late, failed) | 'Collect dead letters' >> CollectDeadLetters()
-  return EnrichmentOutputs(embedded, deadletters)
+  return EnrichmentOutputs(windowed, deadletters)
 
 
 def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles:

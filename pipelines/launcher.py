@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.builder import build
 from pipelines.options import ConfigError, JobConfig
 from transforms.fields import MISSING, format_path, resolve
+from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.sources import format_of, read_archive
 
 _SAMPLE_RECORDS = 100
@@ -75,10 +76,22 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
   pipeline = test_pipeline or beam.Pipeline(options=options)
   raw_records = pipeline | 'Read records' >> read
   build(raw_records, config)
+  _make_output_folders(config.output)
   result = pipeline.run()
   result.wait_until_finish()
   return JobResult(_counter(result, 'records_read'), _counter(result, 'enriched_rows'),
                    _counter(result, 'deadletters'), time.monotonic() - started, config.output)
+
+
+def _make_output_folders(output: str) -> None:
+  """Both folders exist after a run, even when one stays empty, so readers need no special case."""
+  for sub in (ENRICHED_DIR, DEADLETTER_DIR):
+    path = f'{output.rstrip("/")}/{sub}'
+    if not FileSystems.exists(path):
+      try:
+        FileSystems.mkdirs(path)
+      except IOError:
+        pass  # object stores have no folders
 
 
 def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig):

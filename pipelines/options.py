@@ -71,8 +71,12 @@ class ModelOptions(PipelineOptions):
     parser.add_argument('--precision', default='fp32', help=f'One of {", ".join(PRECISIONS)}.')
     parser.add_argument('--normalize', action='store_true',
                         help='Scale embeddings to unit length.')
-    parser.add_argument('--min_batch_size', type=int, default=8)
-    parser.add_argument('--max_batch_size', type=int, default=64)
+    parser.add_argument('--min_batch_size', type=int, default=32,
+                        help='Fewest texts Beam hands the model at once.')
+    parser.add_argument('--max_batch_size', type=int, default=1024,
+                        help='Most texts Beam hands the model at once.')
+    parser.add_argument('--encode_batch_size', type=int, default=32,
+                        help='Texts per forward pass; encode sorts each call by length.')
     parser.add_argument('--max_batch_duration_secs', type=float, default=None,
                         help='Longest wait for a batch to fill (streaming).')
 
@@ -110,7 +114,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
     window.validate()
     model = ModelConfig(model_opts.model, model_opts.device, model_opts.precision,
                         model_opts.normalize, model_opts.min_batch_size,
-                        model_opts.max_batch_size, model_opts.max_batch_duration_secs)
+                        model_opts.max_batch_size, model_opts.max_batch_duration_secs,
+                        model_opts.encode_batch_size)
     model.validate()
   except ValueError as e:
     raise ConfigError(str(e)) from None

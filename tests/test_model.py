@@ -3,7 +3,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.ml.inference.base import RunInference
-from apache_beam.testing.test_pipeline import TestPipeline
+from tests.runners import batch_pipeline
 from apache_beam.testing.util import assert_that
 
 from models.handler import InferenceFailure, SentenceTransformerHandler
@@ -96,6 +96,6 @@ def test_run_inference_loads_the_packaged_model_in_a_pipeline(real_model):
       assert cosine(res.inference, expected[res.example]) >= 0.999
 
   handler = SentenceTransformerHandler(ModelConfig(model=DEFAULT_MODEL, device='cpu'))
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     results = p | beam.Create(TEXTS) | RunInference(handler)
     assert_that(results, check)

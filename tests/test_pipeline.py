@@ -4,7 +4,7 @@ import json
 import apache_beam as beam
 import numpy as np
 import pyarrow.dataset as ds
-from apache_beam.testing.test_pipeline import TestPipeline
+from tests.runners import batch_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from models.loading import ModelConfig
@@ -41,7 +41,7 @@ RECORDS = [
 
 
 def test_events_and_dead_letters_are_routed_by_reason():
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     outputs = build_enrichment(p | beam.Create(RECORDS), config(), HashingModelHandler())
     assert_that(outputs.enriched | beam.Map(lambda row: row.event.id),
                 equal_to(['e1', 'e2', 'e3', 'e6']), label='enriched')
@@ -55,7 +55,7 @@ def test_a_failing_batch_keeps_its_good_records():
   texts = ['a', 'b', FAIL_MARKER, 'c']
   records = [raw(n, 1, t) for n, t in enumerate(texts)]
   handler = HashingModelHandler(ModelConfig(min_batch_size=4, max_batch_size=4))
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     outputs = build_enrichment(p | beam.Create(records), config(), handler)
     assert_that(outputs.enriched | beam.Map(lambda row: (row.event.text, row.embedding.tolist())),
                 equal_to([(t, hashed_vector(t).tolist()) for t in 'abc']), label='good')
@@ -64,7 +64,7 @@ def test_a_failing_batch_keeps_its_good_records():
 
 
 def test_written_files_hold_every_record_once(tmp_path):
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     build(p | beam.Create(RECORDS), config(tmp_path), HashingModelHandler())
   enriched = ds.dataset(tmp_path / 'enriched', format='parquet', partitioning='hive').to_table()
   dead = ds.dataset(tmp_path / 'deadletter', format='parquet', partitioning='hive').to_table()
@@ -88,7 +88,7 @@ def test_written_files_hold_every_record_once(tmp_path):
 def test_rewriting_the_same_input_replaces_files(tmp_path):
   listings = []
   for _ in range(2):
-    with TestPipeline() as p:
+    with batch_pipeline() as p:
       build(p | beam.Create(RECORDS), config(tmp_path), HashingModelHandler())
     listings.append(sorted(str(f.relative_to(tmp_path)) for f in tmp_path.rglob('*')))
   assert listings[0] == listings[1]
@@ -101,7 +101,7 @@ def test_synthetic_source_is_deterministic_and_has_every_kind_of_flaw(tmp_path):
   records = list(synthetic_records(1000, rate=20, seed=3))
   assert records == list(synthetic_records(1000, rate=20, seed=3))
   assert [rec.position for rec in records] == list(range(1, 1001))
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     build(p | GenerateSyntheticEvents(1000, 20, seed=3), config(tmp_path),
           HashingModelHandler())
   dead = ds.dataset(tmp_path / 'deadletter', format='parquet', partitioning='hive').to_table()
@@ -109,3 +109,28 @@ def test_synthetic_source_is_deterministic_and_has_every_kind_of_flaw(tmp_path):
   reasons = sorted(set(dead.column('reason').to_pylist()))
   assert reasons == [r.BAD_TIME, r.INVALID_JSON, r.LATE, r.NO_TEXT]
   assert enriched.count_rows() + dead.num_rows == 1000
+
+
+def test_sliding_windows_embed_each_event_once(tmp_path):
+  sliding = config(tmp_path, WindowSpec(10, period_s=5, max_out_of_orderness_s=5))
+  records = [raw(1, 7, 'one'), raw(2, 12, 'two')]
+  with batch_pipeline() as p:
+    build(p | beam.Create(records), sliding, HashingModelHandler())
+  result = p.result
+  from apache_beam.metrics.metric import MetricsFilter
+  embedded = result.metrics().query(MetricsFilter().with_name('events_embedded'))['counters']
+  assert sum(c.committed for c in embedded) == 2
+  table = ds.dataset(tmp_path / 'enriched', format='parquet', partitioning='hive').to_table()
+  windows = sorted((row['id'], row['window_start'].timestamp()) for row in table.to_pylist())
+  assert windows == [('e1', 0), ('e1', 5), ('e2', 5), ('e2', 10)]
+
+
+def test_session_windows_are_written_merged(tmp_path):
+  sessions = config(tmp_path, WindowSpec(session_gap_s=5, max_out_of_orderness_s=60))
+  records = [raw(1, 1, 'a'), raw(2, 4, 'b'), raw(3, 30, 'c')]
+  with batch_pipeline() as p:
+    build(p | beam.Create(records), sessions, HashingModelHandler())
+  table = ds.dataset(tmp_path / 'enriched', format='parquet', partitioning='hive').to_table()
+  spans = sorted((row['id'], row['window_start'].timestamp(), row['window_end'].timestamp())
+                 for row in table.to_pylist())
+  assert spans == [('e1', 1, 9), ('e2', 1, 9), ('e3', 30, 35)]

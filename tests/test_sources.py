@@ -5,7 +5,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from tests.runners import batch_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.sources import ReadArchive, format_of, read_archive
@@ -56,7 +56,7 @@ def test_parquet_and_csv_raw_is_the_row_as_json(tmp_path):
 
 def test_read_archive_transform_reads_every_matching_file(tmp_path):
   write_all_formats(tmp_path)
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     texts = (p | ReadArchive(str(tmp_path / '*'))
              | beam.Map(lambda rec: (rec.stream.rsplit('/', 1)[-1], rec.position)))
     assert_that(texts, equal_to([(name, n) for name in ('a.jsonl.gz', 'b.parquet', 'c.csv')

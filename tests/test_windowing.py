@@ -1,8 +1,7 @@
 """Event time: window assignment, allowed lateness and late data, driven by TestStream."""
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_pipeline import TestPipeline
+from tests.runners import batch_pipeline, streaming_pipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms import window
@@ -48,12 +47,6 @@ def test_lateness_tracker_follows_the_newest_event_time():
   assert not tracker.observe(10 * S)      # window [10,20) is open
 
 
-def streaming_pipeline():
-  options = PipelineOptions()
-  options.view_as(StandardOptions).streaming = True
-  return TestPipeline(options=options)
-
-
 def test_windows_with_allowed_lateness_fire_a_late_pane():
   spec = WindowSpec(10, allowed_lateness_s=30)
   stream = (TestStream()
@@ -80,7 +73,7 @@ def test_late_events_are_flagged_in_stream_order_instead_of_dropped():
   events = [event(1, 1), event(2, 9), event(3, 14), event(4, 8), event(5, 11), event(6, 25),
             event(7, 19)]
   # Watermark after e3 is 12: e4 (window ends 10) is late; after e6 it is 23: e7 (ends 20) too.
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     on_time, late = p | beam.Create(events) | FlagLateEvents(spec)
     assert_that(on_time | 'on time ids' >> beam.Map(lambda e: e.id),
                 equal_to(['e1', 'e2', 'e3', 'e5', 'e6']), label='on time')
@@ -91,23 +84,30 @@ def test_late_events_are_flagged_in_stream_order_instead_of_dropped():
 def test_streams_keep_separate_watermarks():
   spec = WindowSpec(10, max_out_of_orderness_s=0)
   events = [event(1, 100, 'a'), event(2, 1, 'b'), event(3, 1, 'a')]
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     _, late = p | beam.Create(events) | FlagLateEvents(spec)
     assert_that(late | beam.Map(lambda d: d.id), equal_to(['e3']))
 
 
-def test_sessions_merge_before_inference():
+def test_sessions_merge_when_grouped():
   spec = WindowSpec(session_gap_s=5)
   events = [event(1, 1), event(2, 3), event(3, 20)]
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     windows = (p | beam.Create(events) | AssignEventTime() | WindowEvents(spec)
-               | beam.ParDo(_WindowOf()))
-    assert_that(windows, equal_to([('e1', 1, 8), ('e2', 1, 8), ('e3', 20, 25)]))
+               | beam.Map(lambda e: (None, e)) | beam.GroupByKey()
+               | beam.ParDo(_GroupWindowOf()))
+    assert_that(windows, equal_to([(('e1', 'e2'), 1, 8), (('e3',), 20, 25)]))
+
+
+class _GroupWindowOf(beam.DoFn):
+
+  def process(self, keyed, win=beam.DoFn.WindowParam):
+    yield tuple(sorted(e.id for e in keyed[1])), int(win.start), int(win.end)
 
 
 def test_sliding_windows_hold_an_event_once_per_window():
   spec = WindowSpec(10, period_s=5)
-  with TestPipeline() as p:
+  with batch_pipeline() as p:
     windows = (p | beam.Create([event(1, 7)]) | AssignEventTime() | WindowEvents(spec)
                | beam.ParDo(_WindowOf()))
     assert_that(windows, equal_to([('e1', 0, 10), ('e1', 5, 15)]))

@@ -5,6 +5,7 @@ import time
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
 
 from models.handler import InferenceFailure
 from transforms import records as r
@@ -40,11 +41,17 @@ class _SplitResultsFn(beam.DoFn):
       self._last_report = now
       logging.info('Embedded %d events (%.0f events/s)', self._count,
                    self._count / (now - self._started))
-    yield r.Embedded(event, result.inference)
+    # Batching loses element timestamps; each row gets its event time back.
+    yield window.TimestampedValue(r.Embedded(event, result.inference),
+                                  event.event_time_us / 1_000_000)
 
 
 class EmbedEvents(beam.PTransform):
   """Embeds each Event's text with RunInference; returns (embedded, dead letters).
+
+  Apply it before windowing: batches then span windows, so they fill up even
+  when windows are small, and a sliding window's copies share one inference.
+  Outputs keep their event time as timestamp.
 
   Args:
     model_handler: a ModelHandler from texts to PredictionResults whose

@@ -140,23 +140,15 @@ class FlagLateEvents(beam.PTransform):
 
 
 class WindowEvents(beam.PTransform):
-  """Windows events by event time; late panes fire once per late event."""
+  """Windows timestamped elements by event time; a late pane fires per late element."""
 
   def __init__(self, spec: WindowSpec):
     super().__init__()
     self._spec = spec
 
   def expand(self, events):
-    windowed = events | 'Window' >> beam.WindowInto(
+    return events | 'Window' >> beam.WindowInto(
         self._spec.window_fn(),
         trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
         accumulation_mode=trigger.AccumulationMode.DISCARDING,
         allowed_lateness=self._spec.allowed_lateness_s)
-    if self._spec.kind != 'sessions':
-      return windowed
-    # Sessions merge only at a grouping; merging before inference lets the
-    # model batch a whole session instead of one event at a time.
-    return (windowed
-            | 'Key for session merge' >> beam.Map(lambda event: (None, event))
-            | 'Merge sessions' >> beam.GroupByKey()
-            | 'Ungroup sessions' >> beam.FlatMap(lambda keyed: keyed[1]))

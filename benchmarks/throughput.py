@@ -1,0 +1,228 @@
+"""Throughput of the replay pipeline against a bare `SentenceTransformer.encode`.
+
+  python -m benchmarks.throughput [--limit 3000] [--rounds 2] [--precision fp32]
+
+On the same texts (default: the first 3000 comments of the shared Wikipedia
+edit stream), alternating in one run, each variant in a fresh process:
+  bare         load the model, `encode` every text: the limit;
+  pipeline     this project's replay, archive to Parquet, on the local runner;
+  mltransform  Beam's MLTransform + SentenceTransformerEmbeddings on the same texts.
+End to end runs from the child's spawn through imports, model load and the
+first full pass. Steady state leaves start-up out: bare times a second
+`encode` of all texts; the pipelines subtract a 64-event run from a second
+full run (each run builds its pipeline and loads its model, so fixed costs cancel).
+Prints events/s, ratios to bare, peak RSS; writes JSON and PNG to benchmarks/results/.
+"""
+import argparse
+import gzip
+import itertools
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_INPUT = ROOT.parent / 'shared' / 'data' / 'wikiticker-2015-09-12-sampled.json.gz'
+RESULTS = ROOT / 'benchmarks' / 'results'
+VARIANTS = ('bare', 'pipeline', 'mltransform')
+SMALL = 64
+
+
+def write_slice(source: pathlib.Path, text_field: str, limit: int, folder: str) -> str:
+  """Copies the first `limit` records with a non-blank text into a JSON Lines file."""
+  opener = gzip.open if source.suffix == '.gz' else open
+  path = os.path.join(folder, 'slice.jsonl')
+  with opener(source, 'rt', encoding='utf-8') as lines, open(path, 'w') as out:
+    kept = 0
+    for line in lines:
+      if kept == limit:
+        break
+      text = json.loads(line).get(text_field)
+      if isinstance(text, str) and text.strip():
+        out.write(line if line.endswith('\n') else line + '\n')
+        kept += 1
+  return path
+
+
+def read_texts(path: str, text_field: str, limit=None):
+  with open(path) as lines:
+    return [json.loads(line)[text_field] for line in itertools.islice(lines, limit)]
+
+
+# --- children: each runs one variant in its own process and prints JSON ---
+
+def child_bare(args):
+  from models.loading import ModelConfig, load_sentence_transformer
+  texts = read_texts(args.slice, args.text_field)
+
+  def encode():
+    started = time.perf_counter()
+    model.encode(texts, batch_size=32, show_progress_bar=False, convert_to_tensor=True)
+    return time.perf_counter() - started
+
+  model = load_sentence_transformer(ModelConfig(device=args.device, precision=args.precision))
+  encode()
+  e2e = time.time() - args.spawned_at
+  return {'e2e_s': e2e, 'steady_s': encode()}
+
+
+def _timed_replay(args, slice_path, output):
+  from pipelines import replay
+  started = time.perf_counter()
+  result = replay.run(['--input', slice_path, '--output', output, '--time_field', 'time',
+                       '--text_field', args.text_field, '--device', args.device,
+                       '--precision', args.precision, *args.pipeline_args])
+  assert result.enriched_rows == result.records_read, result
+  return time.perf_counter() - started
+
+
+def _timed_mltransform(args, slice_path, output):
+  import apache_beam as beam
+  from apache_beam.ml.transforms.base import MLTransform
+  from apache_beam.ml.transforms.embeddings.huggingface import SentenceTransformerEmbeddings
+  from models.loading import packaged_model_path
+  started = time.perf_counter()
+  with beam.Pipeline(runner='FnApiRunner') as p:
+    _ = (p
+         | beam.io.ReadFromText(slice_path)
+         | beam.Map(lambda line: {'text': json.loads(line)[args.text_field]})
+         | MLTransform(write_artifact_location=output).with_transform(
+             SentenceTransformerEmbeddings(model_name=packaged_model_path(), columns=['text']))
+         | beam.Map(lambda row: len(row['text'])))
+  return time.perf_counter() - started
+
+
+def _pipeline_child(run_once):
+  """End to end is the first full run; steady state subtracts a small run from a second."""
+
+  def child(args):
+    with tempfile.TemporaryDirectory() as folder:
+      run_once(args, args.slice, os.path.join(folder, 'first'))
+      e2e = time.time() - args.spawned_at
+      small_slice = os.path.join(folder, 'small.jsonl')
+      with open(args.slice) as lines, open(small_slice, 'w') as out:
+        out.writelines(itertools.islice(lines, SMALL))
+      small = run_once(args, small_slice, os.path.join(folder, 'small'))
+      full = run_once(args, args.slice, os.path.join(folder, 'full'))
+    return {'e2e_s': e2e, 'steady_s': full - small, 'steady_n_offset': SMALL}
+
+  return child
+
+
+CHILDREN = {'bare': child_bare, 'pipeline': _pipeline_child(_timed_replay),
+            'mltransform': _pipeline_child(_timed_mltransform)}
+
+
+def run_child(args, variant):
+  command = [sys.executable, '-m', 'benchmarks.throughput', '--child', variant,
+             '--spawned_at', repr(time.time()),
+             '--slice', args.slice, '--text_field', args.text_field, '--device', args.device,
+             '--precision', args.precision, '--', *args.pipeline_args]
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, HF_HUB_OFFLINE='1'))
+  if done.returncode != 0:
+    raise SystemExit(f'{variant} failed:\n{done.stderr[-4000:]}')
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs, n):
+  summary = {}
+  for variant, measured in runs.items():
+    e2e = statistics.median(m['e2e_s'] for m in measured)
+    steady = statistics.median(m['steady_s'] for m in measured)
+    steady_n = n - measured[0].get('steady_n_offset', 0)
+    summary[variant] = {
+        'e2e_events_per_s': n / e2e,
+        'steady_events_per_s': steady_n / steady,
+        'peak_rss_mb': max(m['peak_rss_mb'] for m in measured),
+        'e2e_s': [round(m['e2e_s'], 2) for m in measured],
+    }
+  bare = summary['bare']
+  for variant in summary.values():
+    variant['e2e_ratio'] = variant['e2e_events_per_s'] / bare['e2e_events_per_s']
+    variant['steady_ratio'] = variant['steady_events_per_s'] / bare['steady_events_per_s']
+  return summary
+
+
+def chart(summary, path, title):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  names = list(summary)
+  fig, ax = plt.subplots(figsize=(7, 3.5))
+  width = 0.38
+  for offset, key, label in ((-width / 2, 'e2e_events_per_s', 'end to end'),
+                             (width / 2, 'steady_events_per_s', 'steady state')):
+    values = [summary[n][key] for n in names]
+    bars = ax.bar([i + offset for i in range(len(names))], values, width, label=label)
+    ax.bar_label(bars, labels=[f'{v:.0f}' for v in values], fontsize=8)
+  ax.set_xticks(range(len(names)), names)
+  ax.set_ylabel('events/s')
+  ax.set_title(title, fontsize=9)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--input', default=str(DEFAULT_INPUT), help='JSON Lines archive (.gz ok).')
+  parser.add_argument('--text_field', default='comment')
+  parser.add_argument('--limit', type=int, default=3000)
+  parser.add_argument('--rounds', type=int, default=2)
+  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--device', default='cpu')
+  parser.add_argument('--precision', default='fp32')
+  parser.add_argument('--label', default='', help='Suffix of the result file names.')
+  parser.add_argument('--child', choices=VARIANTS, help=argparse.SUPPRESS)
+  parser.add_argument('--slice', help=argparse.SUPPRESS)
+  parser.add_argument('--spawned_at', type=float, help=argparse.SUPPRESS)
+  parser.add_argument('pipeline_args', nargs='*', help='Extra replay flags, after --.')
+  args = parser.parse_args(argv)
+
+  if args.child:
+    measured = CHILDREN[args.child](args)
+    measured['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(measured))
+    return
+
+  variants = [v for v in args.variants.split(',') if v]
+  if 'bare' not in variants:
+    variants.insert(0, 'bare')
+  with tempfile.TemporaryDirectory() as folder:
+    args.slice = write_slice(pathlib.Path(args.input), args.text_field, args.limit, folder)
+    n = len(read_texts(args.slice, args.text_field))
+    runs = {v: [] for v in variants}
+    for round_number in range(args.rounds):
+      order = variants if round_number % 2 == 0 else list(reversed(variants))
+      for variant in order:
+        measured = run_child(args, variant)
+        runs[variant].append(measured)
+        print(f'round {round_number + 1} {variant}: {measured["e2e_s"]:.1f} s end to end',
+              flush=True)
+  summary = summarize(runs, n)
+  machine = f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or "cpu"}'
+  print(f'\n{n} texts, {args.device} {args.precision}, median of {args.rounds} rounds; {machine}')
+  print(f'{"variant":<12} {"e2e ev/s":>9} {"ratio":>6} {"steady ev/s":>12} {"ratio":>6} '
+        f'{"peak RSS MB":>12}')
+  for variant, s in summary.items():
+    print(f'{variant:<12} {s["e2e_events_per_s"]:>9.1f} {s["e2e_ratio"]:>6.2f} '
+          f'{s["steady_events_per_s"]:>12.1f} {s["steady_ratio"]:>6.2f} {s["peak_rss_mb"]:>12.0f}')
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  stem = f'throughput-{args.device}-{args.precision}{"-" + args.label if args.label else ""}'
+  record = {'texts': n, 'device': args.device, 'precision': args.precision,
+            'rounds': args.rounds, 'machine': machine, 'pipeline_args': args.pipeline_args,
+            'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': summary}
+  (RESULTS / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
+  chart(summary, RESULTS / f'{stem}.png', f'{n} texts, {args.device} {args.precision}, {machine}')
+  print(f'Wrote {RESULTS / stem}.json and .png')
+
+
+if __name__ == '__main__':
+  main()
