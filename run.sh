@@ -3,6 +3,7 @@
 #
 #   ./run.sh                 the main job: the synthetic stream through the whole pipeline
 #   ./run.sh replay ARGS     replay archives (python -m pipelines.replay ARGS)
+#   ./run.sh bench ARGS      throughput benchmark (python -m benchmarks.throughput ARGS)
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS)
 #   ./run.sh setup           only create/update .venv
 #   ./run.sh help            this text
@@ -41,6 +42,7 @@ case "$command" in
   setup) setup ;;
   demo) setup; exec "$PY" -m pipelines.demo "$@" ;;
   replay) setup; exec "$PY" -m pipelines.replay "$@" ;;
+  bench) setup; exec "$PY" -m benchmarks.throughput "$@" ;;
   test) setup; exec "$PY" -m pytest tests "$@" ;;
   *) echo "unknown command: $command (see ./run.sh help)" >&2; exit 2 ;;
 esac

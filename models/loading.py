@@ -26,8 +26,8 @@ class ModelConfig(NamedTuple):
   device: str = 'auto'
   precision: str = 'fp32'
   normalize: bool = False
-  min_batch_size: int = 32
-  max_batch_size: int = 1024
+  min_batch_size: int = 4096
+  max_batch_size: int = 4096
   max_batch_duration_secs: Optional[float] = None
   encode_batch_size: int = 32
 

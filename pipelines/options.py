@@ -71,9 +71,9 @@ class ModelOptions(PipelineOptions):
     parser.add_argument('--precision', default='fp32', help=f'One of {", ".join(PRECISIONS)}.')
     parser.add_argument('--normalize', action='store_true',
                         help='Scale embeddings to unit length.')
-    parser.add_argument('--min_batch_size', type=int, default=32,
+    parser.add_argument('--min_batch_size', type=int, default=4096,
                         help='Fewest texts Beam hands the model at once.')
-    parser.add_argument('--max_batch_size', type=int, default=1024,
+    parser.add_argument('--max_batch_size', type=int, default=4096,
                         help='Most texts Beam hands the model at once.')
     parser.add_argument('--encode_batch_size', type=int, default=32,
                         help='Texts per forward pass; encode sorts each call by length.')
