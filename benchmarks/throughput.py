@@ -1,6 +1,6 @@
 """Throughput of the replay pipeline against a bare `SentenceTransformer.encode`.
 
-  python -m benchmarks.throughput [--limit 3000] [--rounds 2] [--precision fp32]
+  python -m benchmarks.throughput [--limit 3000] [--rounds 2] [--precisions fp32,bf16]
 
 On the same texts (default: the first 3000 comments of the shared Wikipedia
 edit stream), alternating in one run, each variant in a fresh process:
@@ -11,7 +11,9 @@ End to end runs from the child's spawn through imports, model load and the
 first full pass. Steady state leaves start-up out: bare times a second
 `encode` of all texts; the pipelines subtract a 64-event run from a second
 full run (each run builds its pipeline and loads its model, so fixed costs cancel).
-Prints events/s, ratios to bare, peak RSS; writes JSON and PNG to benchmarks/results/.
+Each precision beyond fp32 runs bare and pipeline at that precision, with the
+minimum and mean cosine of its embeddings to fp32 ones (first round).
+Prints events/s, ratios to bare fp32, peak RSS; writes JSON and PNG to benchmarks/results/.
 """
 import argparse
 import gzip
@@ -32,6 +34,7 @@ DEFAULT_INPUT = ROOT.parent / 'shared' / 'data' / 'wikiticker-2015-09-12-sampled
 RESULTS = ROOT / 'benchmarks' / 'results'
 VARIANTS = ('bare', 'pipeline', 'mltransform')
 SMALL = 64
+BASELINE = 'bare@fp32'
 
 
 def write_slice(source: pathlib.Path, text_field: str, limit: int, folder: str) -> str:
@@ -69,7 +72,22 @@ def child_bare(args):
   model = load_sentence_transformer(ModelConfig(device=args.device, precision=args.precision))
   encode()
   e2e = time.time() - args.spawned_at
-  return {'e2e_s': e2e, 'steady_s': encode()}
+  measured = {'e2e_s': e2e, 'steady_s': encode()}
+  if args.accuracy and args.precision != 'fp32':
+    measured.update(accuracy_against_fp32(model, texts, args.device))
+  return measured
+
+
+def accuracy_against_fp32(model, texts, device):
+  """Minimum and mean cosine of this model's embeddings to fp32 ones of the same texts."""
+  import torch
+  from models.loading import ModelConfig, load_sentence_transformer
+  reference = load_sentence_transformer(ModelConfig(device=device, precision='fp32'))
+  kwargs = dict(batch_size=32, show_progress_bar=False, convert_to_tensor=True)
+  ours = model.encode(texts, **kwargs).float()
+  exact = reference.encode(texts, **kwargs).float()
+  cosines = torch.nn.functional.cosine_similarity(ours, exact, dim=1)
+  return {'min_cosine': float(cosines.min()), 'mean_cosine': float(cosines.mean())}
 
 
 def _timed_replay(args, slice_path, output):
@@ -119,11 +137,13 @@ CHILDREN = {'bare': child_bare, 'pipeline': _pipeline_child(_timed_replay),
             'mltransform': _pipeline_child(_timed_mltransform)}
 
 
-def run_child(args, variant):
-  command = [sys.executable, '-m', 'benchmarks.throughput', '--child', variant,
+def run_child(args, variant, accuracy=False):
+  kind, precision = variant.split('@')
+  command = [sys.executable, '-m', 'benchmarks.throughput', '--child', kind,
              '--spawned_at', repr(time.time()),
              '--slice', args.slice, '--text_field', args.text_field, '--device', args.device,
-             '--precision', args.precision, '--', *args.pipeline_args]
+             '--precision', precision, *(['--accuracy'] if accuracy else []),
+             '--', *args.pipeline_args]
   done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                         env=dict(os.environ, HF_HUB_OFFLINE='1'))
   if done.returncode != 0:
@@ -143,7 +163,10 @@ def summarize(runs, n):
         'peak_rss_mb': max(m['peak_rss_mb'] for m in measured),
         'e2e_s': [round(m['e2e_s'], 2) for m in measured],
     }
-  bare = summary['bare']
+    for key in ('min_cosine', 'mean_cosine'):
+      if key in measured[0]:
+        summary[variant][key] = measured[0][key]
+  bare = summary[BASELINE]
   for variant in summary.values():
     variant['e2e_ratio'] = variant['e2e_events_per_s'] / bare['e2e_events_per_s']
     variant['steady_ratio'] = variant['steady_events_per_s'] / bare['steady_events_per_s']
@@ -155,7 +178,7 @@ def chart(summary, path, title):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   names = list(summary)
-  fig, ax = plt.subplots(figsize=(7, 3.5))
+  fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(names)), 3.5))
   width = 0.38
   for offset, key, label in ((-width / 2, 'e2e_events_per_s', 'end to end'),
                              (width / 2, 'steady_events_per_s', 'steady state')):
@@ -178,7 +201,11 @@ def main(argv=None):
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--variants', default=','.join(VARIANTS))
   parser.add_argument('--device', default='cpu')
-  parser.add_argument('--precision', default='fp32')
+  parser.add_argument('--precisions', default='fp32',
+                      help='Comma-separated; bare fp32 is always the baseline, and '
+                      'MLTransform runs at fp32 only.')
+  parser.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)
+  parser.add_argument('--accuracy', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--label', default='', help='Suffix of the result file names.')
   parser.add_argument('--child', choices=VARIANTS, help=argparse.SUPPRESS)
   parser.add_argument('--slice', help=argparse.SUPPRESS)
@@ -192,9 +219,11 @@ def main(argv=None):
     print(json.dumps(measured))
     return
 
-  variants = [v for v in args.variants.split(',') if v]
-  if 'bare' not in variants:
-    variants.insert(0, 'bare')
+  kinds = [v for v in args.variants.split(',') if v]
+  precisions = [p for p in args.precisions.split(',') if p]
+  variants = [BASELINE] + [f'{kind}@{precision}' for precision in precisions for kind in kinds
+                           if (kind, precision) != ('bare', 'fp32')
+                           and (kind != 'mltransform' or precision == 'fp32')]
   with tempfile.TemporaryDirectory() as folder:
     args.slice = write_slice(pathlib.Path(args.input), args.text_field, args.limit, folder)
     n = len(read_texts(args.slice, args.text_field))
@@ -202,25 +231,29 @@ def main(argv=None):
     for round_number in range(args.rounds):
       order = variants if round_number % 2 == 0 else list(reversed(variants))
       for variant in order:
-        measured = run_child(args, variant)
+        measured = run_child(args, variant, accuracy=round_number == 0)
         runs[variant].append(measured)
         print(f'round {round_number + 1} {variant}: {measured["e2e_s"]:.1f} s end to end',
               flush=True)
   summary = summarize(runs, n)
   machine = f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or "cpu"}'
-  print(f'\n{n} texts, {args.device} {args.precision}, median of {args.rounds} rounds; {machine}')
-  print(f'{"variant":<12} {"e2e ev/s":>9} {"ratio":>6} {"steady ev/s":>12} {"ratio":>6} '
-        f'{"peak RSS MB":>12}')
+  print(f'\n{n} texts on {args.device}, median of {args.rounds} rounds, ratios to bare fp32; '
+        f'{machine}')
+  print(f'{"variant":<18} {"e2e ev/s":>9} {"ratio":>6} {"steady ev/s":>12} {"ratio":>6} '
+        f'{"peak RSS MB":>12} {"min/mean cos to fp32":>21}')
   for variant, s in summary.items():
-    print(f'{variant:<12} {s["e2e_events_per_s"]:>9.1f} {s["e2e_ratio"]:>6.2f} '
-          f'{s["steady_events_per_s"]:>12.1f} {s["steady_ratio"]:>6.2f} {s["peak_rss_mb"]:>12.0f}')
+    accuracy = (f'{s["min_cosine"]:.4f}/{s["mean_cosine"]:.4f}' if 'min_cosine' in s
+                else '-')
+    print(f'{variant:<18} {s["e2e_events_per_s"]:>9.1f} {s["e2e_ratio"]:>6.2f} '
+          f'{s["steady_events_per_s"]:>12.1f} {s["steady_ratio"]:>6.2f} '
+          f'{s["peak_rss_mb"]:>12.0f} {accuracy:>21}')
   RESULTS.mkdir(parents=True, exist_ok=True)
-  stem = f'throughput-{args.device}-{args.precision}{"-" + args.label if args.label else ""}'
-  record = {'texts': n, 'device': args.device, 'precision': args.precision,
+  stem = f'throughput-{args.device}-{"-".join(precisions)}{"-" + args.label if args.label else ""}'
+  record = {'texts': n, 'device': args.device, 'precisions': precisions,
             'rounds': args.rounds, 'machine': machine, 'pipeline_args': args.pipeline_args,
             'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': summary}
   (RESULTS / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
-  chart(summary, RESULTS / f'{stem}.png', f'{n} texts, {args.device} {args.precision}, {machine}')
+  chart(summary, RESULTS / f'{stem}.png', f'{n} texts, {args.device}, {machine}')
   print(f'Wrote {RESULTS / stem}.json and .png')
 
 

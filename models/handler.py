@@ -1,10 +1,14 @@
 """A RunInference model handler for sentence-transformers models."""
+import logging
+import time
 from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.loading import ModelConfig, load_sentence_transformer
+
+_PROGRESS_EVERY_S = 5.0
 
 
 class InferenceFailure(NamedTuple):
@@ -26,6 +30,7 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
   def __init__(self, config: ModelConfig):
     super().__init__()
     self._config = config
+    self._progress = _Progress()
 
   @property
   def config(self) -> ModelConfig:
@@ -38,10 +43,12 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
                     inference_args: Optional[Dict[str, Any]] = None
                     ) -> Iterable[PredictionResult]:
     texts = list(batch)
+    started = time.monotonic()
     try:
       vectors = self._encode(model, texts, inference_args)
     except Exception:  # pylint: disable=broad-except
       vectors = [self._encode_one(model, text, inference_args) for text in texts]
+    self._progress.add(len(texts), started)
     return [PredictionResult(text, vector) for text, vector in zip(texts, vectors)]
 
   def _encode(self, model, texts, inference_args) -> np.ndarray:
@@ -76,3 +83,29 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
 
   def share_model_across_processes(self) -> bool:
     return False
+
+
+class _Progress:
+  """Logs how many texts this worker embedded, at most every few seconds."""
+
+  def __init__(self):
+    self._count = 0
+    self._started = None
+    self._last_report = 0.0
+
+  def __getstate__(self):
+    return {}
+
+  def __setstate__(self, state):
+    self.__init__()
+
+  def add(self, texts: int, batch_started: float) -> None:
+    now = time.monotonic()
+    if self._started is None:
+      self._started = batch_started
+    self._count += texts
+    if now - self._last_report >= _PROGRESS_EVERY_S:
+      self._last_report = now
+      elapsed = now - self._started
+      logging.info('Embedded %d texts%s', self._count,
+                   f' ({self._count / elapsed:.0f} texts/s)' if elapsed > 0 else '')

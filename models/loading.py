@@ -79,7 +79,9 @@ def load_sentence_transformer(config: ModelConfig):
   else:
     source = os.path.expanduser(config.model)
   import torch
+  import transformers
   from sentence_transformers import SentenceTransformer
+  transformers.utils.logging.disable_progress_bar()  # a bar per load clutters job logs
   device = pick_device(config.device)
   model = SentenceTransformer(source, device=device)
   if config.precision == 'fp16':

@@ -15,9 +15,11 @@ from pipelines.options import job_config
 from transforms.synthetic import GenerateSyntheticEvents
 
 # The synthetic events carry an id and 20 events per second of event time;
-# 10 s windows show several windows in a short run. Later flags override these.
+# 10 s windows show several windows in a short run, and batches of 256 show
+# progress every few seconds. Later flags override these.
 _DEMO_DEFAULTS = ['--id_field', 'id', '--time_field', 'time', '--text_field', 'text',
-                  '--window_size', '10', '--output', 'output']
+                  '--window_size', '10', '--output', 'output',
+                  '--min_batch_size', '256', '--max_batch_size', '256']
 
 
 class SyntheticOptions(PipelineOptions):

@@ -25,6 +25,7 @@ class JobResult(NamedTuple):
   deadletters: int
   seconds: float
   output: str
+  window_kind: str
 
   @property
   def balanced(self) -> bool:
@@ -32,8 +33,12 @@ class JobResult(NamedTuple):
 
   def summary(self) -> str:
     rate = self.records_read / self.seconds if self.seconds else 0.0
-    check = ('every record accounted for' if self.balanced else
-             'rows and records differ: sliding windows write an event once per window')
+    if self.balanced:
+      check = 'every record accounted for'
+    elif self.window_kind == 'sliding':
+      check = 'sliding windows write an event once per window it falls in'
+    else:
+      check = 'MISMATCH: records read differ from rows plus dead letters'
     return '\n'.join([
         f'Read {self.records_read} records: {self.enriched_rows} enriched rows, '
         f'{self.deadletters} dead letters ({check}).',
@@ -80,7 +85,8 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
   result = pipeline.run()
   result.wait_until_finish()
   return JobResult(_counter(result, 'records_read'), _counter(result, 'enriched_rows'),
-                   _counter(result, 'deadletters'), time.monotonic() - started, config.output)
+                   _counter(result, 'deadletters'), time.monotonic() - started, config.output,
+                   config.window.kind)
 
 
 def _make_output_folders(output: str) -> None:
@@ -152,3 +158,5 @@ def main(run: Callable[..., JobResult], argv=None) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(result.summary())
+  if not result.balanced and result.window_kind != 'sliding':
+    sys.exit(1)

@@ -28,4 +28,5 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
 
 
 if __name__ == '__main__':
-  main(run)
+  import sys
+  main(run, sys.argv[1:])

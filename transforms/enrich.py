@@ -1,7 +1,4 @@
 """Embedding: prepare the text, RunInference, and split results from failures."""
-import logging
-import time
-
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.metrics import Metrics
@@ -11,21 +8,11 @@ from models.handler import InferenceFailure
 from transforms import records as r
 from transforms.parse import DEADLETTER
 
-_PROGRESS_EVERY_S = 5.0
-
-
 class _SplitResultsFn(beam.DoFn):
-  """Pairs events with their vectors, dead-letters failures, logs progress."""
+  """Pairs events with their vectors and dead-letters failures."""
 
   def __init__(self):
     self._embedded = Metrics.counter('enrichment', 'events_embedded')
-    self._count = 0
-    self._started = None
-    self._last_report = None
-
-  def setup(self):
-    self._count = 0
-    self._started = self._last_report = time.monotonic()
 
   def process(self, keyed_result):
     event, result = keyed_result
@@ -35,12 +22,6 @@ class _SplitResultsFn(beam.DoFn):
           id=event.id, event_time_us=event.event_time_us))
       return
     self._embedded.inc()
-    self._count += 1
-    now = time.monotonic()
-    if now - self._last_report >= _PROGRESS_EVERY_S:
-      self._last_report = now
-      logging.info('Embedded %d events (%.0f events/s)', self._count,
-                   self._count / (now - self._started))
     # Batching loses element timestamps; each row gets its event time back.
     yield window.TimestampedValue(r.Embedded(event, result.inference),
                                   event.event_time_us / 1_000_000)
