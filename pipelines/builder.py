@@ -12,7 +12,8 @@ from models.handler import SentenceTransformerHandler
 from pipelines.options import JobConfig
 from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents
-from transforms.sinks import CollectDeadLetters, WriteDeadLetters, WriteEnrichedParquet
+from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, GroupWindows,
+                              WriteDeadLetters, WriteEnrichedParquet)
 from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
 
 
@@ -22,8 +23,8 @@ class EnrichmentOutputs(NamedTuple):
 
 
 class WrittenFiles(NamedTuple):
-  enriched: beam.PCollection  # (path, rows, window start us, window end us)
-  deadletters: beam.PCollection  # (path, rows)
+  enriched: beam.PCollection  # WindowRows, once written
+  deadletters: beam.PCollection  # DeadLetterBatch, once written
 
 
 def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
@@ -49,10 +50,11 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
 
 def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles:
   """Writes enriched rows and dead letters as Parquet under config.output."""
+  windows = outputs.enriched | 'Group windows' >> GroupWindows()
+  letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
   return WrittenFiles(
-      outputs.enriched | 'Write enriched' >> WriteEnrichedParquet(config.output,
-                                                                config.model.model),
-      outputs.deadletters | 'Write dead letters' >> WriteDeadLetters(config.output))
+      windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model),
+      letters | 'Write dead letters' >> WriteDeadLetters(config.output))
 
 
 def build(raw_records: beam.PCollection, config: JobConfig,

@@ -118,3 +118,17 @@ def derive_id(stream: str, position: int, raw: str) -> str:
   digest.update(f'{base}\0{position}\0'.encode('utf-8'))
   digest.update(raw.encode('utf-8', 'surrogatepass'))
   return digest.hexdigest()
+
+
+def assign(record: Any, path: Path, value: Any) -> None:
+  """Sets the value at `path`, creating objects on the way; lists must already hold the index."""
+  target = record
+  for segment in path[:-1]:
+    if isinstance(target, list):
+      target = target[int(segment)]
+    else:
+      target = target.setdefault(segment, {})
+  if isinstance(target, list):
+    target[int(path[-1])] = value
+  else:
+    target[path[-1]] = value

@@ -1,12 +1,14 @@
 """Parquet sinks: enriched rows one folder per window, dead letters one folder per reason.
 
-File names derive from the window (or reason) and the pane index only, so a
-replay into the same folder replaces its files instead of adding copies.
+File names derive from the window and pane (dead letters: from the records in
+the file), so a replay into the same folder replaces its files instead of adding copies.
 Files are written under a temporary name and renamed, through Beam's
 FileSystems, so the same code writes to local disks and object stores.
 """
 import datetime
+import hashlib
 import uuid
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -14,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import window
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms import trigger, window
 
 from transforms import records as r
 
@@ -94,6 +97,33 @@ def deadletter_table(letters) -> pa.Table:
   ], schema=DEADLETTER_SCHEMA)
 
 
+class WindowRows(NamedTuple):
+  """One firing of one window: its bounds, pane index and rows."""
+  start_us: int
+  end_us: int
+  pane: int
+  rows: list
+
+
+class _CollectWindowFn(beam.DoFn):
+
+  def process(self, keyed_rows, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+    if not isinstance(win, window.IntervalWindow):
+      raise ValueError(f'enriched rows must be windowed by event time, not {win}')
+    yield WindowRows(win.start.micros, win.end.micros, pane.index if pane else 0,
+                     list(keyed_rows[1]))
+
+
+class GroupWindows(beam.PTransform):
+  """Gathers each window firing's Embedded rows into one WindowRows."""
+
+  def expand(self, embedded):
+    return (embedded
+            | 'Key by window' >> beam.Map(lambda row: (None, row))
+            | 'Group by window' >> beam.GroupByKey()
+            | 'Collect window' >> beam.ParDo(_CollectWindowFn()))
+
+
 class _WriteWindowFn(beam.DoFn):
 
   def __init__(self, output_dir: str, model: str):
@@ -101,37 +131,38 @@ class _WriteWindowFn(beam.DoFn):
     self._model = model
     self._written = Metrics.counter('enrichment', 'enriched_rows')
 
-  def process(self, keyed_rows, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-    _, rows = keyed_rows
-    rows = list(rows)
-    if not isinstance(win, window.IntervalWindow):
-      raise ValueError(f'enriched rows must be windowed by event time, not {win}')
-    start_us, end_us = win.start.micros, win.end.micros
-    table = enriched_table(rows, start_us, end_us, self._model)
-    index = pane.index if pane is not None else 0
-    path = (f'{self._output_dir}/{ENRICHED_DIR}/window={window_label(start_us)}/'
-            f'part-{index:05d}.parquet')
+  def process(self, batch: WindowRows):
+    table = enriched_table(batch.rows, batch.start_us, batch.end_us, self._model)
+    path = (f'{self._output_dir}/{ENRICHED_DIR}/window={window_label(batch.start_us)}/'
+            f'part-{batch.pane:05d}.parquet')
     write_parquet(table, path)
-    self._written.inc(len(rows))
-    yield path, len(rows), start_us, end_us
+    self._written.inc(len(batch.rows))
+    yield batch
 
 
 class WriteEnrichedParquet(beam.PTransform):
-  """Writes each window's Embedded rows to DIR/enriched/window=START/part-PANE.parquet.
-
-  Returns a PCollection of (path, rows, window start, window end), one per file.
-  """
+  """Writes each WindowRows to DIR/enriched/window=START/part-PANE.parquet; passes it on."""
 
   def __init__(self, output_dir: str, model: str):
     super().__init__()
     self._output_dir = output_dir
     self._model = model
 
-  def expand(self, embedded):
-    return (embedded
-            | 'Key by window' >> beam.Map(lambda row: (None, row))
-            | 'Group by window' >> beam.GroupByKey()
-            | 'Write window file' >> beam.ParDo(_WriteWindowFn(self._output_dir, self._model)))
+  def expand(self, windows):
+    return windows | 'Write window file' >> beam.ParDo(
+        _WriteWindowFn(self._output_dir, self._model))
+
+
+class DeadLetterBatch(NamedTuple):
+  reason: str
+  letters: list
+
+
+def _content_name(sources) -> str:
+  digest = hashlib.blake2b(digest_size=8)
+  for source in sorted(sources):
+    digest.update(source.encode('utf-8', 'surrogatepass') + b'\\0')
+  return digest.hexdigest()
 
 
 class _WriteReasonFn(beam.DoFn):
@@ -140,28 +171,54 @@ class _WriteReasonFn(beam.DoFn):
     self._output_dir = output_dir.rstrip('/')
     self._written = Metrics.counter('enrichment', 'deadletters')
 
-  def process(self, keyed_letters, pane=beam.DoFn.PaneInfoParam):
-    reason, letters = keyed_letters
-    letters = list(letters)
-    index = pane.index if pane is not None else 0
-    path = f'{self._output_dir}/{DEADLETTER_DIR}/reason={reason}/part-{index:05d}.parquet'
-    write_parquet(deadletter_table(letters), path)
-    self._written.inc(len(letters))
-    yield path, len(letters)
+  def process(self, batch: DeadLetterBatch):
+    name = _content_name(letter.source for letter in batch.letters)
+    path = f'{self._output_dir}/{DEADLETTER_DIR}/reason={batch.reason}/part-{name}.parquet'
+    write_parquet(deadletter_table(batch.letters), path)
+    self._written.inc(len(batch.letters))
+    yield batch
+
+
+class GroupDeadLetters(beam.PTransform):
+  """Gathers dead letters by reason, in the global window.
+
+  A batch job groups each reason once, at the end; a streaming job every few
+  seconds of processing time, so dead letters never wait for the job to end.
+  """
+
+  def __init__(self, flush_every_s: int = 5):
+    super().__init__()
+    self._flush_every_s = flush_every_s
+
+  def expand(self, letters):
+    streaming = letters.pipeline.options.view_as(StandardOptions).streaming
+    # Batch runners group at the end of input; the FnApiRunner has no
+    # processing-time triggers, so the periodic flush is for streaming only.
+    flush = (trigger.Repeatedly(trigger.AfterProcessingTime(self._flush_every_s))
+             if streaming else trigger.DefaultTrigger())
+    return (letters
+            | 'Flush periodically' >> beam.WindowInto(
+                window.GlobalWindows(), trigger=flush,
+                accumulation_mode=trigger.AccumulationMode.DISCARDING)
+            | 'Key by reason' >> beam.Map(lambda letter: (letter.reason, letter))
+            | 'Group by reason' >> beam.GroupByKey()
+            | 'Collect reason' >> beam.MapTuple(
+                lambda reason, letters: DeadLetterBatch(reason, list(letters))))
 
 
 class WriteDeadLetters(beam.PTransform):
-  """Writes globally windowed DeadLetters to DIR/deadletter/reason=REASON/part-PANE.parquet."""
+  """Writes each DeadLetterBatch to DIR/deadletter/reason=REASON/part-CONTENT.parquet.
+
+  The name hashes the sources of the letters in the file, so a replay, or a
+  restart that reprocesses the same records, replaces the file it wrote before.
+  """
 
   def __init__(self, output_dir: str):
     super().__init__()
     self._output_dir = output_dir
 
-  def expand(self, letters):
-    return (letters
-            | 'Key by reason' >> beam.Map(lambda letter: (letter.reason, letter))
-            | 'Group by reason' >> beam.GroupByKey()
-            | 'Write reason file' >> beam.ParDo(_WriteReasonFn(self._output_dir)))
+  def expand(self, batches):
+    return batches | 'Write reason file' >> beam.ParDo(_WriteReasonFn(self._output_dir))
 
 
 class CollectDeadLetters(beam.PTransform):
