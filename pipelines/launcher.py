@@ -10,7 +10,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.builder import build
+from pipelines.builder import WrittenFiles, build
 from pipelines.options import ConfigError, JobConfig
 from transforms.fields import MISSING, format_path, resolve
 from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
@@ -63,24 +63,37 @@ def choose_local_runner(options: PipelineOptions) -> str:
 
   Beam 2.77's DirectRunner first tries Prism, which it would download from
   GitHub on each run; offline that only costs time and noise. Batch jobs go
-  straight to the FnApiRunner, the engine the DirectRunner falls back to.
+  straight to the FnApiRunner, the engine the DirectRunner falls back to;
+  streaming jobs to the BundleBasedDirectRunner with pipelines.local_streaming.
   """
   standard = options.view_as(StandardOptions)
-  if (standard.runner or 'DirectRunner').lower() in ('directrunner', 'direct') \
-      and not standard.streaming:
-    standard.runner = 'FnApiRunner'
-  return standard.runner or 'DirectRunner'
+  if (standard.runner or 'DirectRunner').lower() in ('directrunner', 'direct'):
+    if standard.streaming:
+      # The only local runner that streams offline, with the project's fixes.
+      from pipelines import local_streaming
+      local_streaming.install()
+      standard.runner = 'BundleBasedDirectRunner'
+    else:
+      standard.runner = 'FnApiRunner'
+  return standard.runner
 
 
 def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
-           test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
-  """Builds the job behind `read`, runs it to the end and returns its counts."""
+           test_pipeline: Optional[beam.Pipeline] = None,
+           after_write: Optional[Callable[[WrittenFiles], None]] = None) -> JobResult:
+  """Builds the job behind `read`, runs it to the end and returns its counts.
+
+  Args:
+    after_write: adds steps behind the Parquet writes (more sinks, acknowledgements).
+  """
   started = time.monotonic()
   if test_pipeline is None:
     logging.info('Running on %s', choose_local_runner(options))
   pipeline = test_pipeline or beam.Pipeline(options=options)
   raw_records = pipeline | 'Read records' >> read
-  build(raw_records, config)
+  written = build(raw_records, config)
+  if after_write is not None:
+    after_write(written)
   _make_output_folders(config.output)
   result = pipeline.run()
   result.wait_until_finish()

@@ -59,7 +59,8 @@ def parse_record(record: r.RawRecord, mapping: FieldMapping,
     paths = ', '.join(format_path(p) for p in mapping.text_paths)
     return dead(r.NO_TEXT, f'no non-blank string at {paths}',
                 id=event_id, event_time_us=event_time_us)
-  return r.Event(event_id, event_time_us, text, record.source, record.stream, record.raw)
+  return r.Event(event_id, event_time_us, text, record.source, record.stream, record.raw,
+                 record.watermark_us)
 
 
 class _ParseFn(beam.DoFn):

@@ -2,7 +2,7 @@
 
 NamedTuples keep them cheap to pickle and easy to read in tests.
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 
 class RawRecord(NamedTuple):
@@ -14,12 +14,15 @@ class RawRecord(NamedTuple):
     position: its position in that stream (1-based line or row number).
     row: the already decoded row for columnar sources, else None.
     decode_error: why the bytes could not be decoded as UTF-8, if they could not.
+    watermark_us: a live source's watermark when it read the record; None
+      for archives, whose lateness is judged from the file's own order.
   """
   raw: str
   stream: str
-  position: int
+  position: Union[int, str]
   row: Optional[dict] = None
   decode_error: Optional[str] = None
+  watermark_us: Optional[int] = None
 
   @property
   def source(self) -> str:
@@ -34,6 +37,7 @@ class Event(NamedTuple):
   source: str
   stream: str
   raw: str  # kept so a later failure can dead-letter the record as read
+  watermark_us: Optional[int] = None  # see RawRecord
 
 
 class DeadLetter(NamedTuple):

@@ -4,9 +4,16 @@
 names a stream, the consumer group that reads it, the entry field holding
 the JSON event, and this reader's consumer name.
 """
+import json
 import socket
 import urllib.parse
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
+
+import apache_beam as beam
+
+from transforms.live_sources import Reader
+from transforms.records import RawRecord
+from transforms.sinks import WindowRows
 
 
 class RedisStreamAddress(NamedTuple):
@@ -49,3 +56,177 @@ class RedisStreamAddress(NamedTuple):
 
   def describe(self) -> str:
     return f'redis://{self.host}:{self.port}/{self.db} stream {self.stream}'
+
+
+class RedisStreamReader(Reader):
+  """Reads a stream through a consumer group, at least once.
+
+  On start it first re-reads this consumer's own pending entries (delivered
+  before a crash, never acknowledged), then claims entries that other
+  consumers left pending for `claim_idle_ms` (XAUTOCLAIM), then reads new ones.
+  Entries stay pending until AcknowledgeRedisEntries acknowledges them after
+  their rows or dead letters are written.
+  """
+
+  def __init__(self, address: RedisStreamAddress, block_ms: int = 100,
+               claim_idle_ms: int = 30_000):
+    if not address.group:
+      raise ValueError(f'{address.describe()}: a source needs a consumer group (?group=NAME)')
+    self._address = address
+    self._block_ms = block_ms
+    self._claim_idle_ms = claim_idle_ms
+    self._client = None
+    self._phase = 'own'
+    self._cursor = '0-0'
+
+  def open(self):
+    import redis
+    self._client = self._address.client()
+    try:
+      self._client.xgroup_create(self._address.stream, self._address.group, id='0',
+                                 mkstream=True)
+    except redis.ResponseError as e:
+      if 'BUSYGROUP' not in str(e):
+        raise
+    self._phase, self._cursor = 'own', '0-0'
+
+  def poll(self, max_records):
+    address = self._address
+    consumer = address.consumer_name()
+    if self._phase == 'own':
+      reply = self._client.xreadgroup(address.group, consumer, {address.stream: self._cursor},
+                                      count=max_records)
+      entries = reply[0][1] if reply else []
+      if entries:
+        self._cursor = entries[-1][0]
+        return self._records(entries)
+      self._phase, self._cursor = 'claim', '0-0'
+    if self._phase == 'claim':
+      reply = self._client.xautoclaim(address.stream, address.group, consumer,
+                                      min_idle_time=self._claim_idle_ms,
+                                      start_id=self._cursor, count=max_records)
+      self._cursor, entries = reply[0], reply[1]
+      if self._cursor in (b'0-0', '0-0'):
+        self._phase = 'new'
+      if entries:
+        return self._records(entries)
+    reply = self._client.xreadgroup(address.group, consumer, {address.stream: '>'},
+                                    count=max_records, block=self._block_ms)
+    return self._records(reply[0][1]) if reply else []
+
+  def _records(self, entries) -> List[RawRecord]:
+    field = self._address.field.encode()
+    records = []
+    for entry_id, fields in entries:
+      entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+      value = (fields or {}).get(field, b'')
+      try:
+        records.append(RawRecord(value.decode('utf-8'), self._address.stream, entry_id))
+      except UnicodeDecodeError as e:
+        records.append(RawRecord(value.decode('utf-8', 'backslashreplace'),
+                                 self._address.stream, entry_id,
+                                 decode_error=f'invalid UTF-8: {e}'))
+    return records
+
+  def close(self):
+    if self._client is not None:
+      self._client.close()
+
+
+def entry_ids(sources, stream: str) -> List[str]:
+  """The entry ids among `file:line`-style sources that belong to `stream`."""
+  ids = []
+  for source in sources:
+    name, _, entry_id = source.rpartition(':')
+    if name == stream:
+      ids.append(entry_id)
+  return ids
+
+
+class _AcknowledgeFn(beam.DoFn):
+
+  def __init__(self, address: RedisStreamAddress):
+    self._address = address
+    self._client = None
+
+  def setup(self):
+    self._client = self._address.client()
+
+  def process(self, written):
+    if isinstance(written, WindowRows):
+      sources = [row.event.source for row in written.rows]
+    else:
+      sources = [letter.source for letter in written.letters]
+    ids = entry_ids(sources, self._address.stream)
+    if ids:
+      self._client.xack(self._address.stream, self._address.group, *ids)
+    yield len(ids)
+
+  def teardown(self):
+    if self._client is not None:
+      self._client.close()
+
+
+class AcknowledgeRedisEntries(beam.PTransform):
+  """XACKs the entries behind written WindowRows and DeadLetterBatches.
+
+  Applied after the writes, so an entry is acknowledged only once its row or
+  dead letter is durably stored; a crash before that leaves it pending, and
+  the next start reads it again.
+  """
+
+  def __init__(self, address: RedisStreamAddress):
+    super().__init__()
+    self._address = address
+
+  def expand(self, written):
+    return written | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._address))
+
+
+def enriched_json(row, start_us: int, end_us: int, model: str) -> str:
+  from transforms.eventtime import format_micros
+  return json.dumps({
+      'id': row.event.id,
+      'event_time': format_micros(row.event.event_time_us),
+      'window_start': format_micros(start_us),
+      'window_end': format_micros(end_us),
+      'text': row.event.text,
+      'embedding': [float(x) for x in row.embedding],
+      'model': model,
+      'source': row.event.source,
+  }, ensure_ascii=False)
+
+
+class _XaddFn(beam.DoFn):
+
+  def __init__(self, address: RedisStreamAddress, model: str):
+    self._address = address
+    self._model = model
+    self._client = None
+
+  def setup(self):
+    self._client = self._address.client()
+
+  def process(self, batch: WindowRows):
+    pipe = self._client.pipeline(transaction=False)
+    for row in batch.rows:
+      pipe.xadd(self._address.stream, {self._address.field: enriched_json(
+          row, batch.start_us, batch.end_us, self._model)})
+    pipe.execute()
+    yield batch
+
+  def teardown(self):
+    if self._client is not None:
+      self._client.close()
+
+
+class WriteRedisStream(beam.PTransform):
+  """XADDs each enriched row as JSON (embedding included) to a Redis Stream; passes batches on."""
+
+  def __init__(self, address: RedisStreamAddress, model: str):
+    super().__init__()
+    self._address = address
+    self._model = model
+
+  def expand(self, windows):
+    return windows | 'XADD rows' >> beam.ParDo(_XaddFn(self._address, self._model))

@@ -4,12 +4,14 @@ Deterministic for a given seed, so the demo and its tests give the same events
 every run. Each record is a JSON line, as a stream of JSON events would carry it.
 """
 import datetime
+import itertools
 import json
 import random
-from typing import Iterator
+from typing import Iterator, Optional, Tuple
 
 import apache_beam as beam
 
+from transforms.live_sources import Reader
 from transforms.records import RawRecord
 
 STREAM = 'synthetic'
@@ -52,10 +54,18 @@ def _iso(moment_us: int) -> str:
 
 def synthetic_records(num_events: int, rate: float, seed: int = 7,
                       start: datetime.datetime = DEFAULT_START,
-                      max_disorder_s: float = 3.0,
-                      late_every: int = 200,
-                      malformed_every: int = 150) -> Iterator[RawRecord]:
-  """Yields `num_events` JSON lines, `rate` events per second of event time.
+                      **flaws) -> Iterator[RawRecord]:
+  """Yields `num_events` JSON lines, `rate` events per second of event time."""
+  for _, record in synthetic_slots(num_events, rate, seed, start, **flaws):
+    yield record
+
+
+def synthetic_slots(num_events: Optional[int], rate: float, seed: int = 7,
+                    start: datetime.datetime = DEFAULT_START,
+                    max_disorder_s: float = 3.0,
+                    late_every: int = 200,
+                    malformed_every: int = 150) -> Iterator[Tuple[int, RawRecord]]:
+  """Yields (slot time in epoch microseconds, record); endless when num_events is None.
 
   Event times jitter up to `max_disorder_s` behind their slot; every
   `late_every`-th event is five minutes old; every `malformed_every`-th record
@@ -63,7 +73,7 @@ def synthetic_records(num_events: int, rate: float, seed: int = 7,
   """
   rng = random.Random(seed)
   start_us = (start - _EPOCH) // datetime.timedelta(microseconds=1)
-  for n in range(1, num_events + 1):
+  for n in itertools.count(1) if num_events is None else range(1, num_events + 1):
     slot_us = start_us + round((n - 1) * 1_000_000 / rate)
     event_us = slot_us - round(rng.uniform(0, max_disorder_s) * 1_000_000)
     if late_every and n % late_every == 0:
@@ -81,7 +91,7 @@ def synthetic_records(num_events: int, rate: float, seed: int = 7,
       else:
         event['time'] = 'yesterday-ish'
         line = json.dumps(event)
-    yield RawRecord(line, STREAM, n)
+    yield slot_us, RawRecord(line, STREAM, n)
 
 
 class GenerateSyntheticEvents(beam.PTransform):
@@ -99,3 +109,31 @@ class GenerateSyntheticEvents(beam.PTransform):
             | 'Seed' >> beam.Create([self._seed])
             | 'Generate' >> beam.FlatMap(
                 lambda seed: synthetic_records(num_events, rate, seed)))
+
+
+class SyntheticReader(Reader):
+  """The synthetic stream live: `rate` events per second of wall time, event time = now.
+
+  Endless; its records are the same as the bounded source's, shifted to start now.
+  """
+
+  def __init__(self, rate: float, seed: int = 7):
+    self._rate = rate
+    self._seed = seed
+    self._slots = None
+    self._next = None
+
+  def open(self):
+    start = datetime.datetime.now(datetime.timezone.utc)
+    self._slots = synthetic_slots(None, self._rate, self._seed, start)
+    self._next = next(self._slots)
+
+  def poll(self, max_records):
+    now_us = (datetime.datetime.now(datetime.timezone.utc) - _EPOCH) // datetime.timedelta(
+        microseconds=1)
+    batch = []
+    while len(batch) < max_records and self._next[0] <= now_us:
+      batch.append(self._next[1])
+      self._next = next(self._slots)
+    return batch
+

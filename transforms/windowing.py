@@ -80,12 +80,15 @@ class LatenessTracker:
 
   def observe(self, event_time_us: int) -> bool:
     """Records an event and returns whether it is late."""
-    watermark = self.watermark_us
-    late = (watermark is not None and
-            self._spec.last_window_end_us(event_time_us) + self._lateness_us <= watermark)
+    late = self.is_late(event_time_us, self.watermark_us)
     if self._newest_us is None or event_time_us > self._newest_us:
       self._newest_us = event_time_us
     return late
+
+  def is_late(self, event_time_us: int, watermark_us: Optional[int]) -> bool:
+    """Whether an event's windows all closed (plus lateness) at `watermark_us`."""
+    return (watermark_us is not None and
+            self._spec.last_window_end_us(event_time_us) + self._lateness_us <= watermark_us)
 
 
 class _StampFn(beam.DoFn):
@@ -102,26 +105,30 @@ class AssignEventTime(beam.PTransform):
 
 
 class _FlagLateFn(beam.DoFn):
-  """Runs fused behind the source, so it sees each stream in its own order."""
+  """Judges archive records by their stream's own order (it runs fused behind
+  the reader); live records by the watermark their source stamped on them."""
 
   def __init__(self, spec: WindowSpec):
     self._spec = spec
-    self._trackers = {}
-
-  def start_bundle(self):
     self._trackers = {}
 
   def process(self, event: r.Event):
     tracker = self._trackers.get(event.stream)
     if tracker is None:
       tracker = self._trackers[event.stream] = LatenessTracker(self._spec)
-    if not tracker.observe(event.event_time_us):
+    if event.watermark_us is None:
+      late = tracker.observe(event.event_time_us)
+      watermark_us = tracker.watermark_us
+    else:  # a live source: judge by the watermark it reported to the runner
+      watermark_us = event.watermark_us
+      late = tracker.is_late(event.event_time_us, watermark_us)
+    if not late:
       yield event
       return
     yield beam.pvalue.TaggedOutput(DEADLETTER, r.DeadLetter(
         raw=event.raw, reason=r.LATE,
         error=(f'event time {format_micros(event.event_time_us)} is behind the '
-               f'watermark {format_micros(tracker.watermark_us)} by more than the '
+               f'watermark {format_micros(watermark_us)} by more than the '
                f'allowed lateness of {self._spec.allowed_lateness_s:g}s'),
         source=event.source, id=event.id, event_time_us=event.event_time_us))
 

@@ -1,0 +1,154 @@
+"""Live streaming: an unbounded source, windows that fire while the job runs.
+
+  python -m pipelines.stream --source URI --output DIR [--sink redis://...] [--duration S]
+      [mapping, window, model options] [any Beam runner options]
+
+Sources:
+  synthetic://?rate=N                                the embedded stream (default), endless
+  redis://HOST:PORT/DB?stream=NAME&group=GROUP[&field=event][&consumer=NAME]
+  file://GLOB                                        an archive read as a stream; ends at its end
+
+Locally it runs on the BundleBasedDirectRunner with pipelines.local_streaming;
+`--runner FlinkRunner`, `DataflowRunner` or `PrismRunner --prism_location ...`
+run the same pipeline. SIGINT/SIGTERM (or --duration) drain: stop reading,
+close open windows, write, acknowledge, exit 0.
+"""
+import logging
+import signal
+import statistics
+import threading
+import time
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.launcher import JobResult, launch, main
+from pipelines.options import ConfigError, JobConfig, job_config
+from transforms.eventtime import format_micros
+from transforms.live_sources import DRAIN, ArchiveReader, EventTimeOf, ReadLive
+from transforms.redis_streams import (AcknowledgeRedisEntries, RedisStreamAddress,
+                                      RedisStreamReader, WriteRedisStream)
+from transforms.sinks import WindowRows
+from transforms.synthetic import SyntheticReader
+
+_STREAM_DEFAULTS = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',
+                    '--min_batch_size', '1', '--max_batch_size', '1024']
+
+
+class StreamOptions(PipelineOptions):
+  """Where a live job reads and what else it writes."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--source', default='synthetic://?rate=20',
+                        help='synthetic://?rate=N, redis://HOST:PORT/DB?stream=S&group=G, '
+                        'or file://GLOB.')
+    parser.add_argument('--sink', default='',
+                        help='Extra sinks beside Parquet, comma-separated: '
+                        'redis://HOST:PORT/DB?stream=NAME.')
+    parser.add_argument('--duration', type=float, default=0,
+                        help='Drain and stop after this many seconds; 0 runs until '
+                        'SIGINT/SIGTERM (or the end of a file:// source).')
+    parser.add_argument('--poll_interval', type=float, default=0.2,
+                        help='Seconds between polls of an idle source.')
+
+
+def make_reader(uri: str, input_format: Optional[str] = None):
+  """The Reader factory for a source URI (called on the worker)."""
+  if uri.startswith('synthetic://'):
+    import urllib.parse
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)
+    rate = float(query.get('rate', ['20'])[-1])
+    seed = int(query.get('seed', ['7'])[-1])
+    return lambda: SyntheticReader(rate, seed)
+  if uri.startswith('redis://'):
+    address = RedisStreamAddress.parse(uri)
+    RedisStreamReader(address)  # validates the address here, not on the worker
+    return lambda: RedisStreamReader(address)
+  if uri.startswith('file://'):
+    pattern = uri[len('file://'):]
+    return lambda: ArchiveReader(pattern, input_format)
+  raise ValueError(f'unknown --source {uri}: use synthetic://, redis:// or file://')
+
+
+class _ReportWindowFn(beam.DoFn):
+  """One status line per written window firing."""
+
+  def __init__(self):
+    self._started = time.time()  # built when the job starts; runs in the same process locally
+    self._rows = 0
+
+  def process(self, batch: WindowRows):
+    now_us = time.time_ns() // 1000
+    latencies = sorted((now_us - row.event.event_time_us) / 1e6 for row in batch.rows)
+    self._rows += len(batch.rows)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    logging.info('window %s..%s pane %d: %d events, latency p50 %.2f s p99 %.2f s, '
+                 '%.1f events/s so far', format_micros(batch.start_us)[11:],
+                 format_micros(batch.end_us)[11:], batch.pane, len(batch.rows),
+                 statistics.median(latencies), p99,
+                 self._rows / max(time.time() - self._started, 1e-9))
+    yield batch
+
+
+def _extra_steps(options: StreamOptions, config: JobConfig):
+  sinks = [s.strip() for s in options.sink.split(',') if s.strip()]
+  for sink in sinks:
+    if not sink.startswith('redis://'):
+      raise ConfigError(f'unknown --sink {sink}: use redis://HOST:PORT/DB?stream=NAME')
+  try:
+    sink_addresses = [RedisStreamAddress.parse(s) for s in sinks]
+    source = (RedisStreamAddress.parse(options.source)
+              if options.source.startswith('redis://') else None)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+  def after_write(written):
+    windows = written.enriched
+    for n, address in enumerate(sink_addresses):
+      windows = windows | f'Write Redis sink {n}' >> WriteRedisStream(address, config.model.model)
+    windows = windows | 'Report windows' >> beam.ParDo(_ReportWindowFn())
+    if source is not None:
+      windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(source)
+      written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(source)
+
+  return after_write
+
+
+def _drain_on_signals(duration_s: float) -> None:
+  def drain(signum, _frame):
+    logging.info('%s: draining (stop reading, close windows, write, acknowledge)',
+                 signal.Signals(signum).name)
+    DRAIN.set()
+
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, drain)
+    signal.signal(signal.SIGTERM, drain)
+  if duration_s > 0:
+    timer = threading.Timer(duration_s, DRAIN.set)
+    timer.daemon = True
+    timer.start()
+
+
+def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
+  options = PipelineOptions(_STREAM_DEFAULTS + list(argv or []))
+  options.view_as(StandardOptions).streaming = True
+  stream = options.view_as(StreamOptions)
+  config = job_config(options)
+  try:
+    from pipelines.options import ArchiveOptions
+    reader = make_reader(stream.source, options.view_as(ArchiveOptions).input_format)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  read = ReadLive(reader, EventTimeOf(config.mapping, config.time_parser),
+                  config.window.max_out_of_orderness_s, stream.poll_interval)
+  after_write = _extra_steps(stream, config)
+  DRAIN.clear()
+  _drain_on_signals(stream.duration)
+  return launch(options, config, read, test_pipeline, after_write)
+
+
+if __name__ == '__main__':
+  import sys
+  main(run, sys.argv[1:])

@@ -1,0 +1,213 @@
+"""Unbounded sources: one splittable DoFn that polls a reader and owns the watermark.
+
+A reader (synthetic stream, Redis Stream, archive read as a stream) hands out
+RawRecords in order. The DoFn emits each poll as one bundle, stamps every
+record with the watermark it has reported so far, and moves the watermark:
+  - to the newest event time minus `max_out_of_orderness`;
+  - while the source is idle, forward at the pace of the wall clock, so the
+    last window of a quiet stream still closes;
+  - to +infinity when the reader is exhausted or a drain is requested, which
+    ends the stream cleanly: the runner then closes every open window.
+"""
+import itertools
+import json
+import threading
+import time
+from typing import Callable, List, Optional
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+
+from transforms.records import RawRecord
+
+_ENDLESS = 2**62
+
+# Set to drain every live source of this process: stop reading, close windows.
+DRAIN = threading.Event()
+
+
+class Reader:
+  """What a live source polls. Subclasses open connections in open()."""
+
+  def open(self) -> None:
+    pass
+
+  def poll(self, max_records: int) -> List[RawRecord]:
+    """Returns the records ready now (maybe none)."""
+    raise NotImplementedError
+
+  def exhausted(self) -> bool:
+    """True when no record will ever come again (bounded readers)."""
+    return False
+
+  def close(self) -> None:
+    pass
+
+
+class _Unbounded(RestrictionProvider):
+
+  def initial_restriction(self, element):
+    return OffsetRange(0, _ENDLESS)
+
+  def create_tracker(self, restriction):
+    return OffsetRestrictionTracker(restriction)
+
+  def restriction_size(self, element, restriction):
+    return restriction.size()
+
+
+class _StreamWatermark:
+  """The source's watermark: newest event time minus the disorder, clock-driven when idle."""
+
+  def __init__(self, max_out_of_orderness_s: float, idle_after_s: float):
+    self._disorder_us = round(max_out_of_orderness_s * 1e6)
+    self._idle_after_s = idle_after_s
+    self.newest_us = None
+    self.watermark_us = None
+    self._last_arrival = time.monotonic()
+
+  def observe(self, event_time_us: Optional[int]) -> None:
+    self._last_arrival = time.monotonic()
+    if event_time_us is not None and (self.newest_us is None or event_time_us > self.newest_us):
+      self.newest_us = event_time_us
+      self._advance(event_time_us - self._disorder_us)
+
+  def idle(self) -> None:
+    """No record this poll: after a while, event time is assumed to pass like wall time."""
+    idle_s = time.monotonic() - self._last_arrival
+    if self.newest_us is not None and idle_s >= self._idle_after_s:
+      self._advance(self.newest_us + round(idle_s * 1e6) - self._disorder_us)
+
+  def _advance(self, candidate_us: int) -> None:
+    if self.watermark_us is None or candidate_us > self.watermark_us:
+      self.watermark_us = candidate_us
+
+
+class _LiveSourceFn(beam.DoFn):
+  """Polls a reader forever (or until drained/exhausted), emitting one bundle per poll."""
+
+  def __init__(self, make_reader: Callable[[], Reader], event_time_us: Callable,
+               max_out_of_orderness_s: float, poll_interval_s: float, max_records: int):
+    self._make_reader = make_reader
+    self._event_time_us = event_time_us
+    self._max_out_of_orderness_s = max_out_of_orderness_s
+    self._poll_interval_s = poll_interval_s
+    self._max_records = max_records
+    self._reader = None
+    self._watermark = None
+    self._held = []
+
+  def setup(self):
+    self._reader = self._make_reader()
+    self._reader.open()
+    self._watermark = _StreamWatermark(self._max_out_of_orderness_s,
+                                       idle_after_s=max(1.0, self._max_out_of_orderness_s))
+
+  def teardown(self):
+    if self._reader is not None:
+      self._reader.close()
+
+  @beam.DoFn.unbounded_per_element()
+  def process(self, _, tracker=beam.DoFn.RestrictionParam(_Unbounded()),
+              watermark=beam.DoFn.WatermarkEstimatorParam(
+                  ManualWatermarkEstimator.default_provider())):
+    if self._reader is None:
+      self.setup()  # some runners call process() on an SDF that was never set up
+    if DRAIN.is_set() or (not self._held and self._reader.exhausted()):
+      watermark.set_watermark(MAX_TIMESTAMP)
+      # Claiming past the end marks the restriction done; returning ends it.
+      tracker.try_claim(tracker.current_restriction().stop)
+      return
+    position = tracker.current_restriction().start
+    records, self._held = (self._held or self._reader.poll(self._max_records)), []
+    for n, record in enumerate(records):
+      if not tracker.try_claim(position):
+        self._held = records[n:]  # the runner split us: emit these on the next call
+        return
+      position += 1
+      stamped = self._watermark.watermark_us
+      self._watermark.observe(self._event_time_us(record))
+      # Emitted at the watermark it was read under: never behind the runner's
+      # watermark, and re-stamped with its event time after parsing.
+      at = stamped if stamped is not None else self._watermark.watermark_us
+      yield beam.window.TimestampedValue(record._replace(watermark_us=stamped),
+                                         Timestamp(micros=at) if at is not None else
+                                         Timestamp.now())
+    if not records:
+      self._watermark.idle()
+    if self._watermark.watermark_us is not None:
+      watermark.set_watermark(Timestamp(micros=self._watermark.watermark_us))
+    tracker.defer_remainder(Duration.of(0 if records else self._poll_interval_s))
+
+
+class ReadLive(beam.PTransform):
+  """Reads an unbounded stream of RawRecords from a Reader.
+
+  Args:
+    make_reader: builds the Reader on the worker (readers hold connections).
+    event_time_us: a record's event time in epoch microseconds, or None.
+    max_out_of_orderness_s: how far the watermark trails the newest event time.
+    poll_interval_s: the wait before polling again after an empty poll.
+    max_records: the most records in one poll (one bundle).
+  """
+
+  def __init__(self, make_reader: Callable[[], Reader], event_time_us: Callable,
+               max_out_of_orderness_s: float, poll_interval_s: float = 0.2,
+               max_records: int = 1024):
+    super().__init__()
+    self._fn = _LiveSourceFn(make_reader, event_time_us, max_out_of_orderness_s,
+                             poll_interval_s, max_records)
+
+  def expand(self, pbegin):
+    return pbegin | 'Start' >> beam.Impulse() | 'Poll' >> beam.ParDo(self._fn)
+
+
+class EventTimeOf:
+  """A record's event time from the job's field mapping, or None when unreadable."""
+
+  def __init__(self, mapping, time_parser):
+    self._mapping = mapping
+    self._time_parser = time_parser
+
+  def __call__(self, record: RawRecord) -> Optional[int]:
+    from transforms.fields import resolve
+    obj = record.row
+    if obj is None:
+      try:
+        obj = json.loads(record.raw)
+      except ValueError:
+        return None
+    if not isinstance(obj, dict):
+      return None
+    try:
+      return self._time_parser.parse(resolve(obj, self._mapping.time_path))
+    except ValueError:
+      return None
+
+
+class ArchiveReader(Reader):
+  """Archive files (a glob) read in order as a stream; exhausted at their end."""
+
+  def __init__(self, pattern: str, input_format: Optional[str] = None):
+    self._pattern = pattern
+    self._input_format = input_format
+    self._records = None
+    self._done = False
+
+  def open(self):
+    from apache_beam.io.filesystems import FileSystems
+    from transforms.sources import read_archive
+    paths = sorted(m.path for m in FileSystems.match([self._pattern])[0].metadata_list)
+    self._records = (record for path in paths
+                     for record in read_archive(path, self._input_format))
+
+  def poll(self, max_records):
+    batch = list(itertools.islice(self._records, max_records))
+    self._done = len(batch) < max_records
+    return batch
+
+  def exhausted(self):
+    return self._done
