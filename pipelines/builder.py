@@ -6,6 +6,7 @@ so a live stream and an archive replay go through the same transforms.
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.ml.inference.base import ModelHandler
 
 from models.handler import SentenceTransformerHandler
@@ -29,7 +30,7 @@ class WrittenFiles(NamedTuple):
 
 def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
                      model_handler: Optional[ModelHandler] = None) -> EnrichmentOutputs:
-  """Parse, flag late events, stamp event time, embed and window.
+  """Parse, flag late events, stamp event time, embed and window (streaming: window, then embed).
 
   Args:
     raw_records: RawRecords from any source.
@@ -40,10 +41,18 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
   events, unparsable = raw_records | 'Parse events' >> ParseEvents(
       config.mapping, config.time_parser)
   on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
-  embedded, failed = (on_time
-                      | 'Assign event time' >> AssignEventTime()
-                      | 'Embed events' >> EmbedEvents(handler))
-  windowed = embedded | 'Window events' >> WindowEvents(config.window)
+  timed = on_time | 'Assign event time' >> AssignEventTime()
+  if raw_records.pipeline.options.view_as(StandardOptions).streaming:
+    # Batches must stay inside windows while the watermark moves: a batch of
+    # the global window is emitted at its end, which no watermark hold covers.
+    windowed, failed = (timed
+                        | 'Window events' >> WindowEvents(config.window)
+                        | 'Embed events' >> EmbedEvents(handler))
+  else:
+    # Bounded input: batch across windows, so batches fill even when windows
+    # are small, and a sliding window's copies share one inference.
+    embedded, failed = timed | 'Embed events' >> EmbedEvents(handler)
+    windowed = embedded | 'Window events' >> WindowEvents(config.window)
   deadletters = (unparsable, late, failed) | 'Collect dead letters' >> CollectDeadLetters()
   return EnrichmentOutputs(windowed, deadletters)
 

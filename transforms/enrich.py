@@ -30,9 +30,9 @@ class _SplitResultsFn(beam.DoFn):
 class EmbedEvents(beam.PTransform):
   """Embeds each Event's text with RunInference; returns (embedded, dead letters).
 
-  Apply it before windowing: batches then span windows, so they fill up even
-  when windows are small, and a sliding window's copies share one inference.
-  Outputs keep their event time as timestamp.
+  Outputs carry their event time as timestamp. On bounded input apply it
+  before windowing, so that batches span windows; on unbounded input after,
+  so that each batch is emitted inside its window, ahead of the watermark.
 
   Args:
     model_handler: a ModelHandler from texts to PredictionResults whose

@@ -1,0 +1,168 @@
+"""`python -m pipelines.stream` as a user runs it, against a real Redis server the test starts."""
+import gzip
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.dataset as ds
+import pytest
+import redis
+
+from tests.conftest import ROOT
+from tests.redis_server import redis_server
+
+pytestmark = pytest.mark.e2e
+WIKI = ['--time_field', 'time', '--text_field', 'comment', '--window_size', '5',
+        '--max_out_of_orderness', '1']
+
+
+@pytest.fixture
+def server():
+  with redis_server() as url:
+    yield url
+
+
+@pytest.fixture(scope='module')
+def wiki_lines(tmp_path_factory, wiki_archive):
+  path = tmp_path_factory.mktemp('events') / 'wiki.jsonl'
+  with gzip.open(wiki_archive, 'rt', encoding='utf-8') as source:
+    path.write_text(''.join(itertools.islice(source, 2000)))
+  return path
+
+
+def python(module, *args, log):
+  return subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT,
+                          env=dict(os.environ, HF_HUB_OFFLINE='1'),
+                          stdout=log, stderr=subprocess.STDOUT)
+
+
+def produce(url, path, *args):
+  done = subprocess.run([sys.executable, '-m', 'pipelines.produce', '--input', str(path),
+                         '--target', f'{url}?stream=events', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+
+
+def wait_for(predicate, timeout, what):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if predicate():
+      return
+    time.sleep(0.2)
+  raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+
+
+def window_files(out):
+  return sorted((out / 'enriched').rglob('*.parquet')) if (out / 'enriched').exists() else []
+
+
+def read(out, name):
+  return ds.dataset(out / name, format='parquet', partitioning='hive').to_table()
+
+
+def column(out, name, field):
+  """A column of a written folder; [] when the folder holds no file (no dead letters)."""
+  table = read(out, name)
+  return table.column(field).to_pylist() if table.num_rows else []
+
+
+def stop(job, log_path):
+  job.send_signal(signal.SIGTERM)
+  try:
+    assert job.wait(120) == 0, log_path.read_text()[-3000:]
+  finally:
+    if job.poll() is None:
+      job.kill()
+
+
+def entry_ids(url):
+  client = redis.Redis.from_url(url)
+  return [entry_id.decode() for entry_id, _ in client.xrange('events')]
+
+
+def test_windows_are_written_while_running_and_sigterm_drains(server, wiki_lines, tmp_path):
+  out, log_path = tmp_path / 'out', tmp_path / 'job.log'
+  with open(log_path, 'w') as log:
+    job = python('pipelines.stream', '--source', f'{server}?stream=events&group=enrich',
+                 '--output', str(out), *WIKI, log=log)
+    started = time.monotonic()
+    producer = python('pipelines.produce', '--input', str(wiki_lines), '--target',
+                      f'{server}?stream=events', '--rate', '40', '--retime', '--limit', '400',
+                      log=log)
+    wait_for(lambda: window_files(out), 60, 'the first window file')
+    first_window_after = time.monotonic() - started
+    assert job.poll() is None, 'the job must keep running after writing a window'
+    assert producer.wait(60) == 0
+    time.sleep(4)  # idle: the watermark follows the clock, the last window closes
+    stop(job, log_path)
+  assert first_window_after < 30, first_window_after
+  sources = column(out, 'enriched', 'source') + column(out, 'deadletter', 'source')
+  assert len(sources) == len(set(sources)) == 400
+  assert {s.rpartition(':')[2] for s in sources} == set(entry_ids(server))
+  pending = redis.Redis.from_url(server).xpending('events', 'enrich')['pending']
+  assert pending == 0
+  text = log_path.read_text()
+  assert 'Read 400 records' in text and 'every record accounted for' in text
+  assert 'latency p50' in text
+
+
+def test_kill_9_and_restart_lose_and_duplicate_nothing(server, wiki_lines, tmp_path):
+  out = tmp_path / 'out'
+  source = f'{server}?stream=events&group=enrich&consumer=worker-1'
+  produce(server, wiki_lines, '--rate', '60', '--retime', '--limit', '300')
+  with open(tmp_path / 'first.log', 'w') as log:
+    job = python('pipelines.stream', '--source', source, '--output', str(out), *WIKI, log=log)
+    produce(server, wiki_lines, '--rate', '60', '--retime', '--limit', '300')
+    wait_for(lambda: window_files(out), 60, 'a first window')
+    job.kill()  # SIGKILL: no drain, no acknowledgements for open windows
+    job.wait(30)
+  client = redis.Redis.from_url(server)
+  assert client.xpending('events', 'enrich')['pending'] > 0  # work was left unacknowledged
+  produce(server, wiki_lines, '--rate', '100', '--retime', '--limit', '200')
+  log_path = tmp_path / 'second.log'
+  with open(log_path, 'w') as log:
+    job = python('pipelines.stream', '--source', source, '--output', str(out), *WIKI, log=log)
+    wait_for(lambda: client.xpending('events', 'enrich')['pending'] == 0 and
+             _consumer_caught_up(client), 90, 'every entry to be acknowledged')
+    stop(job, log_path)
+  ids = column(out, 'enriched', 'id')
+  assert len(ids) == len(set(ids)), 'duplicated rows'
+  sources = column(out, 'enriched', 'source') + column(out, 'deadletter', 'source')
+  assert len(sources) == len(set(sources))
+  assert {s.rpartition(':')[2] for s in sources} == set(entry_ids(server))  # nothing lost
+
+
+def _consumer_caught_up(client):
+  groups = client.xinfo_groups('events')
+  return all(group.get('lag', 0) in (0, None) for group in groups)
+
+
+def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_path):
+  events = [{'id': f'e{n}', 'time': t, 'text': f'event number {n}'} for n, t in
+            enumerate([1, 2, 6, 11, 3, 12, 22, 9, 23, 31])]
+  # With 5 s windows and 1 s disorder: e4 (t=3, window ends 5) arrives at watermark 10: late;
+  # e7 (t=9, window ends 10) arrives at watermark 21: late.
+  archive = tmp_path / 'events.jsonl'
+  archive.write_text(''.join(json.dumps(e) + '\n' for e in events))
+  flags = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '1']
+  live, replayed = tmp_path / 'live', tmp_path / 'replay'
+  done = subprocess.run([sys.executable, '-m', 'pipelines.stream', '--source',
+                         f'file://{archive}', '--output', str(live), *flags],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  done = subprocess.run([sys.executable, '-m', 'pipelines.replay', '--input', str(archive),
+                         '--output', str(replayed), *flags],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = []
+  for out in (live, replayed):
+    rows = sorted((r['id'], r['window_start'].timestamp()) for r in read(out, 'enriched').to_pylist())
+    late = sorted((r['id'], r['reason']) for r in read(out, 'deadletter').to_pylist())
+    results.append((rows, late))
+  assert results[0] == results[1]
+  assert results[0][1] == [('e4', 'late'), ('e7', 'late')]
+  assert len(results[0][0]) == 8
