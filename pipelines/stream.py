@@ -24,7 +24,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.launcher import JobResult, launch, main
-from pipelines.options import ConfigError, JobConfig, job_config
+from pipelines.options import ArchiveOptions, ConfigError, JobConfig, job_config
 from transforms.eventtime import format_micros
 from transforms.live_sources import DRAIN, ArchiveReader, EventTimeOf, ReadLive
 from transforms.redis_streams import (AcknowledgeRedisEntries, RedisStreamAddress,
@@ -136,8 +136,13 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   options.view_as(StandardOptions).streaming = True
   stream = options.view_as(StreamOptions)
   config = job_config(options)
+  runner = (options.view_as(StandardOptions).runner or 'DirectRunner').lower()
+  if config.model.max_batch_duration_secs and runner in ('directrunner', 'direct'):
+    # Measured: with Beam's stateful batching, a drained local run wrote 415 of
+    # 488 events. Batches already follow the source's polls here.
+    raise ConfigError('--max_batch_duration_secs loses buffered events on the local streaming '
+                      'runner; leave it out locally (batches follow the source polls)')
   try:
-    from pipelines.options import ArchiveOptions
     reader = make_reader(stream.source, options.view_as(ArchiveOptions).input_format)
   except ValueError as e:
     raise ConfigError(str(e)) from None

@@ -88,7 +88,7 @@ def test_windows_are_written_while_running_and_sigterm_drains(server, wiki_lines
   out, log_path = tmp_path / 'out', tmp_path / 'job.log'
   with open(log_path, 'w') as log:
     job = python('pipelines.stream', '--source', f'{server}?stream=events&group=enrich',
-                 '--output', str(out), *WIKI, log=log)
+                 '--sink', f'{server}?stream=enriched', '--output', str(out), *WIKI, log=log)
     started = time.monotonic()
     producer = python('pipelines.produce', '--input', str(wiki_lines), '--target',
                       f'{server}?stream=events', '--rate', '40', '--retime', '--limit', '400',
@@ -97,14 +97,20 @@ def test_windows_are_written_while_running_and_sigterm_drains(server, wiki_lines
     first_window_after = time.monotonic() - started
     assert job.poll() is None, 'the job must keep running after writing a window'
     assert producer.wait(60) == 0
-    time.sleep(4)  # idle: the watermark follows the clock, the last window closes
+    # The source is idle now; its watermark follows the clock, so the last
+    # window closes and every event is written while the job keeps running.
+    wait_for(lambda: _written(out) == 400, 30, 'the last window of the idle stream')
+    assert job.poll() is None
     stop(job, log_path)
   assert first_window_after < 30, first_window_after
   sources = column(out, 'enriched', 'source') + column(out, 'deadletter', 'source')
   assert len(sources) == len(set(sources)) == 400
   assert {s.rpartition(':')[2] for s in sources} == set(entry_ids(server))
-  pending = redis.Redis.from_url(server).xpending('events', 'enrich')['pending']
-  assert pending == 0
+  client = redis.Redis.from_url(server)
+  assert client.xpending('events', 'enrich')['pending'] == 0
+  downstream = [json.loads(fields[b'event']) for _, fields in client.xrange('enriched')]
+  assert len(downstream) == len(column(out, 'enriched', 'id'))
+  assert len(downstream[0]['embedding']) == 384 and downstream[0]['text']
   text = log_path.read_text()
   assert 'Read 400 records' in text and 'every record accounted for' in text
   assert 'latency p50' in text
@@ -113,10 +119,10 @@ def test_windows_are_written_while_running_and_sigterm_drains(server, wiki_lines
 def test_kill_9_and_restart_lose_and_duplicate_nothing(server, wiki_lines, tmp_path):
   out = tmp_path / 'out'
   source = f'{server}?stream=events&group=enrich&consumer=worker-1'
-  produce(server, wiki_lines, '--rate', '60', '--retime', '--limit', '300')
+  produce(server, wiki_lines, '--rate', '40', '--retime', '--limit', '200')
   with open(tmp_path / 'first.log', 'w') as log:
     job = python('pipelines.stream', '--source', source, '--output', str(out), *WIKI, log=log)
-    produce(server, wiki_lines, '--rate', '60', '--retime', '--limit', '300')
+    produce(server, wiki_lines, '--rate', '40', '--retime', '--limit', '200')
     wait_for(lambda: window_files(out), 60, 'a first window')
     job.kill()  # SIGKILL: no drain, no acknowledgements for open windows
     job.wait(30)
@@ -134,6 +140,13 @@ def test_kill_9_and_restart_lose_and_duplicate_nothing(server, wiki_lines, tmp_p
   sources = column(out, 'enriched', 'source') + column(out, 'deadletter', 'source')
   assert len(sources) == len(set(sources))
   assert {s.rpartition(':')[2] for s in sources} == set(entry_ids(server))  # nothing lost
+
+
+def _written(out):
+  try:
+    return len(column(out, 'enriched', 'id')) + len(column(out, 'deadletter', 'id'))
+  except (OSError, ValueError):  # a file being renamed into place
+    return 0
 
 
 def _consumer_caught_up(client):

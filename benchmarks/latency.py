@@ -1,0 +1,107 @@
+"""Event-to-written latency of the live job reading a Redis Stream.
+
+  python -m benchmarks.latency [--rates 40] [--seconds 60] [--window_size 5]
+
+For each rate: starts a throwaway Redis server, the streaming job on it, and
+the producer replaying the shared Wikipedia comments with --retime (event time
+= send time) at that rate. When the producer is done and every event is
+written, SIGTERM drains the job. An event's latency is the modification time
+of the Parquet file holding its row minus its event time: waiting for the
+window to close (up to the window size, plus the out-of-orderness allowance)
+plus the job's own delay. Prints p50/p95/p99, when the first window was
+written, and whether the job kept up; writes JSON under benchmarks/results/.
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow.dataset as ds
+
+from tests.redis_server import redis_server
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_INPUT = ROOT.parent / 'shared' / 'data' / 'wikiticker-2015-09-12-sampled.json.gz'
+RESULTS = ROOT / 'benchmarks' / 'results'
+
+
+def latencies(out: pathlib.Path) -> np.ndarray:
+  values = []
+  for path in (out / 'enriched').rglob('*.parquet'):
+    written = path.stat().st_mtime
+    table = ds.dataset(path, format='parquet').to_table(columns=['event_time'])
+    times = table.column('event_time').cast('int64').to_numpy() / 1e6
+    values.extend(written - times)
+  return np.array(values)
+
+
+def measure(rate: float, seconds: float, window_size: float, archive: str) -> dict:
+  count = int(rate * seconds)
+  with redis_server() as url, tempfile.TemporaryDirectory() as folder:
+    out = pathlib.Path(folder) / 'out'
+    log = open(pathlib.Path(folder) / 'job.log', 'w')
+    env = dict(os.environ, HF_HUB_OFFLINE='1')
+    job = subprocess.Popen(
+        [sys.executable, '-m', 'pipelines.stream', '--source', f'{url}?stream=events&group=b',
+         '--output', str(out), '--time_field', 'time', '--text_field', 'comment',
+         '--window_size', str(window_size), '--max_out_of_orderness', '1'],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    started, started_wall = time.monotonic(), time.time()
+    subprocess.run([sys.executable, '-m', 'pipelines.produce', '--input', archive, '--target',
+                    f'{url}?stream=events', '--rate', str(rate), '--retime',
+                    '--limit', str(count)], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    produced_for = time.monotonic() - started
+    first_window = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+      files = list((out / 'enriched').rglob('*.parquet')) if out.exists() else []
+      if files and first_window is None:
+        first_window = min(f.stat().st_mtime for f in files) - started_wall
+      written = sum(ds.dataset(f, format='parquet').count_rows() for f in files)
+      if written >= count:
+        break
+      time.sleep(0.5)
+    caught_up_after = time.monotonic() - started - produced_for
+    job.send_signal(signal.SIGTERM)
+    job.wait(120)
+    values = latencies(out)
+  return {
+      'rate': rate, 'events': count, 'written': int(len(values)),
+      'first_window_after_start_s': round(first_window, 2) if first_window else None,
+      'caught_up_s_after_last_event': round(caught_up_after, 2),
+      'latency_p50_s': round(float(np.percentile(values, 50)), 2),
+      'latency_p95_s': round(float(np.percentile(values, 95)), 2),
+      'latency_p99_s': round(float(np.percentile(values, 99)), 2),
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--rates', default='40', help='Comma-separated events per second.')
+  parser.add_argument('--seconds', type=float, default=60)
+  parser.add_argument('--window_size', type=float, default=5)
+  parser.add_argument('--input', default=str(DEFAULT_INPUT))
+  args = parser.parse_args(argv)
+  results = []
+  for rate in [float(r) for r in args.rates.split(',')]:
+    result = measure(rate, args.seconds, args.window_size, args.input)
+    results.append(result)
+    print(json.dumps(result), flush=True)
+  machine = f'{platform.machine()}, {os.cpu_count()} cores'
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  (RESULTS / 'latency.json').write_text(json.dumps(
+      {'machine': machine, 'window_size': args.window_size, 'seconds': args.seconds,
+       'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': results},
+      indent=2) + '\n')
+
+
+if __name__ == '__main__':
+  main()
