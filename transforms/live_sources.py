@@ -140,7 +140,10 @@ class _LiveSourceFn(beam.DoFn):
       self._watermark.idle()
     if self._watermark.watermark_us is not None:
       watermark.set_watermark(Timestamp(micros=self._watermark.watermark_us))
-    tracker.defer_remainder(Duration.of(0 if records else self._poll_interval_s))
+    # Poll again at once only while there is a backlog; otherwise wait, so
+    # that a trickle of events forms batches instead of a busy loop of ones.
+    backlog = len(records) >= self._max_records
+    tracker.defer_remainder(Duration.of(0 if backlog else self._poll_interval_s))
 
 
 class ReadLive(beam.PTransform):
