@@ -11,6 +11,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from models.handler import SentenceTransformerHandler
 from pipelines.options import JobConfig
+from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents
 from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, GroupWindows,
@@ -60,6 +61,9 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
 def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles:
   """Writes enriched rows and dead letters as Parquet under config.output."""
   windows = outputs.enriched | 'Group windows' >> GroupWindows()
+  derive = config.derive
+  if derive.label_index is not None or derive.dedup_threshold is not None:
+    windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
   return WrittenFiles(
       windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model),

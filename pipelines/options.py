@@ -5,9 +5,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.loading import DEFAULT_MODEL, DEVICES, PRECISIONS, ModelConfig
 from transforms.eventtime import TimeParser
+from transforms.derive import DeriveSpec
 from transforms.fields import FieldMapping
 from transforms.sources import FORMATS
 from transforms.windowing import WindowSpec
+
+
+# Measured on tests/data/paraphrases.jsonl with the default model: precision 1.0,
+# recall 0.6 (README, "Derived columns").
+DEFAULT_DEDUP_THRESHOLD = 0.75
 
 
 class ConfigError(ValueError):
@@ -81,6 +87,27 @@ class ModelOptions(PipelineOptions):
                         help='Longest wait for a batch to fill (streaming).')
 
 
+class DeriveOptions(PipelineOptions):
+  """What the job derives from embeddings."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    # Not --labels: Beam's GoogleCloudOptions owns it (Dataflow job labels).
+    parser.add_argument('--label_file', default=None,
+                        help='YAML or JSON file: label -> description(s); adds label, '
+                        'label_score.')
+    parser.add_argument('--label_threshold', type=float, default=0.3,
+                        help='Below this cosine the label is null.')
+    parser.add_argument('--label_top_k', type=int, default=0,
+                        help='Also write the k best labels as `labels`.')
+    parser.add_argument('--dedup', action='store_true',
+                        help='Mark near-duplicates within each window: adds duplicate_of, '
+                        f'duplicate_score (threshold {DEFAULT_DEDUP_THRESHOLD}).')
+    parser.add_argument('--dedup_threshold', type=float, default=None,
+                        help='Cosine at which an event duplicates an earlier one of its '
+                        'window; implies --dedup.')
+
+
 class OutputOptions(PipelineOptions):
   """Where results go."""
 
@@ -97,6 +124,7 @@ class JobConfig(NamedTuple):
   window: WindowSpec
   model: ModelConfig
   output: str
+  derive: DeriveSpec = DeriveSpec()
 
 
 def job_config(options: PipelineOptions) -> JobConfig:
@@ -122,4 +150,22 @@ def job_config(options: PipelineOptions) -> JobConfig:
   output = options.view_as(OutputOptions).output
   if not output:
     raise ConfigError('--output must name a folder')
-  return JobConfig(mapping, time_parser, window, model, output)
+  return JobConfig(mapping, time_parser, window, model, output,
+                   derive_spec(options.view_as(DeriveOptions), model))
+
+
+def derive_spec(derive: DeriveOptions, model: ModelConfig) -> DeriveSpec:
+  """Validates the derivation options; embeds the label descriptions once, here."""
+  threshold = derive.dedup_threshold
+  if threshold is None and derive.dedup:
+    threshold = DEFAULT_DEDUP_THRESHOLD
+  if threshold is not None and not -1 <= threshold <= 1:
+    raise ConfigError('--dedup_threshold is a cosine, between -1 and 1')
+  index = None
+  if derive.label_file:
+    from models.labels import LabelIndex, read_label_file
+    try:
+      index = LabelIndex.build(read_label_file(derive.label_file), model)
+    except (OSError, ValueError, KeyError) as e:
+      raise ConfigError(f'--label_file {derive.label_file}: {e}') from None
+  return DeriveSpec(index, derive.label_threshold, derive.label_top_k, threshold)

@@ -155,13 +155,19 @@ def _consumer_caught_up(client):
 
 
 def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_path):
-  events = [{'id': f'e{n}', 'time': t, 'text': f'event number {n}'} for n, t in
+  """Same rows, windows, labels, duplicates and late dead letters live and in replay."""
+  texts = ['Card payment declined at checkout.', 'My card payment was declined at checkout!',
+           'The parcel is late.', 'Thanks, great support!', 'Login from an unknown country.',
+           'Refund still missing.', 'Courier lost my box.', 'Password reset email I never asked for.',
+           'Five stars, love it.', 'Tracking has not moved in a week.']
+  events = [{'id': f'e{n}', 'time': t, 'text': texts[n]} for n, t in
             enumerate([1, 2, 6, 11, 3, 12, 22, 9, 23, 31])]
   # With 5 s windows and 1 s disorder: e4 (t=3, window ends 5) arrives at watermark 10: late;
   # e7 (t=9, window ends 10) arrives at watermark 21: late.
   archive = tmp_path / 'events.jsonl'
   archive.write_text(''.join(json.dumps(e) + '\n' for e in events))
-  flags = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '1']
+  flags = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '1',
+           '--label_file', str(ROOT / 'tests' / 'data' / 'labels.yaml'), '--dedup_threshold', '0.9']
   live, replayed = tmp_path / 'live', tmp_path / 'replay'
   done = subprocess.run([sys.executable, '-m', 'pipelines.stream', '--source',
                          f'file://{archive}', '--output', str(live), *flags],
@@ -173,9 +179,11 @@ def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_pa
   assert done.returncode == 0, done.stderr[-3000:]
   results = []
   for out in (live, replayed):
-    rows = sorted((r['id'], r['window_start'].timestamp()) for r in read(out, 'enriched').to_pylist())
+    rows = sorted((r['id'], r['window_start'].timestamp(), r['label'], r['duplicate_of'])
+                  for r in read(out, 'enriched').to_pylist())
     late = sorted((r['id'], r['reason']) for r in read(out, 'deadletter').to_pylist())
     results.append((rows, late))
   assert results[0] == results[1]
   assert results[0][1] == [('e4', 'late'), ('e7', 'late')]
   assert len(results[0][0]) == 8
+  assert [row for row in results[0][0] if row[3]] == [('e1', 0.0, 'payments', 'e0')]

@@ -8,7 +8,7 @@ FileSystems, so the same code writes to local disks and object stores.
 import datetime
 import hashlib
 import uuid
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -33,6 +33,16 @@ DEADLETTER_SCHEMA = pa.schema([
     ('source', pa.string()),
     ('raw', pa.string()),
 ])
+
+
+# Types of derived columns, so that an all-null column keeps its type.
+EXTRA_TYPES = {
+    'label': pa.string(),
+    'label_score': pa.float32(),
+    'labels': pa.list_(pa.string()),
+    'duplicate_of': pa.string(),
+    'duplicate_score': pa.float32(),
+}
 
 
 def enriched_schema(dimensions: int) -> pa.Schema:
@@ -68,12 +78,12 @@ def write_parquet(table: pa.Table, path: str) -> None:
   FileSystems.rename([temporary], [path])
 
 
-def enriched_table(rows, window_start_us: int, window_end_us: int, model: str) -> pa.Table:
-  """Builds the Parquet table of one window's Embedded rows, sorted by (event time, id)."""
-  rows = sorted(rows, key=lambda row: (row.event.event_time_us, row.event.id))
+def enriched_table(rows, window_start_us: int, window_end_us: int, model: str,
+                   extras: Optional[dict] = None) -> pa.Table:
+  """Builds the Parquet table of one window's Embedded rows, in their order, plus extra columns."""
   vectors = np.stack([row.embedding for row in rows]).astype(np.float32, copy=False)
   n, dimensions = vectors.shape
-  return pa.table([
+  table = pa.table([
       pa.array([row.event.id for row in rows], pa.string()),
       pa.array([row.event.event_time_us for row in rows], pa.int64()).cast(_TS),
       pa.array(np.full(n, window_start_us, np.int64)).cast(_TS),
@@ -83,6 +93,9 @@ def enriched_table(rows, window_start_us: int, window_end_us: int, model: str) -
       pa.array([model] * n, pa.string()),
       pa.array([row.event.source for row in rows], pa.string()),
   ], schema=enriched_schema(dimensions))
+  for name, values in (extras or {}).items():
+    table = table.append_column(name, pa.array(values, EXTRA_TYPES.get(name)))
+  return table
 
 
 def deadletter_table(letters) -> pa.Table:
@@ -98,11 +111,15 @@ def deadletter_table(letters) -> pa.Table:
 
 
 class WindowRows(NamedTuple):
-  """One firing of one window: its bounds, pane index and rows."""
+  """One firing of one window: its bounds, pane index and rows (sorted by event time, id).
+
+  extras: derived columns, name -> values aligned with rows.
+  """
   start_us: int
   end_us: int
   pane: int
   rows: list
+  extras: Optional[dict] = None
 
 
 class _CollectWindowFn(beam.DoFn):
@@ -110,8 +127,8 @@ class _CollectWindowFn(beam.DoFn):
   def process(self, keyed_rows, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
     if not isinstance(win, window.IntervalWindow):
       raise ValueError(f'enriched rows must be windowed by event time, not {win}')
-    yield WindowRows(win.start.micros, win.end.micros, pane.index if pane else 0,
-                     list(keyed_rows[1]))
+    rows = sorted(keyed_rows[1], key=lambda row: (row.event.event_time_us, row.event.id))
+    yield WindowRows(win.start.micros, win.end.micros, pane.index if pane else 0, rows)
 
 
 class GroupWindows(beam.PTransform):
@@ -132,7 +149,7 @@ class _WriteWindowFn(beam.DoFn):
     self._written = Metrics.counter('enrichment', 'enriched_rows')
 
   def process(self, batch: WindowRows):
-    table = enriched_table(batch.rows, batch.start_us, batch.end_us, self._model)
+    table = enriched_table(batch.rows, batch.start_us, batch.end_us, self._model, batch.extras)
     path = (f'{self._output_dir}/{ENRICHED_DIR}/window={window_label(batch.start_us)}/'
             f'part-{batch.pane:05d}.parquet')
     write_parquet(table, path)
