@@ -6,6 +6,7 @@
 #   ./run.sh produce ARGS    feed an archive into a Redis Stream (python -m pipelines.produce)
 #   ./run.sh replay ARGS     replay archives (python -m pipelines.replay ARGS)
 #   ./run.sh demo ARGS       a bounded run of the synthetic stream (python -m pipelines.demo)
+#   ./run.sh search ARGS     semantic search over the output (python -m pipelines.search)
 #   ./run.sh bench ARGS      throughput benchmark (python -m benchmarks.throughput ARGS)
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS)
 #   ./run.sh setup           only create/update .venv
@@ -44,12 +45,13 @@ export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::Futu
 command="${1:-live}"
 [[ $# -gt 0 ]] && shift
 case "$command" in
-  help|-h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  help|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
   setup) setup ;;
   live) setup; exec "$PY" -m pipelines.stream --source 'synthetic://?rate=20' "$@" ;;
   stream) setup; exec "$PY" -m pipelines.stream "$@" ;;
   produce) setup; exec "$PY" -m pipelines.produce "$@" ;;
   demo) setup; exec "$PY" -m pipelines.demo "$@" ;;
+  search) setup; exec "$PY" -m pipelines.search "$@" ;;
   replay) setup; exec "$PY" -m pipelines.replay "$@" ;;
   bench) setup; exec "$PY" -m benchmarks.throughput "$@" ;;
   test) setup; exec "$PY" -m pytest tests "$@" ;;

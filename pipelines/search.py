@@ -1,0 +1,125 @@
+"""Semantic search over the job's output.
+
+  python -m pipelines.search "query text" --store DIR [-k 10] [--since T] [--until T]
+      [--label L] [--json] [--queries FILE] [--model NAME_OR_PATH]
+
+DIR is the job's --output (or its enriched/ folder). The query is embedded
+with the model named in the rows (or --model), and rows are ranked by cosine
+by exact search over their Parquet embeddings. --json prints one object per
+result: query, rank, id, score, text and the row's payload.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from transforms.eventtime import TimeParser, format_micros
+
+_PAYLOAD = ('event_time', 'window_start', 'window_end', 'label', 'duplicate_of', 'source')
+
+
+def open_rows(store: str, since: Optional[str], until: Optional[str],
+              label: Optional[str]) -> pa.Table:
+  folder = os.path.join(store, 'enriched') if os.path.isdir(os.path.join(store, 'enriched')) \
+      else store
+  dataset = ds.dataset(folder, format='parquet', partitioning='hive')
+  names = set(dataset.schema.names)
+  if 'embedding' not in names:
+    raise ValueError(f'{folder} holds no enriched rows')
+  condition = None
+  parser = TimeParser()
+  for bound, op in ((since, pc.greater_equal), (until, pc.less)):
+    if bound:
+      moment = pa.scalar(parser.parse(bound), pa.timestamp('us', tz='UTC'))
+      clause = op(ds.field('event_time'), moment)
+      condition = clause if condition is None else condition & clause
+  if label:
+    if 'label' not in names:
+      raise ValueError('--label: these rows carry no labels (run the job with --label_file)')
+    clause = ds.field('label') == label
+    condition = clause if condition is None else condition & clause
+  columns = ['id', 'text', 'embedding', 'model'] + [c for c in _PAYLOAD if c in names]
+  return dataset.to_table(columns=columns, filter=condition)
+
+
+def search(table: pa.Table, queries: List[str], k: int, model_name: Optional[str] = None):
+  """Yields (query, rank, score, row index) for the k best rows of each query."""
+  from models.loading import ModelConfig, load_sentence_transformer
+  if table.num_rows == 0:
+    return
+  names = pc.unique(table.column('model')).to_pylist()
+  if model_name is None and len(names) > 1:
+    raise ValueError(f'rows from several models ({", ".join(names)}): pass --model')
+  model = load_sentence_transformer(ModelConfig(model=model_name or names[0], device='auto'))
+  embeddings = table.column('embedding').combine_chunks()
+  matrix = embeddings.values.to_numpy(zero_copy_only=False).reshape(len(embeddings), -1)
+  matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+  vectors = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
+  scores = np.asarray(vectors, np.float32) @ matrix.T
+  k = min(k, table.num_rows)
+  for query, row_scores in zip(queries, scores):
+    best = np.argpartition(-row_scores, k - 1)[:k]
+    best = best[np.lexsort((best, -row_scores[best]))]  # by score, then position
+    for rank, index in enumerate(best, start=1):
+      yield query, rank, float(row_scores[index]), int(index)
+
+
+def _payload(row: dict) -> dict:
+  payload = {}
+  for name in _PAYLOAD:
+    if name in row:
+      value = row[name]
+      if hasattr(value, 'timestamp'):
+        value = format_micros(round(value.timestamp() * 1_000_000))
+      payload[name] = value
+  return payload
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('query', nargs='?', help='The text to search for.')
+  parser.add_argument('--store', required=True, help="The job's --output folder.")
+  parser.add_argument('-k', type=int, default=10, help='Results per query.')
+  parser.add_argument('--since', help='Only events at or after this time (ISO-8601 or epoch).')
+  parser.add_argument('--until', help='Only events before this time.')
+  parser.add_argument('--label', help='Only events with this label.')
+  parser.add_argument('--queries', help='A file with one query per line.')
+  parser.add_argument('--model', help='The model to embed queries with; default: the rows\'.')
+  parser.add_argument('--json', action='store_true', help='One JSON object per result.')
+  args = parser.parse_args(argv)
+  os.environ.setdefault('HF_HUB_OFFLINE', '1')
+  queries = [args.query] if args.query else []
+  try:
+    if args.queries:
+      with open(args.queries, encoding='utf-8') as f:
+        queries += [line.strip() for line in f if line.strip()]
+    if not queries:
+      raise ValueError('give a query, or --queries FILE')
+    if args.k < 1:
+      raise ValueError('-k must be at least 1')
+    table = open_rows(args.store, args.since, args.until, args.label)
+    results = list(search(table, queries, args.k, args.model))
+  except (OSError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  rows = table.to_pylist() if results else []
+  for query, rank, score, index in results:
+    row = rows[index]
+    if args.json:
+      print(json.dumps({'query': query, 'rank': rank, 'id': row['id'], 'score': round(score, 6),
+                        'text': row['text'], **_payload(row)}, ensure_ascii=False))
+    else:
+      if rank == 1:
+        print(f'\n{query}')
+      text = row['text'].replace('\n', ' ')
+      print(f'{rank:>3}. {score:.3f}  {row["id"]}  {text[:100]}')
+
+
+if __name__ == '__main__':
+  main()

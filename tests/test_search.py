@@ -1,0 +1,64 @@
+"""Semantic search over written output finds a planted nearest neighbour."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from models.loading import DEFAULT_MODEL
+from tests.conftest import ROOT
+from transforms.records import Embedded, Event
+from transforms.sinks import enriched_table, write_parquet
+
+pytestmark = pytest.mark.real_model
+S = 1_000_000
+PLANTED = 'The refrigerator in the office kitchen is leaking water onto the floor.'
+OTHERS = ['Quarterly revenue grew by twelve percent.', 'The football match ended in a draw.',
+          'Please reset my password.', 'A new species of frog was found in Peru.',
+          'The train to Berlin is delayed by an hour.']
+
+
+@pytest.fixture(scope='module')
+def store(tmp_path_factory, real_model):
+  out = tmp_path_factory.mktemp('store')
+  texts = OTHERS + [PLANTED]
+  vectors = real_model.encode(texts)
+  rows = [Embedded(Event(f'id-{n}', (n + 1) * 10 * S, t, f'f:{n}', 'f', '{}'), v)
+          for n, (t, v) in enumerate(zip(texts, vectors))]
+  for start in (0, 60):  # two windows of a minute
+    batch = [r for r in rows if start * S <= r.event.event_time_us < (start + 60) * S]
+    table = enriched_table(batch, start * S, (start + 60) * S, DEFAULT_MODEL,
+                           {'label': ['planted' if r.event.text == PLANTED else 'other'
+                                      for r in batch]})
+    write_parquet(table, f'{out}/enriched/window={start}/part-00000.parquet')
+  return out
+
+
+def search(*args):
+  done = subprocess.run([sys.executable, '-m', 'pipelines.search', *args], cwd=ROOT,
+                        env=dict(os.environ, HF_HUB_OFFLINE='1'), capture_output=True,
+                        text=True, timeout=300)
+  return done
+
+
+def test_search_finds_the_planted_neighbour_with_filters_and_json(store, tmp_path):
+  queries = tmp_path / 'queries.txt'
+  queries.write_text('water is dripping from the fridge\nwhen does my train leave\n')
+  done = search('--store', str(store), '--queries', str(queries), '-k', '2', '--json')
+  assert done.returncode == 0, done.stderr
+  results = [json.loads(line) for line in done.stdout.splitlines()]
+  assert [(r['query'][:5], r['rank']) for r in results] == [
+      ('water', 1), ('water', 2), ('when ', 1), ('when ', 2)]
+  assert results[0]['id'] == 'id-5' and results[0]['text'] == PLANTED
+  assert results[0]['score'] > results[1]['score']
+  assert results[2]['text'].startswith('The train')
+  assert results[0]['label'] == 'planted' and results[0]['window_start'].endswith('Z')
+  # Filters: time and label.
+  done = search('water leak', '--store', str(store), '--until', '1970-01-01T00:00:59Z', '--json')
+  assert 'id-5' not in done.stdout and done.stdout.count('"rank"') == 5
+  done = search('anything', '--store', str(store), '--label', 'planted', '--json')
+  assert [json.loads(line)['id'] for line in done.stdout.splitlines()] == ['id-5']
+  done = search('--store', str(store))
+  assert done.returncode == 2 and done.stderr.startswith('error:')
