@@ -13,6 +13,7 @@ from models.handler import SentenceTransformerHandler
 from pipelines.options import JobConfig
 from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
+from transforms.topics import SummarizeWindows
 from transforms.parse import ParseEvents
 from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, GroupWindows,
                               WriteDeadLetters, WriteEnrichedParquet)
@@ -65,9 +66,12 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
   if derive.label_index is not None or derive.dedup_threshold is not None:
     windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
-  return WrittenFiles(
-      windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model),
-      letters | 'Write dead letters' >> WriteDeadLetters(config.output))
+  written = windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model)
+  if derive.topic_distance is not None:
+    written = written | 'Summarize windows' >> SummarizeWindows(config.output,
+                                                               derive.topic_distance)
+  return WrittenFiles(written,
+                      letters | 'Write dead letters' >> WriteDeadLetters(config.output))
 
 
 def build(raw_records: beam.PCollection, config: JobConfig,

@@ -103,6 +103,11 @@ class DeriveOptions(PipelineOptions):
     parser.add_argument('--dedup', action='store_true',
                         help='Mark near-duplicates within each window: adds duplicate_of, '
                         f'duplicate_score (threshold {DEFAULT_DEDUP_THRESHOLD}).')
+    parser.add_argument('--topics', action='store_true',
+                        help='Write a summary per window (counts, topic clusters) to '
+                        'DIR/windows/.')
+    parser.add_argument('--topic_distance', type=float, default=0.6,
+                        help='Cosine distance below which events join one topic.')
     parser.add_argument('--dedup_threshold', type=float, default=None,
                         help='Cosine at which an event duplicates an earlier one of its '
                         'window; implies --dedup.')
@@ -168,4 +173,7 @@ def derive_spec(derive: DeriveOptions, model: ModelConfig) -> DeriveSpec:
       index = LabelIndex.build(read_label_file(derive.label_file), model)
     except (OSError, ValueError, KeyError) as e:
       raise ConfigError(f'--label_file {derive.label_file}: {e}') from None
-  return DeriveSpec(index, derive.label_threshold, derive.label_top_k, threshold)
+  if not 0 < derive.topic_distance <= 2:
+    raise ConfigError('--topic_distance is a cosine distance, in (0, 2]')
+  return DeriveSpec(index, derive.label_threshold, derive.label_top_k, threshold,
+                    derive.topic_distance if derive.topics else None)

@@ -94,3 +94,35 @@ def test_duplicate_precision_and_recall_at_the_default_threshold(real_model):
   recall = true_positives / sum(p['duplicate'] for p in pairs)
   # Measured with all-MiniLM-L6-v2: precision 1.0, recall 0.6 (README).
   assert precision >= 0.99 and recall >= 0.6, (precision, recall)
+
+
+def test_window_topics_cluster_deterministically():
+  from transforms.topics import window_topics
+  rng = np.random.default_rng(0)
+  centres = np.eye(3, 16, dtype=np.float32)
+  vectors = np.concatenate([c + 0.05 * rng.standard_normal((n, 16)).astype(np.float32)
+                            for c, n in zip(centres, (5, 3, 1))])
+  texts = [f't{n}' for n in range(9)]
+  labels = ['a'] * 5 + ['b'] * 3 + [None]
+  topics = window_topics(texts, vectors, labels, distance=0.5)
+  assert [t['size'] for t in topics] == [5, 3, 1]
+  assert json.loads(topics[0]['labels']) == {'a': 5}
+  assert topics[1]['examples'][0] in texts[5:8]
+  assert topics == window_topics(texts, vectors, labels, distance=0.5)
+  assert window_topics(['only'], vectors[:1], None, 0.5)[0]['size'] == 1
+
+
+def test_window_summaries_are_written(tmp_path):
+  import pyarrow.dataset as ds
+  from transforms.topics import SummarizeWindows
+  rows = [Embedded(_event(n, n), np.eye(4, dtype=np.float32)[n % 2]) for n in range(4)]
+  extras = {'label': ['x', 'y', 'x', None], 'duplicate_of': [None, None, 'e0', 'e1']}
+  with batch_pipeline() as p:
+    _ = (p | beam.Create([WindowRows(0, 10_000_000, 0, rows, extras)])
+         | SummarizeWindows(str(tmp_path), 0.5))
+  (summary,) = ds.dataset(tmp_path / 'windows', format='parquet',
+                          partitioning='hive').to_table().to_pylist()
+  assert (summary['events'], summary['duplicates']) == (4, 2)
+  assert json.loads(summary['label_counts']) == {'x': 2, 'y': 1}
+  assert [t['size'] for t in summary['topics']] == [2, 2]
+  assert summary['window'] == '19700101T000000Z'

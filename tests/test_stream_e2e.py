@@ -155,7 +155,7 @@ def _consumer_caught_up(client):
 
 
 def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_path):
-  """Same rows, windows, labels, duplicates and late dead letters live and in replay."""
+  """Same rows, windows, labels, duplicates, topics and late dead letters live and in replay."""
   texts = ['Card payment declined at checkout.', 'My card payment was declined at checkout!',
            'The parcel is late.', 'Thanks, great support!', 'Login from an unknown country.',
            'Refund still missing.', 'Courier lost my box.', 'Password reset email I never asked for.',
@@ -167,7 +167,8 @@ def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_pa
   archive = tmp_path / 'events.jsonl'
   archive.write_text(''.join(json.dumps(e) + '\n' for e in events))
   flags = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '1',
-           '--label_file', str(ROOT / 'tests' / 'data' / 'labels.yaml'), '--dedup_threshold', '0.9']
+           '--label_file', str(ROOT / 'tests' / 'data' / 'labels.yaml'), '--dedup_threshold', '0.9',
+           '--topics']
   live, replayed = tmp_path / 'live', tmp_path / 'replay'
   done = subprocess.run([sys.executable, '-m', 'pipelines.stream', '--source',
                          f'file://{archive}', '--output', str(live), *flags],
@@ -182,8 +183,11 @@ def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_pa
     rows = sorted((r['id'], r['window_start'].timestamp(), r['label'], r['duplicate_of'])
                   for r in read(out, 'enriched').to_pylist())
     late = sorted((r['id'], r['reason']) for r in read(out, 'deadletter').to_pylist())
-    results.append((rows, late))
+    topics = sorted((r['window'], r['events'], r['duplicates'], r['label_counts'],
+                     json.dumps(r['topics'])) for r in read(out, 'windows').to_pylist())
+    results.append((rows, late, topics))
   assert results[0] == results[1]
   assert results[0][1] == [('e4', 'late'), ('e7', 'late')]
   assert len(results[0][0]) == 8
+  assert len(results[0][2]) == 5  # five windows hold on-time events
   assert [row for row in results[0][0] if row[3]] == [('e1', 0.0, 'payments', 'e0')]

@@ -40,6 +40,7 @@ class DeriveSpec(NamedTuple):
   label_threshold: float = 0.3
   label_top_k: int = 0
   dedup_threshold: Optional[float] = None
+  topic_distance: Optional[float] = None  # None: no window summaries
 
 
 class _DeriveFn(beam.DoFn):
