@@ -25,6 +25,7 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8'],
-        'bench': ['matplotlib>=3.8'],
+        'bench': ['matplotlib>=3.8', 'qdrant-client>=1.12'],
+        'vectors': ['lancedb>=0.20'],
     },
 )

@@ -13,7 +13,9 @@ from models.handler import SentenceTransformerHandler
 from pipelines.options import JobConfig
 from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
+from transforms.redis_streams import RedisStreamAddress, WriteRedisStream
 from transforms.topics import SummarizeWindows
+from transforms.vector_store import VECTORS_DIR, UpsertVectors
 from transforms.parse import ParseEvents
 from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, GroupWindows,
                               WriteDeadLetters, WriteEnrichedParquet)
@@ -67,6 +69,14 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
     windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
   written = windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model)
+  for n, sink in enumerate(config.sinks):
+    if sink.startswith('redis://'):
+      written = written | f'Write Redis stream {n}' >> WriteRedisStream(
+          RedisStreamAddress.parse(sink), config.model.model)
+    else:
+      uri = (f'{config.output.rstrip("/")}/{VECTORS_DIR}' if sink == 'vectors'
+             else sink[len('lancedb:'):])
+      written = written | f'Write vectors {n}' >> UpsertVectors(uri, config.model.model)
   if derive.topic_distance is not None:
     written = written | 'Summarize windows' >> SummarizeWindows(config.output,
                                                                derive.topic_distance)

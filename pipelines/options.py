@@ -1,5 +1,5 @@
 """Command-line options, one PipelineOptions class per concern, and the config they become."""
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -120,6 +120,9 @@ class OutputOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     parser.add_argument('--output', default='output',
                         help='Folder (or bucket prefix) for enriched/ and deadletter/.')
+    parser.add_argument('--sink', default='',
+                        help='Sinks beside Parquet, comma-separated: vectors (a LanceDB '
+                        'store in DIR/vectors), lancedb:URI, redis://HOST:PORT/DB?stream=NAME.')
 
 
 class JobConfig(NamedTuple):
@@ -130,6 +133,7 @@ class JobConfig(NamedTuple):
   model: ModelConfig
   output: str
   derive: DeriveSpec = DeriveSpec()
+  sinks: Tuple[str, ...] = ()  # validated --sink entries
 
 
 def job_config(options: PipelineOptions) -> JobConfig:
@@ -156,7 +160,23 @@ def job_config(options: PipelineOptions) -> JobConfig:
   if not output:
     raise ConfigError('--output must name a folder')
   return JobConfig(mapping, time_parser, window, model, output,
-                   derive_spec(options.view_as(DeriveOptions), model))
+                   derive_spec(options.view_as(DeriveOptions), model),
+                   parse_sinks(options.view_as(OutputOptions).sink))
+
+
+def parse_sinks(flag: str) -> Tuple[str, ...]:
+  sinks = tuple(s.strip() for s in flag.split(',') if s.strip())
+  for sink in sinks:
+    if sink.startswith('redis://'):
+      from transforms.redis_streams import RedisStreamAddress
+      try:
+        RedisStreamAddress.parse(sink)
+      except ValueError as e:
+        raise ConfigError(f'--sink: {e}') from None
+    elif sink != 'vectors' and not sink.startswith('lancedb:'):
+      raise ConfigError(f'unknown --sink {sink}: use vectors, lancedb:URI or '
+                        'redis://HOST:PORT/DB?stream=NAME')
+  return sinks
 
 
 def derive_spec(derive: DeriveOptions, model: ModelConfig) -> DeriveSpec:

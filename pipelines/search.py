@@ -3,10 +3,11 @@
   python -m pipelines.search "query text" --store DIR [-k 10] [--since T] [--until T]
       [--label L] [--json] [--queries FILE] [--model NAME_OR_PATH]
 
-DIR is the job's --output (or its enriched/ folder). The query is embedded
-with the model named in the rows (or --model), and rows are ranked by cosine
-by exact search over their Parquet embeddings. --json prints one object per
-result: query, rank, id, score, text and the row's payload.
+DIR is the job's --output. When it holds a vector store (the job ran with
+--sink vectors), or --store is lancedb:URI, the store answers; otherwise the
+rows of DIR/enriched are ranked by exact search over their Parquet embeddings,
+with the query embedded by the model named in the rows (or --model). --json
+prints one object per result: query, rank, id, score, text and the payload.
 """
 import argparse
 import json
@@ -70,6 +71,41 @@ def search(table: pa.Table, queries: List[str], k: int, model_name: Optional[str
       yield query, rank, float(row_scores[index]), int(index)
 
 
+def vector_store_uri(store: str) -> Optional[str]:
+  """The LanceDB store behind --store, if it names one (lancedb:URI or DIR with vectors/)."""
+  if store.startswith('lancedb:'):
+    return store[len('lancedb:'):]
+  folder = os.path.join(store, 'vectors')
+  return folder if os.path.isdir(folder) else None
+
+
+def search_vector_store(uri: str, queries: List[str], k: int, since, until, label,
+                        model_name: Optional[str]):
+  """Yields (query, rank, score, row dict) from the LanceDB store."""
+  from models.loading import DEFAULT_MODEL, ModelConfig, load_sentence_transformer
+  from transforms.vector_store import open_table
+  table = open_table(uri)
+  clauses = []
+  parser = TimeParser()
+  for bound, op in ((since, '>='), (until, '<')):
+    if bound:
+      clauses.append(f"event_time {op} timestamp '{format_micros(parser.parse(bound))}'")
+  if label:
+    clauses.append("label = '{}'".format(label.replace("'", "''")))
+  if model_name is None:
+    head = table.search().select(['model']).limit(1).to_arrow()
+    model_name = head.column('model')[0].as_py() if head.num_rows else DEFAULT_MODEL
+  model = load_sentence_transformer(ModelConfig(model=model_name, device='auto'))
+  vectors = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
+  for query, vector in zip(queries, vectors):
+    request = table.search(np.asarray(vector, np.float32)).metric('cosine').limit(k)
+    if clauses:
+      request = request.where(' AND '.join(clauses), prefilter=True)
+    hits = request.to_arrow().drop_columns(['vector', 'model']).to_pylist()
+    for rank, row in enumerate(hits, start=1):
+      yield query, rank, 1.0 - float(row.pop('_distance')), row
+
+
 def _payload(row: dict) -> dict:
   payload = {}
   for name in _PAYLOAD:
@@ -103,14 +139,19 @@ def main(argv=None) -> None:
       raise ValueError('give a query, or --queries FILE')
     if args.k < 1:
       raise ValueError('-k must be at least 1')
-    table = open_rows(args.store, args.since, args.until, args.label)
-    results = list(search(table, queries, args.k, args.model))
+    uri = vector_store_uri(args.store)
+    if uri is not None:
+      results = list(search_vector_store(uri, queries, args.k, args.since, args.until,
+                                         args.label, args.model))
+    else:
+      table = open_rows(args.store, args.since, args.until, args.label)
+      rows = table.to_pylist()
+      results = [(query, rank, score, rows[index])
+                 for query, rank, score, index in search(table, queries, args.k, args.model)]
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  rows = table.to_pylist() if results else []
-  for query, rank, score, index in results:
-    row = rows[index]
+  for query, rank, score, row in results:
     if args.json:
       print(json.dumps({'query': query, 'rank': rank, 'id': row['id'], 'score': round(score, 6),
                         'text': row['text'], **_payload(row)}, ensure_ascii=False))

@@ -24,11 +24,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.launcher import JobResult, launch, main
-from pipelines.options import ArchiveOptions, ConfigError, JobConfig, job_config
+from pipelines.options import ArchiveOptions, ConfigError, job_config
 from transforms.eventtime import format_micros
 from transforms.live_sources import DRAIN, ArchiveReader, EventTimeOf, ReadLive
 from transforms.redis_streams import (AcknowledgeRedisEntries, RedisStreamAddress,
-                                      RedisStreamReader, WriteRedisStream)
+                                      RedisStreamReader)
 from transforms.sinks import WindowRows
 from transforms.synthetic import SyntheticReader
 
@@ -44,9 +44,6 @@ class StreamOptions(PipelineOptions):
     parser.add_argument('--source', default='synthetic://?rate=20',
                         help='synthetic://?rate=N, redis://HOST:PORT/DB?stream=S&group=G, '
                         'or file://GLOB.')
-    parser.add_argument('--sink', default='',
-                        help='Extra sinks beside Parquet, comma-separated: '
-                        'redis://HOST:PORT/DB?stream=NAME.')
     parser.add_argument('--duration', type=float, default=0,
                         help='Drain and stop after this many seconds; 0 runs until '
                         'SIGINT/SIGTERM (or the end of a file:// source).')
@@ -92,23 +89,15 @@ class _ReportWindowFn(beam.DoFn):
     yield batch
 
 
-def _extra_steps(options: StreamOptions, config: JobConfig):
-  sinks = [s.strip() for s in options.sink.split(',') if s.strip()]
-  for sink in sinks:
-    if not sink.startswith('redis://'):
-      raise ConfigError(f'unknown --sink {sink}: use redis://HOST:PORT/DB?stream=NAME')
+def _extra_steps(options: StreamOptions):
   try:
-    sink_addresses = [RedisStreamAddress.parse(s) for s in sinks]
     source = (RedisStreamAddress.parse(options.source)
               if options.source.startswith('redis://') else None)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
   def after_write(written):
-    windows = written.enriched
-    for n, address in enumerate(sink_addresses):
-      windows = windows | f'Write Redis sink {n}' >> WriteRedisStream(address, config.model.model)
-    windows = windows | 'Report windows' >> beam.ParDo(_ReportWindowFn())
+    windows = written.enriched | 'Report windows' >> beam.ParDo(_ReportWindowFn())
     if source is not None:
       windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(source)
       written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(source)
@@ -148,7 +137,7 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
     raise ConfigError(str(e)) from None
   read = ReadLive(reader, EventTimeOf(config.mapping, config.time_parser),
                   config.window.max_out_of_orderness_s, stream.poll_interval)
-  after_write = _extra_steps(stream, config)
+  after_write = _extra_steps(stream)
   DRAIN.clear()
   _drain_on_signals(stream.duration)
   return launch(options, config, read, test_pipeline, after_write)

@@ -134,3 +134,17 @@ def test_session_windows_are_written_merged(tmp_path):
   spans = sorted((row['id'], row['window_start'].timestamp(), row['window_end'].timestamp())
                  for row in table.to_pylist())
   assert spans == [('e1', 1, 9), ('e2', 1, 9), ('e3', 30, 35)]
+
+
+def test_replaying_twice_into_the_vector_store_keeps_one_vector_per_event(tmp_path):
+  from transforms.vector_store import open_table
+  with_vectors = config(tmp_path)._replace(sinks=('vectors',))
+  for _ in range(2):
+    with batch_pipeline() as p:
+      build(p | beam.Create(RECORDS), with_vectors, HashingModelHandler())
+  table = open_table(str(tmp_path / 'vectors'))
+  assert table.count_rows() == 4
+  rows = {row['id']: row for row in table.to_arrow().to_pylist()}
+  assert set(rows) == {'e1', 'e2', 'e3', 'e6'}
+  np.testing.assert_allclose(rows['e1']['vector'], hashed_vector('first'))
+  assert rows['e3']['window_start'].timestamp() == 10

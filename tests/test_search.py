@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from models.loading import DEFAULT_MODEL
@@ -34,6 +35,36 @@ def store(tmp_path_factory, real_model):
                                       for r in batch]})
     write_parquet(table, f'{out}/enriched/window={start}/part-00000.parquet')
   return out
+
+
+@pytest.fixture(scope='module')
+def vector_store(store, tmp_path_factory):
+  """The same rows in a LanceDB store, as `--sink vectors` writes them."""
+  import pyarrow.dataset as ds
+  from transforms.vector_store import open_table
+  uri = str(tmp_path_factory.mktemp('vectors') / 'db')
+  rows = ds.dataset(store / 'enriched', format='parquet', partitioning='hive').to_table()
+  table = rows.select(['id', 'embedding', 'event_time', 'window_start', 'window_end', 'text',
+                       'label', 'model']).rename_columns(
+      ['id', 'vector', 'event_time', 'window_start', 'window_end', 'text', 'label', 'model'])
+  table = table.append_column('duplicate_of', pa.nulls(len(table), pa.string()))
+  target = open_table(uri, 384)
+  target.add(table.select(target.schema.names).cast(target.schema))
+  return uri
+
+
+def test_vector_store_search_agrees_with_exact_search(store, vector_store):
+  exact = search('water is dripping from the fridge', '--store', str(store), '-k', '3', '--json')
+  stored = search('water is dripping from the fridge', '--store', f'lancedb:{vector_store}',
+                  '-k', '3', '--json')
+  assert stored.returncode == 0, stored.stderr
+  ranked = lambda done: [(json.loads(l)['id'], round(json.loads(l)['score'], 4))
+                         for l in done.stdout.splitlines()]
+  assert ranked(stored) == ranked(exact)
+  assert ranked(stored)[0][0] == 'id-5'
+  labelled = search('anything', '--store', f'lancedb:{vector_store}', '--label', 'planted',
+                    '--until', '1970-01-01T00:02:00Z', '--json')
+  assert [json.loads(l)['id'] for l in labelled.stdout.splitlines()] == ['id-5']
 
 
 def search(*args):

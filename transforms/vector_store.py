@@ -1,0 +1,90 @@
+"""The vector store sink: idempotent upserts by id into LanceDB.
+
+Chosen by measurement against Qdrant's embedded mode on the 39,244 rows of the
+shared Wikipedia replay (benchmarks/vector_store.py, README): 60,888 vs 931
+rows/s upserted, 16.9 vs 28.4 ms median search, both recall@10 = 1.0.
+LanceDB stores Arrow tables in a folder, or on an object store or a LanceDB
+server with the same API, so `lancedb:URI` reaches those too.
+"""
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from transforms.sinks import WindowRows
+
+TABLE = 'events'
+VECTORS_DIR = 'vectors'
+_TS = pa.timestamp('us', tz='UTC')
+
+
+def vector_schema(dimensions: int) -> pa.Schema:
+  return pa.schema([
+      ('id', pa.string()),
+      ('vector', pa.list_(pa.float32(), dimensions)),
+      ('event_time', _TS),
+      ('window_start', _TS),
+      ('window_end', _TS),
+      ('text', pa.string()),
+      ('label', pa.string()),
+      ('duplicate_of', pa.string()),
+      ('model', pa.string()),
+  ])
+
+
+def vector_table(batch: WindowRows, model: str) -> pa.Table:
+  vectors = np.stack([row.embedding for row in batch.rows]).astype(np.float32)
+  n, dimensions = vectors.shape
+  extras = batch.extras or {}
+  return pa.table([
+      pa.array([row.event.id for row in batch.rows], pa.string()),
+      pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dimensions),
+      pa.array([row.event.event_time_us for row in batch.rows], pa.int64()).cast(_TS),
+      pa.array(np.full(n, batch.start_us, np.int64)).cast(_TS),
+      pa.array(np.full(n, batch.end_us, np.int64)).cast(_TS),
+      pa.array([row.event.text for row in batch.rows], pa.string()),
+      pa.array(extras.get('label', [None] * n), pa.string()),
+      pa.array(extras.get('duplicate_of', [None] * n), pa.string()),
+      pa.array([model] * n, pa.string()),
+  ], schema=vector_schema(dimensions))
+
+
+def open_table(uri: str, dimensions: Optional[int] = None):
+  """Opens the events table at `uri`, creating it when `dimensions` is given."""
+  import lancedb
+  db = lancedb.connect(uri)
+  try:
+    return db.open_table(TABLE)
+  except (ValueError, FileNotFoundError):
+    if dimensions is None:
+      raise ValueError(f'no vector store at {uri}') from None
+    return db.create_table(TABLE, schema=vector_schema(dimensions), exist_ok=True)
+
+
+class _UpsertFn(beam.DoFn):
+
+  def __init__(self, uri: str, model: str):
+    self._uri = uri
+    self._model = model
+    self._table = None
+
+  def process(self, batch: WindowRows):
+    data = vector_table(batch, self._model)
+    if self._table is None:
+      self._table = open_table(self._uri, data.schema.field('vector').type.list_size)
+    (self._table.merge_insert('id').when_matched_update_all()
+     .when_not_matched_insert_all().execute(data))
+    yield batch
+
+
+class UpsertVectors(beam.PTransform):
+  """Upserts each window firing's rows by id: replaying twice leaves one vector per event."""
+
+  def __init__(self, uri: str, model: str):
+    super().__init__()
+    self._uri = uri
+    self._model = model
+
+  def expand(self, windows):
+    return windows | 'Upsert vectors' >> beam.ParDo(_UpsertFn(self._uri, self._model))
