@@ -63,8 +63,9 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
 
 def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles:
   """Writes enriched rows and dead letters as Parquet under config.output."""
-  windows = outputs.enriched | 'Group windows' >> GroupWindows()
   derive = config.derive
+  windows = outputs.enriched | 'Group windows' >> GroupWindows(
+      derive.lookback_s, WindowEvents(config.window))
   if derive.label_index is not None or derive.dedup_threshold is not None:
     windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
@@ -78,8 +79,8 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
              else sink[len('lancedb:'):])
       written = written | f'Write vectors {n}' >> UpsertVectors(uri, config.model.model)
   if derive.topic_distance is not None:
-    written = written | 'Summarize windows' >> SummarizeWindows(config.output,
-                                                               derive.topic_distance)
+    written = written | 'Summarize windows' >> SummarizeWindows(
+        config.output, derive.topic_distance, derive.topic_horizon_s)
   return WrittenFiles(written,
                       letters | 'Write dead letters' >> WriteDeadLetters(config.output))
 

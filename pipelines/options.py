@@ -111,6 +111,12 @@ class DeriveOptions(PipelineOptions):
     parser.add_argument('--dedup_threshold', type=float, default=None,
                         help='Cosine at which an event duplicates an earlier one of its '
                         'window; implies --dedup.')
+    parser.add_argument('--dedup_horizon', type=float, default=0.0,
+                        help='Seconds: also compare with events of earlier windows this '
+                        'recent (fixed windows).')
+    parser.add_argument('--topic_horizon', type=float, default=0.0,
+                        help='Seconds: a topic is new unless events of earlier windows this '
+                        'recent were close to it (fixed windows).')
 
 
 class OutputOptions(PipelineOptions):
@@ -160,7 +166,7 @@ def job_config(options: PipelineOptions) -> JobConfig:
   if not output:
     raise ConfigError('--output must name a folder')
   return JobConfig(mapping, time_parser, window, model, output,
-                   derive_spec(options.view_as(DeriveOptions), model),
+                   derive_spec(options.view_as(DeriveOptions), model, window),
                    parse_sinks(options.view_as(OutputOptions).sink))
 
 
@@ -179,7 +185,7 @@ def parse_sinks(flag: str) -> Tuple[str, ...]:
   return sinks
 
 
-def derive_spec(derive: DeriveOptions, model: ModelConfig) -> DeriveSpec:
+def derive_spec(derive: DeriveOptions, model: ModelConfig, window: WindowSpec) -> DeriveSpec:
   """Validates the derivation options; embeds the label descriptions once, here."""
   threshold = derive.dedup_threshold
   if threshold is None and derive.dedup:
@@ -195,5 +201,11 @@ def derive_spec(derive: DeriveOptions, model: ModelConfig) -> DeriveSpec:
       raise ConfigError(f'--label_file {derive.label_file}: {e}') from None
   if not 0 < derive.topic_distance <= 2:
     raise ConfigError('--topic_distance is a cosine distance, in (0, 2]')
-  return DeriveSpec(index, derive.label_threshold, derive.label_top_k, threshold,
-                    derive.topic_distance if derive.topics else None)
+  if derive.dedup_horizon < 0 or derive.topic_horizon < 0:
+    raise ConfigError('horizons are seconds, not negative')
+  spec = DeriveSpec(index, derive.label_threshold, derive.label_top_k, threshold,
+                    derive.dedup_horizon, derive.topic_distance if derive.topics else None,
+                    derive.topic_horizon)
+  if spec.lookback_s and window.kind != 'fixed':
+    raise ConfigError('--dedup_horizon and --topic_horizon need fixed windows')
+  return spec

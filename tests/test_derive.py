@@ -126,3 +126,12 @@ def test_window_summaries_are_written(tmp_path):
   assert json.loads(summary['label_counts']) == {'x': 2, 'y': 1}
   assert [t['size'] for t in summary['topics']] == [2, 2]
   assert summary['window'] == '19700101T000000Z'
+
+
+def test_near_duplicates_with_context_respect_the_horizon():
+  context = (Embedded(_event(0, 0), np.array([1, 0], np.float32)),
+             Embedded(_event(9, 50), np.array([0, 1], np.float32)))
+  vectors = np.array([[1, 0.01], [0.01, 1]], np.float32)
+  columns = near_duplicates(['a', 'b'], vectors, 0.95, times_us=[100, 100], context=context,
+                            horizon_us=60)
+  assert columns['duplicate_of'] == [None, 'e9']  # e0 is 100 us old: beyond the horizon

@@ -148,3 +148,27 @@ def test_replaying_twice_into_the_vector_store_keeps_one_vector_per_event(tmp_pa
   assert set(rows) == {'e1', 'e2', 'e3', 'e6'}
   np.testing.assert_allclose(rows['e1']['vector'], hashed_vector('first'))
   assert rows['e3']['window_start'].timestamp() == 10
+
+
+def test_duplicates_and_new_topics_look_back_across_windows(tmp_path):
+  import json as json_lib
+  from transforms.derive import DeriveSpec
+  records = [raw(1, 1, 'alpha'), raw(2, 12, 'alpha'),   # e2 repeats e1, 11 s later
+             raw(3, 24, 'beta'), raw(4, 48, 'beta'),    # e4 repeats e3, 24 s later
+             raw(5, 49, 'gamma')]
+  spec = DeriveSpec(dedup_threshold=0.99, dedup_horizon_s=15, topic_distance=0.01,
+                    topic_horizon_s=15)
+  job = config(tmp_path, WindowSpec(10, max_out_of_orderness_s=60))._replace(derive=spec)
+  with batch_pipeline() as p:
+    build(p | beam.Create(records), job, HashingModelHandler())
+  rows = ds.dataset(tmp_path / 'enriched', format='parquet', partitioning='hive').to_table()
+  duplicates = {r['id']: r['duplicate_of'] for r in rows.to_pylist()}
+  assert duplicates == {'e1': None, 'e2': 'e1', 'e3': None, 'e4': None, 'e5': None}
+  summaries = {r['window']: r for r in ds.dataset(tmp_path / 'windows', format='parquet',
+                                                  partitioning='hive').to_table().to_pylist()}
+  assert sorted(summaries) == ['19700101T000000Z', '19700101T000010Z', '19700101T000020Z',
+                               '19700101T000040Z']  # windows with no events of their own: none
+  assert summaries['19700101T000010Z']['new_topics'] == 0  # alpha was seen 11 s before
+  assert summaries['19700101T000040Z']['new_topics'] == 2  # beta is 24 s old: new again
+  assert summaries['19700101T000000Z']['topics'][0]['new'] is True
+  assert json_lib.loads(summaries['19700101T000000Z']['label_counts']) == {}

@@ -168,7 +168,7 @@ def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_pa
   archive.write_text(''.join(json.dumps(e) + '\n' for e in events))
   flags = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '1',
            '--label_file', str(ROOT / 'tests' / 'data' / 'labels.yaml'), '--dedup_threshold', '0.9',
-           '--topics']
+           '--topics', '--dedup_horizon', '10', '--topic_horizon', '10']
   live, replayed = tmp_path / 'live', tmp_path / 'replay'
   done = subprocess.run([sys.executable, '-m', 'pipelines.stream', '--source',
                          f'file://{archive}', '--output', str(live), *flags],

@@ -8,29 +8,41 @@ from apache_beam.metrics import Metrics
 from transforms.sinks import WindowRows
 
 
-def near_duplicates(ids: Sequence[str], embeddings: np.ndarray,
-                    threshold: float) -> Dict[str, list]:
+def _unit(vectors: np.ndarray) -> np.ndarray:
+  return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float,
+                    times_us: Optional[Sequence[int]] = None, context=(),
+                    horizon_us: int = 0) -> Dict[str, list]:
   """Columns duplicate_of, duplicate_score for rows sorted by (event time, id).
 
-  A row duplicates the most similar earlier row at cosine >= threshold
-  (earlier: before it in the sort order, so live and replay agree).
+  A row duplicates the most similar earlier row at cosine >= threshold:
+  any earlier row of its window (earlier in the sort order, so live and replay
+  agree), or a `context` row (Embedded, from earlier windows) at most
+  `horizon_us` older than it.
   """
-  unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+  unit = _unit(embeddings)
   similarity = unit @ unit.T
+  if context:
+    context_ids = [row.event.id for row in context]
+    context_times = np.array([row.event.event_time_us for row in context])
+    context_similarity = unit @ _unit(np.stack([row.embedding for row in context])).T
   duplicate_of, duplicate_score = [], []
   for i in range(len(ids)):
-    if i == 0:
-      duplicate_of.append(None)
-      duplicate_score.append(None)
-      continue
-    j = int(similarity[i, :i].argmax())
-    score = float(similarity[i, j])
-    if score >= threshold:
-      duplicate_of.append(ids[j])
-      duplicate_score.append(score)
-    else:
-      duplicate_of.append(None)
-      duplicate_score.append(None)
+    best_id, best = None, -2.0
+    if i:
+      j = int(similarity[i, :i].argmax())
+      best_id, best = ids[j], float(similarity[i, j])
+    if context:
+      recent = np.flatnonzero(context_times >= times_us[i] - horizon_us)
+      if recent.size:
+        j = recent[int(context_similarity[i, recent].argmax())]
+        if float(context_similarity[i, j]) > best:
+          best_id, best = context_ids[j], float(context_similarity[i, j])
+    found = best_id is not None and best >= threshold
+    duplicate_of.append(best_id if found else None)
+    duplicate_score.append(best if found else None)
   return {'duplicate_of': duplicate_of, 'duplicate_score': duplicate_score}
 
 
@@ -40,7 +52,16 @@ class DeriveSpec(NamedTuple):
   label_threshold: float = 0.3
   label_top_k: int = 0
   dedup_threshold: Optional[float] = None
+  dedup_horizon_s: float = 0.0  # also compare with earlier windows' events this recent
   topic_distance: Optional[float] = None  # None: no window summaries
+  topic_horizon_s: float = 0.0  # a topic is new unless this recent past had it
+
+  @property
+  def lookback_s(self) -> float:
+    """How far back each window needs earlier windows' rows."""
+    dedup = self.dedup_horizon_s if self.dedup_threshold is not None else 0.0
+    topics = self.topic_horizon_s if self.topic_distance is not None else 0.0
+    return max(dedup, topics)
 
 
 class _DeriveFn(beam.DoFn):
@@ -57,8 +78,11 @@ class _DeriveFn(beam.DoFn):
       extras.update(assign_labels(self._spec.label_index, embeddings,
                                   self._spec.label_threshold, self._spec.label_top_k))
     if self._spec.dedup_threshold is not None:
-      columns = near_duplicates([row.event.id for row in batch.rows], embeddings,
-                                self._spec.dedup_threshold)
+      columns = near_duplicates(
+          [row.event.id for row in batch.rows], embeddings, self._spec.dedup_threshold,
+          [row.event.event_time_us for row in batch.rows],
+          batch.context if self._spec.dedup_horizon_s else (),
+          round(self._spec.dedup_horizon_s * 1_000_000))
       self._duplicates.inc(sum(d is not None for d in columns['duplicate_of']))
       extras.update(columns)
     yield batch._replace(extras=extras)

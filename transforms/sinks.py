@@ -120,6 +120,12 @@ class WindowRows(NamedTuple):
   pane: int
   rows: list
   extras: Optional[dict] = None
+  context: tuple = ()  # rows of earlier windows within the look-back, sorted, not written
+
+
+class Lookback(NamedTuple):
+  """An earlier window's row, offered to a later window as context (never written there)."""
+  row: object
 
 
 class _CollectWindowFn(beam.DoFn):
@@ -127,14 +133,51 @@ class _CollectWindowFn(beam.DoFn):
   def process(self, keyed_rows, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
     if not isinstance(win, window.IntervalWindow):
       raise ValueError(f'enriched rows must be windowed by event time, not {win}')
-    rows = sorted(keyed_rows[1], key=lambda row: (row.event.event_time_us, row.event.id))
-    yield WindowRows(win.start.micros, win.end.micros, pane.index if pane else 0, rows)
+    rows, context = [], []
+    for value in keyed_rows[1]:
+      (context if isinstance(value, Lookback) else rows).append(
+          value.row if isinstance(value, Lookback) else value)
+    if not rows:
+      return  # a window that only received context
+    in_order = lambda row: (row.event.event_time_us, row.event.id)
+    yield WindowRows(win.start.micros, win.end.micros, pane.index if pane else 0,
+                     sorted(rows, key=in_order), None, tuple(sorted(context, key=in_order)))
+
+
+class _OfferLookbackFn(beam.DoFn):
+  """Copies a row into each later fixed window that starts within `lookback_us` of it."""
+
+  def __init__(self, lookback_s: float):
+    self._lookback_us = round(lookback_s * 1_000_000)
+
+  def process(self, row, win=beam.DoFn.WindowParam):
+    size_us = win.end.micros - win.start.micros
+    start_us = win.end.micros
+    while start_us <= row.event.event_time_us + self._lookback_us:
+      yield window.TimestampedValue(Lookback(row), start_us / 1_000_000)
+      start_us += size_us
 
 
 class GroupWindows(beam.PTransform):
-  """Gathers each window firing's Embedded rows into one WindowRows."""
+  """Gathers each window firing's Embedded rows into one WindowRows.
+
+  Args:
+    lookback_s: also hand each window, as context, the rows of earlier windows
+      from this many seconds before its events (fixed windows only).
+    rewindow: re-applies the rows' windowing to the context copies.
+  """
+
+  def __init__(self, lookback_s: float = 0, rewindow: Optional[beam.PTransform] = None):
+    super().__init__()
+    self._lookback_s = lookback_s
+    self._rewindow = rewindow
 
   def expand(self, embedded):
+    if self._lookback_s > 0:
+      copies = (embedded
+                | 'Offer to later windows' >> beam.ParDo(_OfferLookbackFn(self._lookback_s))
+                | 'Window copies' >> self._rewindow)
+      embedded = (embedded, copies) | 'With look-back' >> beam.Flatten()
     return (embedded
             | 'Key by window' >> beam.Map(lambda row: (None, row))
             | 'Group by window' >> beam.GroupByKey()

@@ -13,6 +13,7 @@ WINDOWS_DIR = 'windows'
 _TS = pa.timestamp('us', tz='UTC')
 TOPIC_TYPE = pa.struct([
     ('size', pa.int32()),
+    ('new', pa.bool_()),  # null without a look-back
     ('examples', pa.list_(pa.string())),
     ('labels', pa.string()),  # JSON: label -> count
 ])
@@ -24,15 +25,18 @@ SUMMARY_SCHEMA = pa.schema([
     ('duplicates', pa.int32()),
     ('label_counts', pa.string()),  # JSON: label -> count
     ('topics', pa.list_(TOPIC_TYPE)),
+    ('new_topics', pa.int32()),  # null without a look-back
 ])
 
 
 def window_topics(texts: Sequence[str], embeddings: np.ndarray,
                   labels: Optional[Sequence[Optional[str]]], distance: float,
-                  examples: int = 3) -> List[dict]:
+                  examples: int = 3, earlier: Optional[np.ndarray] = None) -> List[dict]:
   """Clusters embeddings (average linkage, cosine distance below `distance`), largest first.
 
   Each topic lists its size, the texts nearest its centroid, and its label mix.
+  With `earlier` (embeddings of the recent past), a topic is new when none of
+  them lies within `distance` of its centroid; without, `new` is None.
   Deterministic: agglomerative clustering has no random start.
   """
   if len(texts) == 1:
@@ -43,6 +47,8 @@ def window_topics(texts: Sequence[str], embeddings: np.ndarray,
         n_clusters=None, metric='cosine', linkage='average',
         distance_threshold=distance).fit_predict(embeddings)
   unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+  if earlier is not None and len(earlier):
+    earlier = earlier / np.maximum(np.linalg.norm(earlier, axis=1, keepdims=True), 1e-12)
   topics = []
   for cluster in np.unique(assignment):
     members = np.flatnonzero(assignment == cluster)
@@ -53,7 +59,11 @@ def window_topics(texts: Sequence[str], embeddings: np.ndarray,
     nearest = members[np.argsort(-closeness, kind='stable')]
     shown = list(dict.fromkeys(texts[m] for m in nearest))[:examples]  # distinct texts
     mix = collections.Counter(labels[m] for m in members if labels and labels[m])
-    topics.append({'size': len(members), 'examples': shown,
+    new = None
+    if earlier is not None:
+      direction = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
+      new = not len(earlier) or bool((earlier @ direction).max() < 1 - distance)
+    topics.append({'size': len(members), 'new': new, 'examples': shown,
                    'labels': json.dumps(dict(sorted(mix.items())))})
   topics.sort(key=lambda topic: (-topic['size'], topic['examples'][0]))
   return topics
@@ -61,9 +71,10 @@ def window_topics(texts: Sequence[str], embeddings: np.ndarray,
 
 class _SummarizeFn(beam.DoFn):
 
-  def __init__(self, output_dir: str, distance: float):
+  def __init__(self, output_dir: str, distance: float, horizon_s: float):
     self._output_dir = output_dir.rstrip('/')
     self._distance = distance
+    self._horizon_us = round(horizon_s * 1_000_000)
 
   def process(self, batch: WindowRows):
     extras = batch.extras or {}
@@ -71,6 +82,12 @@ class _SummarizeFn(beam.DoFn):
     texts = [row.event.text for row in batch.rows]
     embeddings = np.stack([row.embedding for row in batch.rows]).astype(np.float32)
     label_counts = collections.Counter(label for label in labels or () if label)
+    earlier = None
+    if self._horizon_us:
+      recent = [row.embedding for row in batch.context
+                if row.event.event_time_us >= batch.start_us - self._horizon_us]
+      earlier = np.stack(recent).astype(np.float32) if recent else np.zeros((0, 1), np.float32)
+    topics = window_topics(texts, embeddings, labels, self._distance, earlier=earlier)
     summary = pa.table([
         pa.array([batch.start_us], pa.int64()).cast(_TS),
         pa.array([batch.end_us], pa.int64()).cast(_TS),
@@ -78,8 +95,8 @@ class _SummarizeFn(beam.DoFn):
         pa.array([len(batch.rows)], pa.int32()),
         pa.array([sum(d is not None for d in extras.get('duplicate_of', ()))], pa.int32()),
         pa.array([json.dumps(dict(sorted(label_counts.items())))]),
-        pa.array([window_topics(texts, embeddings, labels, self._distance)],
-                 pa.list_(TOPIC_TYPE)),
+        pa.array([topics], pa.list_(TOPIC_TYPE)),
+        pa.array([sum(t['new'] for t in topics) if earlier is not None else None], pa.int32()),
     ], schema=SUMMARY_SCHEMA)
     write_parquet(summary, f'{self._output_dir}/{WINDOWS_DIR}/window={window_label(batch.start_us)}'
                   f'/part-{batch.pane:05d}.parquet')
@@ -89,11 +106,12 @@ class _SummarizeFn(beam.DoFn):
 class SummarizeWindows(beam.PTransform):
   """Writes one summary per window firing to DIR/windows/window=START/part-PANE.parquet."""
 
-  def __init__(self, output_dir: str, distance: float):
+  def __init__(self, output_dir: str, distance: float, horizon_s: float = 0.0):
     super().__init__()
     self._output_dir = output_dir
     self._distance = distance
+    self._horizon_s = horizon_s
 
   def expand(self, windows):
     return windows | 'Summarize window' >> beam.ParDo(
-        _SummarizeFn(self._output_dir, self._distance))
+        _SummarizeFn(self._output_dir, self._distance, self._horizon_s))
