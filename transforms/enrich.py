@@ -20,11 +20,11 @@ class _SplitResultsFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput(DEADLETTER, r.DeadLetter(
           event.raw, r.INFERENCE_ERROR, result.inference.error, event.source,
           id=event.id, event_time_us=event.event_time_us))
-      return
-    self._embedded.inc()
-    # Batching loses element timestamps; each row gets its event time back.
-    yield window.TimestampedValue(r.Embedded(event, result.inference),
-                                  event.event_time_us / 1_000_000)
+    else:
+      self._embedded.inc()
+      # Batching loses element timestamps; each row gets its event time back.
+      yield window.TimestampedValue(r.Embedded(event, result.inference),
+                                    event.event_time_us / 1_000_000)
 
 
 class EmbedEvents(beam.PTransform):

@@ -137,11 +137,10 @@ class _CollectWindowFn(beam.DoFn):
     for value in keyed_rows[1]:
       (context if isinstance(value, Lookback) else rows).append(
           value.row if isinstance(value, Lookback) else value)
-    if not rows:
-      return  # a window that only received context
-    in_order = lambda row: (row.event.event_time_us, row.event.id)
-    yield WindowRows(win.start.micros, win.end.micros, pane.index if pane else 0,
-                     sorted(rows, key=in_order), None, tuple(sorted(context, key=in_order)))
+    if rows:  # a window may have received only context
+      in_order = lambda row: (row.event.event_time_us, row.event.id)
+      yield WindowRows(win.start.micros, win.end.micros, pane.index if pane else 0,
+                       sorted(rows, key=in_order), None, tuple(sorted(context, key=in_order)))
 
 
 class _OfferLookbackFn(beam.DoFn):

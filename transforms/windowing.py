@@ -124,13 +124,13 @@ class _FlagLateFn(beam.DoFn):
       late = tracker.is_late(event.event_time_us, watermark_us)
     if not late:
       yield event
-      return
-    yield beam.pvalue.TaggedOutput(DEADLETTER, r.DeadLetter(
-        raw=event.raw, reason=r.LATE,
-        error=(f'event time {format_micros(event.event_time_us)} is behind the '
-               f'watermark {format_micros(watermark_us)} by more than the '
-               f'allowed lateness of {self._spec.allowed_lateness_s:g}s'),
-        source=event.source, id=event.id, event_time_us=event.event_time_us))
+    else:
+      yield beam.pvalue.TaggedOutput(DEADLETTER, r.DeadLetter(
+          raw=event.raw, reason=r.LATE,
+          error=(f'event time {format_micros(event.event_time_us)} is behind the '
+                 f'watermark {format_micros(watermark_us)} by more than the '
+                 f'allowed lateness of {self._spec.allowed_lateness_s:g}s'),
+          source=event.source, id=event.id, event_time_us=event.event_time_us))
 
 
 class FlagLateEvents(beam.PTransform):
