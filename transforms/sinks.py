@@ -152,8 +152,10 @@ class _OfferLookbackFn(beam.DoFn):
   def process(self, row, win=beam.DoFn.WindowParam):
     size_us = win.end.micros - win.start.micros
     start_us = win.end.micros
+    # Context needs only id, time and vector: copies leave the texts behind.
+    slim = row._replace(event=row.event._replace(text='', raw='', source='', stream=''))
     while start_us <= row.event.event_time_us + self._lookback_us:
-      yield window.TimestampedValue(Lookback(row), start_us / 1_000_000)
+      yield window.TimestampedValue(Lookback(slim), start_us / 1_000_000)
       start_us += size_us
 
 
