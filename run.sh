@@ -7,6 +7,8 @@
 #   ./run.sh replay ARGS     replay archives (python -m pipelines.replay ARGS)
 #   ./run.sh demo ARGS       a bounded run of the synthetic stream (python -m pipelines.demo)
 #   ./run.sh search ARGS     semantic search over the output (python -m pipelines.search)
+#   ./run.sh flink JOB ARGS  submit stream|replay to Flink (python -m pipelines.deploy flink)
+#   ./run.sh dataflow JOB ARGS  submit stream|replay to Dataflow (python -m pipelines.deploy dataflow)
 #   ./run.sh bench ARGS      throughput benchmark (python -m benchmarks.throughput ARGS)
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS)
 #   ./run.sh setup           only create/update .venv
@@ -45,13 +47,14 @@ export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::Futu
 command="${1:-live}"
 [[ $# -gt 0 ]] && shift
 case "$command" in
-  help|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+  help|-h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' ;;
   setup) setup ;;
   live) setup; exec "$PY" -m pipelines.stream --source 'synthetic://?rate=20' "$@" ;;
   stream) setup; exec "$PY" -m pipelines.stream "$@" ;;
   produce) setup; exec "$PY" -m pipelines.produce "$@" ;;
   demo) setup; exec "$PY" -m pipelines.demo "$@" ;;
   search) setup; exec "$PY" -m pipelines.search "$@" ;;
+  flink|dataflow) setup; exec "$PY" -m pipelines.deploy "$command" "$@" ;;
   replay) setup; exec "$PY" -m pipelines.replay "$@" ;;
   bench) setup; exec "$PY" -m benchmarks.throughput "$@" ;;
   test) setup; exec "$PY" -m pytest tests "$@" ;;

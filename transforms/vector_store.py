@@ -9,6 +9,7 @@ server with the same API, so `lancedb:URI` reaches those too.
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam.utils.windowed_value import WindowedValue
 import numpy as np
 import pyarrow as pa
 
@@ -63,19 +64,33 @@ def open_table(uri: str, dimensions: Optional[int] = None):
 
 
 class _UpsertFn(beam.DoFn):
+  """Upserts once per bundle: each merge costs a table version, so a replay of
+  many small windows merges a bundle's rows at once, then passes the windows on."""
 
   def __init__(self, uri: str, model: str):
     self._uri = uri
     self._model = model
     self._table = None
+    self._pending = []
 
-  def process(self, batch: WindowRows):
-    data = vector_table(batch, self._model)
+  def start_bundle(self):
+    self._pending = []
+
+  def process(self, batch: WindowRows, win=beam.DoFn.WindowParam,
+              timestamp=beam.DoFn.TimestampParam):
+    self._pending.append((batch, win, timestamp))
+
+  def finish_bundle(self):
+    if not self._pending:
+      return
+    data = pa.concat_tables([vector_table(batch, self._model) for batch, _, _ in self._pending])
     if self._table is None:
       self._table = open_table(self._uri, data.schema.field('vector').type.list_size)
     (self._table.merge_insert('id').when_matched_update_all()
      .when_not_matched_insert_all().execute(data))
-    yield batch
+    for batch, win, timestamp in self._pending:  # only now durable: pass them on
+      yield WindowedValue(batch, timestamp, [win])
+    self._pending = []
 
 
 class UpsertVectors(beam.PTransform):
