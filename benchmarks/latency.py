@@ -62,7 +62,8 @@ def measure(rate: float, seconds: float, window_size: float, archive: str) -> di
     first_window = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-      files = list((out / 'enriched').rglob('*.parquet')) if out.exists() else []
+      files = ([f for f in (out / 'enriched').rglob('*.parquet') if not f.name.startswith('.')]
+               if out.exists() else [])
       if files and first_window is None:
         first_window = min(f.stat().st_mtime for f in files) - started_wall
       written = sum(ds.dataset(f, format='parquet').count_rows() for f in files)
@@ -97,7 +98,7 @@ def main(argv=None):
     print(json.dumps(result), flush=True)
   machine = f'{platform.machine()}, {os.cpu_count()} cores'
   RESULTS.mkdir(parents=True, exist_ok=True)
-  (RESULTS / 'latency.json').write_text(json.dumps(
+  (RESULTS / f'latency-{args.rates.replace(",", "-")}.json').write_text(json.dumps(
       {'machine': machine, 'window_size': args.window_size, 'seconds': args.seconds,
        'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': results},
       indent=2) + '\n')

@@ -72,7 +72,7 @@ def write_parquet(table: pa.Table, path: str) -> None:
     FileSystems.mkdirs(directory)
   except IOError:
     pass  # already there
-  temporary = f'{directory}/.tmp-{uuid.uuid4().hex}.parquet'
+  temporary = f'{directory}/.{uuid.uuid4().hex}.tmp'  # hidden from readers and globs
   with FileSystems.create(temporary) as stream:
     pq.write_table(table, stream, compression='zstd')
   FileSystems.rename([temporary], [path])
