@@ -6,19 +6,18 @@ so a live stream and an archive replay go through the same transforms.
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.options.pipeline_options import StandardOptions
 
 from models.handler import SentenceTransformerHandler
 from pipelines.options import JobConfig
 from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
-from transforms.redis_streams import RedisStreamAddress, WriteRedisStream
-from transforms.topics import SummarizeWindows
-from transforms.vector_store import VECTORS_DIR, UpsertVectors
 from transforms.parse import ParseEvents
 from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, GroupWindows,
                               WriteDeadLetters, WriteEnrichedParquet)
+from transforms.topics import SummarizeWindows
+from transforms.uris import sink
 from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
 
 
@@ -70,14 +69,8 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
     windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
   written = windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model)
-  for n, sink in enumerate(config.sinks):
-    if sink.startswith('redis://'):
-      written = written | f'Write Redis stream {n}' >> WriteRedisStream(
-          RedisStreamAddress.parse(sink), config.model.model)
-    else:
-      uri = (f'{config.output.rstrip("/")}/{VECTORS_DIR}' if sink == 'vectors'
-             else sink[len('lancedb:'):])
-      written = written | f'Write vectors {n}' >> UpsertVectors(uri, config.model.model)
+  for n, uri in enumerate(config.sinks):
+    written = written | f'Write sink {n}' >> sink(uri, config.output, config.model.model)
   if derive.topic_distance is not None:
     written = written | 'Summarize windows' >> SummarizeWindows(
         config.output, derive.topic_distance, derive.topic_horizon_s)

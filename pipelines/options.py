@@ -172,16 +172,12 @@ def job_config(options: PipelineOptions) -> JobConfig:
 
 def parse_sinks(flag: str) -> Tuple[str, ...]:
   sinks = tuple(s.strip() for s in flag.split(',') if s.strip())
+  from transforms.uris import check_sink
   for sink in sinks:
-    if sink.startswith('redis://'):
-      from transforms.redis_streams import RedisStreamAddress
-      try:
-        RedisStreamAddress.parse(sink)
-      except ValueError as e:
-        raise ConfigError(f'--sink: {e}') from None
-    elif sink != 'vectors' and not sink.startswith('lancedb:'):
-      raise ConfigError(f'unknown --sink {sink}: use vectors, lancedb:URI or '
-                        'redis://HOST:PORT/DB?stream=NAME')
+    try:
+      check_sink(sink)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   return sinks
 
 

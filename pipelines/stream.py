@@ -1,6 +1,6 @@
 """Live streaming: an unbounded source, windows that fire while the job runs.
 
-  python -m pipelines.stream --source URI --output DIR [--sink redis://...] [--duration S]
+  python -m pipelines.stream --source URI --output DIR [--sink URIS] [--duration S]
       [mapping, window, model options] [any Beam runner options]
 
 Sources:
@@ -26,18 +26,17 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.launcher import JobResult, launch, main
 from pipelines.options import ArchiveOptions, ConfigError, job_config
 from transforms.eventtime import format_micros
-from transforms.live_sources import DRAIN, ArchiveReader, EventTimeOf, ReadLive
-from transforms.redis_streams import (AcknowledgeRedisEntries, RedisStreamAddress,
-                                      RedisStreamReader)
+from transforms.live_sources import DRAIN, EventTimeOf
+from transforms.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
 from transforms.sinks import WindowRows
-from transforms.synthetic import SyntheticReader
+from transforms.uris import acknowledged_stream, live_source
 
 _STREAM_DEFAULTS = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',
                     '--min_batch_size', '1', '--max_batch_size', '1024']
 
 
 class StreamOptions(PipelineOptions):
-  """Where a live job reads and what else it writes."""
+  """Where a live job reads and how long it runs."""
 
   @classmethod
   def _add_argparse_args(cls, parser):
@@ -49,24 +48,6 @@ class StreamOptions(PipelineOptions):
                         'SIGINT/SIGTERM (or the end of a file:// source).')
     parser.add_argument('--poll_interval', type=float, default=0.2,
                         help='Seconds between polls of an idle source.')
-
-
-def make_reader(uri: str, input_format: Optional[str] = None):
-  """The Reader factory for a source URI (called on the worker)."""
-  if uri.startswith('synthetic://'):
-    import urllib.parse
-    query = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)
-    rate = float(query.get('rate', ['20'])[-1])
-    seed = int(query.get('seed', ['7'])[-1])
-    return lambda: SyntheticReader(rate, seed)
-  if uri.startswith('redis://'):
-    address = RedisStreamAddress.parse(uri)
-    RedisStreamReader(address)  # validates the address here, not on the worker
-    return lambda: RedisStreamReader(address)
-  if uri.startswith('file://'):
-    pattern = uri[len('file://'):]
-    return lambda: ArchiveReader(pattern, input_format)
-  raise ValueError(f'unknown --source {uri}: use synthetic://, redis:// or file://')
 
 
 class _ReportWindowFn(beam.DoFn):
@@ -89,12 +70,7 @@ class _ReportWindowFn(beam.DoFn):
     yield batch
 
 
-def _extra_steps(options: StreamOptions):
-  try:
-    source = (RedisStreamAddress.parse(options.source)
-              if options.source.startswith('redis://') else None)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+def _extra_steps(source: Optional[RedisStreamAddress]):
 
   def after_write(written):
     windows = written.enriched | 'Report windows' >> beam.ParDo(_ReportWindowFn())
@@ -132,12 +108,12 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
     raise ConfigError('--max_batch_duration_secs loses buffered events on the local streaming '
                       'runner; leave it out locally (batches follow the source polls)')
   try:
-    reader = make_reader(stream.source, options.view_as(ArchiveOptions).input_format)
+    read = live_source(stream.source, EventTimeOf(config.mapping, config.time_parser),
+                       config.window.max_out_of_orderness_s, stream.poll_interval,
+                       options.view_as(ArchiveOptions).input_format)
+    after_write = _extra_steps(acknowledged_stream(stream.source))
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  read = ReadLive(reader, EventTimeOf(config.mapping, config.time_parser),
-                  config.window.max_out_of_orderness_s, stream.poll_interval)
-  after_write = _extra_steps(stream)
   DRAIN.clear()
   _drain_on_signals(stream.duration)
   return launch(options, config, read, test_pipeline, after_write)

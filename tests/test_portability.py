@@ -65,7 +65,7 @@ def test_handler_and_steps_pickle_and_translate_with_unique_labels(tmp_path):
   labels = [t.unique_name for t in proto.components.transforms.values()]
   assert len(labels) == len(set(labels))
   assert {'Parse events', 'Embed events', 'Window events', 'Write enriched',
-          'Write dead letters', 'Write vectors 0', 'Summarize windows'} <= {
+          'Write dead letters', 'Write sink 0', 'Summarize windows'} <= {
               label.split('/')[0] for label in labels}
 
 

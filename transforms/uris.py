@@ -1,0 +1,65 @@
+"""Sources and sinks by URI: each URI becomes one PTransform, here and nowhere else.
+
+Sources (live): synthetic://?rate=N[&seed=S], redis://HOST:PORT/DB?stream=S&group=G,
+file://GLOB. Archives for replay are globs (transforms.sources.ReadArchive).
+Sinks beside Parquet: vectors (a LanceDB store under the output), lancedb:URI,
+redis://HOST:PORT/DB?stream=NAME.
+"""
+import urllib.parse
+from typing import Callable, Optional
+
+import apache_beam as beam
+
+from transforms.live_sources import ArchiveReader, ReadLive, Reader
+from transforms.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
+from transforms.synthetic import SyntheticReader
+from transforms.vector_store import VECTORS_DIR, UpsertVectors
+
+
+def reader_factory(uri: str, input_format: Optional[str] = None) -> Callable[[], Reader]:
+  """What a live source polls, built on the worker; raises ValueError for a bad URI."""
+  if uri.startswith('synthetic://'):
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)
+    rate = float(query.get('rate', ['20'])[-1])
+    seed = int(query.get('seed', ['7'])[-1])
+    if rate <= 0:
+      raise ValueError(f'{uri}: rate must be positive')
+    return lambda: SyntheticReader(rate, seed)
+  if uri.startswith('redis://'):
+    address = RedisStreamAddress.parse(uri)
+    RedisStreamReader(address)  # checks the address here rather than on a worker
+    return lambda: RedisStreamReader(address)
+  if uri.startswith('file://'):
+    pattern = uri[len('file://'):]
+    return lambda: ArchiveReader(pattern, input_format)
+  raise ValueError(f'unknown --source {uri}: use synthetic://, redis:// or file://')
+
+
+def live_source(uri: str, event_time_us: Callable, max_out_of_orderness_s: float,
+                poll_interval_s: float, input_format: Optional[str] = None) -> beam.PTransform:
+  """The unbounded read for a source URI."""
+  return ReadLive(reader_factory(uri, input_format), event_time_us, max_out_of_orderness_s,
+                  poll_interval_s)
+
+
+def acknowledged_stream(uri: str) -> Optional[RedisStreamAddress]:
+  """The stream whose entries must be acknowledged after writing, if the source has one."""
+  return RedisStreamAddress.parse(uri) if uri.startswith('redis://') else None
+
+
+def check_sink(uri: str) -> None:
+  """Raises ValueError unless `uri` names a known sink."""
+  if uri.startswith('redis://'):
+    RedisStreamAddress.parse(uri)
+  elif uri != 'vectors' and not uri.startswith('lancedb:'):
+    raise ValueError(f'unknown --sink {uri}: use vectors, lancedb:URI or '
+                     'redis://HOST:PORT/DB?stream=NAME')
+
+
+def sink(uri: str, output_dir: str, model: str) -> beam.PTransform:
+  """The step that writes each WindowRows to `uri` and then passes it on."""
+  check_sink(uri)
+  if uri.startswith('redis://'):
+    return WriteRedisStream(RedisStreamAddress.parse(uri), model)
+  store = f'{output_dir.rstrip("/")}/{VECTORS_DIR}' if uri == 'vectors' else uri[len('lancedb:'):]
+  return UpsertVectors(store, model)
