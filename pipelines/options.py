@@ -1,5 +1,5 @@
 """Command-line options, one PipelineOptions class per concern, and the config they become."""
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 

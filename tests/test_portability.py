@@ -1,6 +1,5 @@
 """What other runners need: runner flags, pickling, stable labels, the portable path, the worker package."""
 import os
-import pathlib
 import subprocess
 import sys
 import zipfile

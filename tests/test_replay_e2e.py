@@ -1,7 +1,6 @@
 """`python -m pipelines.replay` as a user runs it, on a slice of the shared Wikipedia edit stream."""
 import gzip
 import itertools
-import json
 import os
 import subprocess
 import sys

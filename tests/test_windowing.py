@@ -4,7 +4,6 @@ import pytest
 from tests.runners import batch_pipeline, streaming_pipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
-from apache_beam.transforms import window
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
 from transforms import records as r

@@ -2,7 +2,7 @@
 
 NamedTuples keep them cheap to pickle and easy to read in tests.
 """
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 
 class RawRecord(NamedTuple):
@@ -66,4 +66,4 @@ INFERENCE_ERROR = 'inference_error'
 class Embedded(NamedTuple):
   """An event with its embedding (float32)."""
   event: Event
-  embedding: 'numpy.ndarray'
+  embedding: Any  # numpy.ndarray, float32

@@ -19,7 +19,6 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
 
-from transforms import records as r
 
 ENRICHED_DIR = 'enriched'
 DEADLETTER_DIR = 'deadletter'
