@@ -27,5 +27,6 @@ setuptools.setup(
         'test': ['pytest>=8'],
         'bench': ['matplotlib>=3.8', 'qdrant-client>=1.12'],
         'vectors': ['lancedb>=0.20'],
+        'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.2'],
     },
 )

@@ -1,6 +1,6 @@
 """Throughput of the replay pipeline against a bare `SentenceTransformer.encode`.
 
-  python -m benchmarks.throughput [--limit 3000] [--rounds 2] [--precisions fp32,bf16]
+  python -m benchmarks.throughput [--limit 3000] [--rounds 2] [--precisions fp32,bf16,onnx]
 
 On the same texts (default: the first 3000 comments of the shared Wikipedia
 edit stream), alternating in one run, each variant in a fresh process:
@@ -11,7 +11,7 @@ End to end runs from the child's spawn through imports, model load and the
 first full pass. Steady state leaves start-up out: bare times a second
 `encode` of all texts; the pipelines subtract a 64-event run from a second
 full run (each run builds its pipeline and loads its model, so fixed costs cancel).
-Each precision beyond fp32 runs bare and pipeline at that precision, with the
+Each setting beyond fp32 (fp16, bf16, onnx, onnx-int8) runs bare and pipeline with it, with the
 minimum and mean cosine of its embeddings to fp32 ones (first round).
 Prints events/s, ratios to bare fp32, peak RSS; writes JSON and PNG to benchmarks/results/.
 """
@@ -34,6 +34,23 @@ DEFAULT_INPUT = ROOT.parent / 'shared' / 'data' / 'wikiticker-2015-09-12-sampled
 RESULTS = ROOT / 'benchmarks' / 'results'
 VARIANTS = ('bare', 'pipeline', 'mltransform')
 SMALL = 64
+# Model settings a variant can run with: flags for the job, and the same as a ModelConfig.
+SETTINGS = {
+    'fp32': [],
+    'fp16': ['--precision', 'fp16'],
+    'bf16': ['--precision', 'bf16'],
+    'onnx': ['--backend', 'onnx'],
+    'onnx-int8': ['--backend', 'onnx', '--quantize', 'int8'],
+}
+
+
+def setting_config(setting: str, device: str):
+  from models.loading import ModelConfig
+  flags = SETTINGS[setting]
+  values = dict(zip(flags[::2], flags[1::2]))
+  return ModelConfig(device=device, precision=values.get('--precision', 'fp32'),
+                     backend=values.get('--backend', 'torch'),
+                     quantize=values.get('--quantize', 'none'))
 BASELINE = 'bare@fp32'
 
 
@@ -69,7 +86,7 @@ def child_bare(args):
     model.encode(texts, batch_size=32, show_progress_bar=False, convert_to_tensor=True)
     return time.perf_counter() - started
 
-  model = load_sentence_transformer(ModelConfig(device=args.device, precision=args.precision))
+  model = load_sentence_transformer(setting_config(args.precision, args.device))
   encode()
   e2e = time.time() - args.spawned_at
   measured = {'e2e_s': e2e, 'steady_s': encode()}
@@ -95,7 +112,7 @@ def _timed_replay(args, slice_path, output):
   started = time.perf_counter()
   result = replay.run(['--input', slice_path, '--output', output, '--time_field', 'time',
                        '--text_field', args.text_field, '--device', args.device,
-                       '--precision', args.precision, *args.pipeline_args])
+                       *SETTINGS[args.precision], *args.pipeline_args])
   assert result.enriched_rows == result.records_read, result
   return time.perf_counter() - started
 
@@ -202,8 +219,8 @@ def main(argv=None):
   parser.add_argument('--variants', default=','.join(VARIANTS))
   parser.add_argument('--device', default='cpu')
   parser.add_argument('--precisions', default='fp32',
-                      help='Comma-separated; bare fp32 is always the baseline, and '
-                      'MLTransform runs at fp32 only.')
+                      help=f'Comma-separated settings ({", ".join(SETTINGS)}); bare fp32 is '
+                      'always the baseline, and MLTransform runs at fp32 only.')
   parser.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)
   parser.add_argument('--accuracy', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--label', default='', help='Suffix of the result file names.')

@@ -7,6 +7,7 @@ DEFAULT_MODEL = 'sentence-transformers/all-MiniLM-L6-v2'
 _PACKAGED_ALIASES = {DEFAULT_MODEL, 'all-MiniLM-L6-v2'}
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 DEVICES = ('auto', 'cpu', 'cuda')
+BACKENDS = ('torch', 'onnx')
 
 
 class ModelConfig(NamedTuple):
@@ -30,6 +31,8 @@ class ModelConfig(NamedTuple):
   max_batch_size: int = 4096
   max_batch_duration_secs: Optional[float] = None
   encode_batch_size: int = 32
+  backend: str = 'torch'
+  quantize: str = 'none'
 
   def validate(self) -> None:
     if self.precision not in PRECISIONS:
@@ -40,6 +43,14 @@ class ModelConfig(NamedTuple):
       raise ValueError('batch sizes need 1 <= --min_batch_size <= --max_batch_size')
     if self.encode_batch_size < 1:
       raise ValueError('--encode_batch_size must be at least 1')
+    if self.backend not in BACKENDS:
+      raise ValueError(f'--backend must be one of {", ".join(BACKENDS)}')
+    if self.quantize not in ('none', 'int8'):
+      raise ValueError('--quantize must be none or int8')
+    if self.quantize != 'none' and self.backend != 'onnx':
+      raise ValueError('--quantize needs --backend onnx')
+    if self.backend == 'onnx' and (self.precision != 'fp32' or self.device.startswith('cuda')):
+      raise ValueError('--backend onnx runs fp32 on the CPU (use --quantize int8 to go lower)')
     if self.is_packaged_default():
       packaged_model_path()  # fails early and clearly when the package is missing
     elif self.model.startswith(('/', './', '../', '~')) and not os.path.exists(
@@ -89,5 +100,11 @@ def load_sentence_transformer(config: ModelConfig):
   elif config.precision == 'bf16':
     model = model.to(torch.bfloat16)
   model.eval()
+  if config.backend == 'onnx':
+    from models.onnx_backend import load_onnx
+    encoder = load_onnx(model, source, config.quantize)
+    logging.info('Loaded %s from %s with ONNX Runtime (quantize: %s)', config.model, source,
+                 config.quantize)
+    return encoder
   logging.info('Loaded %s from %s on %s at %s', config.model, source, device, config.precision)
   return model

@@ -83,6 +83,11 @@ class ModelOptions(PipelineOptions):
                         help='Most texts Beam hands the model at once.')
     parser.add_argument('--encode_batch_size', type=int, default=32,
                         help='Texts per forward pass; encode sorts each call by length.')
+    parser.add_argument('--backend', default='torch',
+                        help='torch, or onnx (ONNX Runtime on the CPU, exported once from the '
+                        'local weights).')
+    parser.add_argument('--quantize', default='none',
+                        help='With --backend onnx: none or int8 (dynamic, per channel).')
     parser.add_argument('--max_batch_duration_secs', type=float, default=None,
                         help='Longest wait for a batch to fill (streaming).')
 
@@ -158,7 +163,7 @@ def job_config(options: PipelineOptions) -> JobConfig:
     model = ModelConfig(model_opts.model, model_opts.device, model_opts.precision,
                         model_opts.normalize, model_opts.min_batch_size,
                         model_opts.max_batch_size, model_opts.max_batch_duration_secs,
-                        model_opts.encode_batch_size)
+                        model_opts.encode_batch_size, model_opts.backend, model_opts.quantize)
     model.validate()
   except ValueError as e:
     raise ConfigError(str(e)) from None

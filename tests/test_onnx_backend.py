@@ -1,0 +1,52 @@
+"""The ONNX Runtime backend: exported from the packaged weights, equal to torch's encode."""
+import numpy as np
+import pytest
+
+from models.handler import SentenceTransformerHandler
+from models.loading import ModelConfig, load_sentence_transformer
+from tests.test_model import TEXTS, cosine
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('onnx-cache')
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv('STREAM_EMBEDDINGS_CACHE', str(folder))
+    yield folder
+
+
+def test_onnx_matches_torch_and_is_exported_once(cache, real_model):
+  config = ModelConfig(device='cpu', backend='onnx')
+  config.validate()
+  encoder = load_sentence_transformer(config)
+  exported = list(cache.rglob('model.onnx'))
+  assert len(exported) == 1
+  results = SentenceTransformerHandler(config).run_inference(TEXTS, encoder)
+  direct = real_model.encode(TEXTS)
+  for result, expected in zip(results, direct):
+    assert result.inference.dtype == np.float32 and result.inference.shape == (384,)
+    assert cosine(result.inference, expected) >= 0.999
+  # The packaged model ends in Normalize: unit vectors, as from torch.
+  assert np.allclose([np.linalg.norm(r.inference) for r in results], 1, atol=1e-4)
+  load_sentence_transformer(config)
+  assert list(cache.rglob('model.onnx')) == exported  # reused, not exported again
+
+
+def test_int8_quantization_loads_and_stays_near(cache, real_model):
+  encoder = load_sentence_transformer(ModelConfig(device='cpu', backend='onnx', quantize='int8'))
+  vectors = encoder.encode(TEXTS[:3])
+  direct = real_model.encode(TEXTS[:3])
+  assert min(cosine(v, d) for v, d in zip(vectors, direct)) > 0.9
+  assert list(cache.rglob('model-int8.onnx'))
+
+
+@pytest.mark.parametrize('config,message', [
+    (ModelConfig(quantize='int8'), 'needs --backend onnx'),
+    (ModelConfig(backend='onnx', precision='bf16'), 'fp32 on the CPU'),
+    (ModelConfig(backend='tensorrt'), '--backend must be'),
+])
+def test_backend_options_are_checked(config, message):
+  with pytest.raises(ValueError, match=message):
+    config.validate()
