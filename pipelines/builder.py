@@ -8,14 +8,16 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms.window import TimestampedValue
 
 from models.handler import SentenceTransformerHandler
 from pipelines.options import JobConfig
 from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents
-from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, GroupWindows,
-                              WriteDeadLetters, WriteEnrichedParquet)
+from transforms.records import LATE
+from transforms.sinks import (CollectDeadLetters, DeadLetterMark, GroupDeadLetters,
+                              GroupWindows, WriteDeadLetters, WriteEnrichedParquet)
 from transforms.topics import SummarizeWindows
 from transforms.uris import sink
 from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
@@ -63,8 +65,18 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
 def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles:
   """Writes enriched rows and dead letters as Parquet under config.output."""
   derive = config.derive
+  marks = None
+  if derive.topic_distance is not None:
+    # Window summaries count the dead letters of their window. Late ones are
+    # left out: live, their window has already fired.
+    marks = (outputs.deadletters
+             | 'Keep timed dead letters' >> beam.Filter(
+                 lambda d: d.event_time_us is not None and d.reason != LATE)
+             | 'Mark dead letters' >> beam.Map(
+                 lambda d: TimestampedValue(DeadLetterMark(d.reason), d.event_time_us / 1e6))
+             | 'Window dead letters' >> WindowEvents(config.window))
   windows = outputs.enriched | 'Group windows' >> GroupWindows(
-      derive.lookback_s, WindowEvents(config.window))
+      derive.lookback_s, WindowEvents(config.window), marks)
   if derive.label_index is not None or derive.dedup_threshold is not None:
     windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()

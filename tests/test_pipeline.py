@@ -172,3 +172,17 @@ def test_duplicates_and_new_topics_look_back_across_windows(tmp_path):
   assert summaries['19700101T000040Z']['new_topics'] == 2  # beta is 24 s old: new again
   assert summaries['19700101T000000Z']['topics'][0]['new'] is True
   assert json_lib.loads(summaries['19700101T000000Z']['label_counts']) == {}
+
+
+def test_window_summaries_count_their_dead_letters(tmp_path):
+  from transforms.derive import DeriveSpec
+  records = [raw(1, 1, 'one'), raw(2, 2, '   '), raw(3, 12, 'two'), raw(4, 13, FAIL_MARKER),
+             r.RawRecord('{broken', 'stream', 5)]
+  job = config(tmp_path)._replace(derive=DeriveSpec(topic_distance=0.5))
+  with batch_pipeline() as p:
+    build(p | beam.Create(records), job, HashingModelHandler())
+  summaries = {s['window']: s for s in ds.dataset(
+      tmp_path / 'windows', format='parquet', partitioning='hive').to_table().to_pylist()}
+  # no_text at 2 s and the inference error at 13 s count; the broken line has no time.
+  assert {w: s['deadletters'] for w, s in summaries.items()} == {
+      '19700101T000000Z': 1, '19700101T000010Z': 1}

@@ -120,6 +120,12 @@ class WindowRows(NamedTuple):
   rows: list
   extras: Optional[dict] = None
   context: tuple = ()  # rows of earlier windows within the look-back, sorted, not written
+  deadletters: int = 0  # dead letters with an event time in this window (not late ones)
+
+
+class DeadLetterMark(NamedTuple):
+  """Stands for one dead letter in its event-time window, to be counted there."""
+  reason: str
 
 
 class Lookback(NamedTuple):
@@ -132,14 +138,19 @@ class _CollectWindowFn(beam.DoFn):
   def process(self, keyed_rows, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
     if not isinstance(win, window.IntervalWindow):
       raise ValueError(f'enriched rows must be windowed by event time, not {win}')
-    rows, context = [], []
+    rows, context, letters = [], [], 0
     for value in keyed_rows[1]:
-      (context if isinstance(value, Lookback) else rows).append(
-          value.row if isinstance(value, Lookback) else value)
-    if rows:  # a window may have received only context
+      if isinstance(value, Lookback):
+        context.append(value.row)
+      elif isinstance(value, DeadLetterMark):
+        letters += 1
+      else:
+        rows.append(value)
+    if rows:  # a window may have received only context or dead letters
       in_order = lambda row: (row.event.event_time_us, row.event.id)
       yield WindowRows(win.start.micros, win.end.micros, pane.index if pane else 0,
-                       sorted(rows, key=in_order), None, tuple(sorted(context, key=in_order)))
+                       sorted(rows, key=in_order), None, tuple(sorted(context, key=in_order)),
+                       letters)
 
 
 class _OfferLookbackFn(beam.DoFn):
@@ -165,19 +176,26 @@ class GroupWindows(beam.PTransform):
     lookback_s: also hand each window, as context, the rows of earlier windows
       from this many seconds before its events (fixed windows only).
     rewindow: re-applies the rows' windowing to the context copies.
+    deadletter_marks: DeadLetterMarks windowed like the rows, counted per window.
   """
 
-  def __init__(self, lookback_s: float = 0, rewindow: Optional[beam.PTransform] = None):
+  def __init__(self, lookback_s: float = 0, rewindow: Optional[beam.PTransform] = None,
+               deadletter_marks: Optional[beam.PCollection] = None):
     super().__init__()
     self._lookback_s = lookback_s
     self._rewindow = rewindow
+    self._marks = deadletter_marks
 
   def expand(self, embedded):
+    inputs = [embedded]
     if self._lookback_s > 0:
-      copies = (embedded
-                | 'Offer to later windows' >> beam.ParDo(_OfferLookbackFn(self._lookback_s))
-                | 'Window copies' >> self._rewindow)
-      embedded = (embedded, copies) | 'With look-back' >> beam.Flatten()
+      inputs.append(embedded
+                    | 'Offer to later windows' >> beam.ParDo(_OfferLookbackFn(self._lookback_s))
+                    | 'Window copies' >> self._rewindow)
+    if self._marks is not None:
+      inputs.append(self._marks)
+    if len(inputs) > 1:
+      embedded = inputs | 'With context' >> beam.Flatten()
     return (embedded
             | 'Key by window' >> beam.Map(lambda row: (None, row))
             | 'Group by window' >> beam.GroupByKey()

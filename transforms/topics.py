@@ -22,6 +22,7 @@ SUMMARY_SCHEMA = pa.schema([
     ('window_end', _TS),
     ('pane', pa.int32()),
     ('events', pa.int32()),
+    ('deadletters', pa.int32()),  # with an event time in the window, late ones excepted
     ('duplicates', pa.int32()),
     ('label_counts', pa.string()),  # JSON: label -> count
     ('topics', pa.list_(TOPIC_TYPE)),
@@ -93,6 +94,7 @@ class _SummarizeFn(beam.DoFn):
         pa.array([batch.end_us], pa.int64()).cast(_TS),
         pa.array([batch.pane], pa.int32()),
         pa.array([len(batch.rows)], pa.int32()),
+        pa.array([batch.deadletters], pa.int32()),
         pa.array([sum(d is not None for d in extras.get('duplicate_of', ()))], pa.int32()),
         pa.array([json.dumps(dict(sorted(label_counts.items())))]),
         pa.array([topics], pa.list_(TOPIC_TYPE)),
