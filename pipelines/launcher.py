@@ -15,6 +15,7 @@ from pipelines.options import ConfigError, JobConfig
 from transforms.fields import MISSING, format_path, resolve
 from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.sources import format_of, read_archive
+from transforms.uris import UnavailableIO
 
 _SAMPLE_RECORDS = 100
 
@@ -167,7 +168,7 @@ def main(run: Callable[..., JobResult], argv=None) -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     result = run(argv)
-  except ConfigError as e:
+  except (ConfigError, UnavailableIO) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(result.summary())
