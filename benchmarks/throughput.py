@@ -78,7 +78,7 @@ def read_texts(path: str, text_field: str, limit=None):
 # --- children: each runs one variant in its own process and prints JSON ---
 
 def child_bare(args):
-  from models.loading import ModelConfig, load_sentence_transformer
+  from models.loading import load_sentence_transformer
   texts = read_texts(args.slice, args.text_field)
 
   def encode():

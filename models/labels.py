@@ -5,6 +5,7 @@ from typing import Dict, List, NamedTuple, Sequence
 import numpy as np
 
 from models.loading import ModelConfig, load_sentence_transformer
+from models.vectors import unit_rows
 
 
 def read_label_file(path: str) -> Dict[str, List[str]]:
@@ -52,9 +53,8 @@ class LabelIndex(NamedTuple):
 
   def scores(self, embeddings: np.ndarray) -> np.ndarray:
     """Cosine of each embedding to each label's closest description (rows x labels)."""
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    per_description = unit @ self.vectors.T
-    best = np.full((len(unit), len(self.names)), -1.0, np.float32)
+    per_description = unit_rows(embeddings) @ self.vectors.T
+    best = np.full((len(embeddings), len(self.names)), -1.0, np.float32)
     for label in range(len(self.names)):
       best[:, label] = per_description[:, self.owners == label].max(axis=1)
     return best

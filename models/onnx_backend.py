@@ -15,6 +15,8 @@ from typing import List
 
 import numpy as np
 
+from models.vectors import unit_rows
+
 QUANTIZATIONS = ('none', 'int8')
 
 
@@ -50,7 +52,7 @@ class OnnxEncoder:
     if out is None:
       out = np.zeros((0, 0), np.float32)
     if self._normalize or normalize_embeddings:
-      out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+      out = unit_rows(out)
     return torch.from_numpy(out) if convert_to_tensor else out
 
 

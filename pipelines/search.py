@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from models.vectors import unit_rows
 from transforms.eventtime import TimeParser, format_micros
 
 _PAYLOAD = ('event_time', 'window_start', 'window_end', 'label', 'duplicate_of', 'source')
@@ -60,7 +61,7 @@ def search(table: pa.Table, queries: List[str], k: int, model_name: Optional[str
   model = load_sentence_transformer(ModelConfig(model=model_name or names[0], device='auto'))
   embeddings = table.column('embedding').combine_chunks()
   matrix = embeddings.values.to_numpy(zero_copy_only=False).reshape(len(embeddings), -1)
-  matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+  matrix = unit_rows(matrix)
   vectors = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
   scores = np.asarray(vectors, np.float32) @ matrix.T
   k = min(k, table.num_rows)

@@ -5,11 +5,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from models.vectors import unit_rows
+
 from transforms.sinks import WindowRows
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-  return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float,
@@ -22,12 +20,12 @@ def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float
   agree), or a `context` row (Embedded, from earlier windows) at most
   `horizon_us` older than it.
   """
-  unit = _unit(embeddings)
+  unit = unit_rows(embeddings)
   similarity = unit @ unit.T
   if context:
     context_ids = [row.event.id for row in context]
     context_times = np.array([row.event.event_time_us for row in context])
-    context_similarity = unit @ _unit(np.stack([row.embedding for row in context])).T
+    context_similarity = unit @ unit_rows(np.stack([row.embedding for row in context])).T
   duplicate_of, duplicate_score = [], []
   for i in range(len(ids)):
     best_id, best = None, -2.0

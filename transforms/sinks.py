@@ -22,7 +22,7 @@ from apache_beam.transforms import trigger, window
 
 ENRICHED_DIR = 'enriched'
 DEADLETTER_DIR = 'deadletter'
-_TS = pa.timestamp('us', tz='UTC')
+TIMESTAMP = _TS = pa.timestamp('us', tz='UTC')
 
 DEADLETTER_SCHEMA = pa.schema([
     ('id', pa.string()),

@@ -7,10 +7,10 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from transforms.sinks import WindowRows, window_label, write_parquet
+from models.vectors import unit_rows
+from transforms.sinks import TIMESTAMP as _TS, WindowRows, window_label, write_parquet
 
 WINDOWS_DIR = 'windows'
-_TS = pa.timestamp('us', tz='UTC')
 TOPIC_TYPE = pa.struct([
     ('size', pa.int32()),
     ('new', pa.bool_()),  # null without a look-back
@@ -47,9 +47,9 @@ def window_topics(texts: Sequence[str], embeddings: np.ndarray,
     assignment = AgglomerativeClustering(
         n_clusters=None, metric='cosine', linkage='average',
         distance_threshold=distance).fit_predict(embeddings)
-  unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+  unit = unit_rows(embeddings)
   if earlier is not None and len(earlier):
-    earlier = earlier / np.maximum(np.linalg.norm(earlier, axis=1, keepdims=True), 1e-12)
+    earlier = unit_rows(earlier)
   topics = []
   for cluster in np.unique(assignment):
     members = np.flatnonzero(assignment == cluster)

@@ -10,14 +10,12 @@ from typing import Optional
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
-import numpy as np
 import pyarrow as pa
 
-from transforms.sinks import WindowRows
+from transforms.sinks import TIMESTAMP as _TS, WindowRows, enriched_table
 
 TABLE = 'events'
 VECTORS_DIR = 'vectors'
-_TS = pa.timestamp('us', tz='UTC')
 
 
 def vector_schema(dimensions: int) -> pa.Schema:
@@ -35,20 +33,15 @@ def vector_schema(dimensions: int) -> pa.Schema:
 
 
 def vector_table(batch: WindowRows, model: str) -> pa.Table:
-  vectors = np.stack([row.embedding for row in batch.rows]).astype(np.float32)
-  n, dimensions = vectors.shape
+  """The store's rows for one window firing: the Parquet row's columns, renamed and picked."""
+  rows = enriched_table(batch.rows, batch.start_us, batch.end_us, model)
+  columns = dict(zip(rows.column_names, rows.columns))
+  columns['vector'] = columns.pop('embedding')
   extras = batch.extras or {}
-  return pa.table([
-      pa.array([row.event.id for row in batch.rows], pa.string()),
-      pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dimensions),
-      pa.array([row.event.event_time_us for row in batch.rows], pa.int64()).cast(_TS),
-      pa.array(np.full(n, batch.start_us, np.int64)).cast(_TS),
-      pa.array(np.full(n, batch.end_us, np.int64)).cast(_TS),
-      pa.array([row.event.text for row in batch.rows], pa.string()),
-      pa.array(extras.get('label', [None] * n), pa.string()),
-      pa.array(extras.get('duplicate_of', [None] * n), pa.string()),
-      pa.array([model] * n, pa.string()),
-  ], schema=vector_schema(dimensions))
+  for name in ('label', 'duplicate_of'):
+    columns[name] = pa.array(extras.get(name, [None] * rows.num_rows), pa.string())
+  schema = vector_schema(rows.schema.field('embedding').type.list_size)
+  return pa.table([columns[field.name] for field in schema], schema=schema)
 
 
 def open_table(uri: str, dimensions: Optional[int] = None):
