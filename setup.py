@@ -28,5 +28,7 @@ setuptools.setup(
         'bench': ['matplotlib>=3.8', 'qdrant-client>=1.12'],
         'vectors': ['lancedb>=0.20'],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.2'],
+        # Pub/Sub and BigQuery IO (Dataflow's workers have these already).
+        'gcp': ['apache-beam[gcp]==2.77.0'],
     },
 )

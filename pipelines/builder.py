@@ -82,7 +82,8 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
   written = windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model)
   for n, uri in enumerate(config.sinks):
-    written = written | f'Write sink {n}' >> sink(uri, config.output, config.model.model)
+    written = written | f'Write sink {n}' >> sink(uri, config.output, config.model.model,
+                                                     derive.extra_columns)
   if derive.topic_distance is not None:
     written = written | 'Summarize windows' >> SummarizeWindows(
         config.output, derive.topic_distance, derive.topic_horizon_s)

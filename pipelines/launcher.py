@@ -15,7 +15,7 @@ from pipelines.options import ConfigError, JobConfig
 from transforms.fields import MISSING, format_path, resolve
 from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.sources import format_of, read_archive
-from transforms.uris import UnavailableIO
+from transforms.cloud_io import UnavailableIO
 
 _SAMPLE_RECORDS = 100
 

@@ -133,7 +133,9 @@ class OutputOptions(PipelineOptions):
                         help='Folder (or bucket prefix) for enriched/ and deadletter/.')
     parser.add_argument('--sink', default='',
                         help='Sinks beside Parquet, comma-separated: vectors (a LanceDB '
-                        'store in DIR/vectors), lancedb:URI, redis://HOST:PORT/DB?stream=NAME.')
+                        'store in DIR/vectors), lancedb:URI, redis://HOST:PORT/DB?stream=NAME, '
+                        'pubsub://projects/P/topics/T, kafka://BROKERS/TOPIC, '
+                        'bq://PROJECT.DATASET.TABLE.')
 
 
 class JobConfig(NamedTuple):

@@ -7,6 +7,8 @@ Sources:
   synthetic://?rate=N                                the embedded stream (default), endless
   redis://HOST:PORT/DB?stream=NAME&group=GROUP[&field=event][&consumer=NAME]
   file://GLOB                                        an archive read as a stream; ends at its end
+  pubsub://projects/P/subscriptions/S[?timestamp_attribute=A&id_attribute=B]   (Beam's Pub/Sub IO)
+  kafka://BROKERS/TOPIC?group=G[&timestamp_policy=CreateTime]                 (Beam's Kafka IO)
 
 Locally it runs on the BundleBasedDirectRunner with pipelines.local_streaming;
 `--runner FlinkRunner`, `DataflowRunner` or `PrismRunner --prism_location ...`
@@ -29,7 +31,7 @@ from transforms.eventtime import format_micros
 from transforms.live_sources import DRAIN, EventTimeOf
 from transforms.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
 from transforms.sinks import WindowRows
-from transforms.uris import acknowledged_stream, live_source
+from transforms.uris import acknowledged_stream, live_source, watermark_slack_s
 
 _STREAM_DEFAULTS = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',
                     '--min_batch_size', '1', '--max_batch_size', '1024']
@@ -42,7 +44,8 @@ class StreamOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     parser.add_argument('--source', default='synthetic://?rate=20',
                         help='synthetic://?rate=N, redis://HOST:PORT/DB?stream=S&group=G, '
-                        'or file://GLOB.')
+                        'file://GLOB, pubsub://projects/P/subscriptions/S or '
+                        'kafka://BROKERS/TOPIC?group=G.')
     parser.add_argument('--duration', type=float, default=0,
                         help='Drain and stop after this many seconds; 0 runs until '
                         'SIGINT/SIGTERM (or the end of a file:// source).')
@@ -101,6 +104,8 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   options.view_as(StandardOptions).streaming = True
   stream = options.view_as(StreamOptions)
   config = job_config(options)
+  config = config._replace(window=config.window._replace(source_slack_s=watermark_slack_s(
+      stream.source, config.window.max_out_of_orderness_s)))
   runner = (options.view_as(StandardOptions).runner or 'DirectRunner').lower()
   if config.model.max_batch_duration_secs and runner in ('directrunner', 'direct'):
     # Measured: with Beam's stateful batching, a drained local run wrote 415 of

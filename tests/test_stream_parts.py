@@ -100,13 +100,14 @@ def test_stream_refuses_stateful_batching_locally(tmp_path):
   with pytest.raises(ConfigError, match='unknown --source'):
     stream.run(['--source', 'mqtt://x/y', '--output', str(tmp_path)])
   with pytest.raises(ConfigError, match='unknown --sink'):
-    stream.run(['--sink', 'bq://p.d.t', '--output', str(tmp_path)])
+    stream.run(['--sink', 'mqtt://broker/t', '--output', str(tmp_path)])
 
 
 def test_pubsub_and_kafka_sources_resolve_with_their_settings():
   import apache_beam as beam
   from apache_beam.io.gcp.pubsub import ReadFromPubSub
-  from transforms.uris import ReadKafka, ReadPubSub, UnavailableIO, live_source
+  from transforms.cloud_io import ReadKafka, ReadPubSub, UnavailableIO
+  from transforms.uris import live_source
   read = live_source('pubsub://projects/my-project/subscriptions/events?timestamp_attribute=ts'
                      '&id_attribute=event_id', None, 2, 0.2)
   assert isinstance(read, ReadPubSub)

@@ -55,6 +55,16 @@ class DeriveSpec(NamedTuple):
   topic_horizon_s: float = 0.0  # a topic is new unless this recent past had it
 
   @property
+  def extra_columns(self) -> tuple:
+    """The derived columns written beside the enriched ones, in order."""
+    columns = ()
+    if self.label_index is not None:
+      columns += ('label', 'label_score') + (('labels',) if self.label_top_k else ())
+    if self.dedup_threshold is not None:
+      columns += ('duplicate_of', 'duplicate_score')
+    return columns
+
+  @property
   def lookback_s(self) -> float:
     """How far back each window needs earlier windows' rows."""
     dedup = self.dedup_horizon_s if self.dedup_threshold is not None else 0.0

@@ -13,7 +13,7 @@ import apache_beam as beam
 
 from transforms.live_sources import Reader
 from transforms.records import RawRecord
-from transforms.sinks import WindowRows
+from transforms.sinks import WindowRows, enriched_records
 
 
 class RedisStreamAddress(NamedTuple):
@@ -183,20 +183,6 @@ class AcknowledgeRedisEntries(beam.PTransform):
     return written | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._address))
 
 
-def enriched_json(row, start_us: int, end_us: int, model: str) -> str:
-  from transforms.eventtime import format_micros
-  return json.dumps({
-      'id': row.event.id,
-      'event_time': format_micros(row.event.event_time_us),
-      'window_start': format_micros(start_us),
-      'window_end': format_micros(end_us),
-      'text': row.event.text,
-      'embedding': [float(x) for x in row.embedding],
-      'model': model,
-      'source': row.event.source,
-  }, ensure_ascii=False)
-
-
 class _XaddFn(beam.DoFn):
 
   def __init__(self, address: RedisStreamAddress, model: str):
@@ -209,9 +195,9 @@ class _XaddFn(beam.DoFn):
 
   def process(self, batch: WindowRows):
     pipe = self._client.pipeline(transaction=False)
-    for row in batch.rows:
-      pipe.xadd(self._address.stream, {self._address.field: enriched_json(
-          row, batch.start_us, batch.end_us, self._model)})
+    for record in enriched_records(batch, self._model):
+      pipe.xadd(self._address.stream,
+                {self._address.field: json.dumps(record, ensure_ascii=False)})
     pipe.execute()
     yield batch
 
@@ -221,7 +207,7 @@ class _XaddFn(beam.DoFn):
 
 
 class WriteRedisStream(beam.PTransform):
-  """XADDs each enriched row as JSON (embedding included) to a Redis Stream; passes batches on."""
+  """XADDs each enriched row as JSON (embedding and derived columns included) to a Redis Stream; passes batches on."""
 
   def __init__(self, address: RedisStreamAddress, model: str):
     super().__init__()

@@ -123,6 +123,28 @@ class WindowRows(NamedTuple):
   deadletters: int = 0  # dead letters with an event time in this window (not late ones)
 
 
+def enriched_records(batch: WindowRows, model: str):
+  """Each row of a window firing as a dict of JSON types: the Parquet columns, times as
+  RFC 3339 text, the embedding as a list; for message and table sinks."""
+  from transforms.eventtime import format_micros
+  start, end = format_micros(batch.start_us), format_micros(batch.end_us)
+  extras = batch.extras or {}
+  for n, row in enumerate(batch.rows):
+    record = {
+        'id': row.event.id,
+        'event_time': format_micros(row.event.event_time_us),
+        'window_start': start,
+        'window_end': end,
+        'text': row.event.text,
+        'embedding': [float(x) for x in row.embedding],
+        'model': model,
+        'source': row.event.source,
+    }
+    for name, values in extras.items():
+      record[name] = values[n]
+    yield record
+
+
 class DeadLetterMark(NamedTuple):
   """Stands for one dead letter in its event-time window, to be counted there."""
   reason: str

@@ -18,12 +18,16 @@ class WindowSpec(NamedTuple):
   sessions when `session_gap_s` is set. The watermark of a stream trails its
   newest event time by `max_out_of_orderness_s`; an event whose last window
   ended more than `allowed_lateness_s` before the watermark is late.
+  `source_slack_s`: how much longer the runner keeps windows open, for sources
+  whose runner watermark may lead the one the late flag judges by
+  (transforms.uris.watermark_slack_s).
   """
   size_s: float = 60.0
   period_s: Optional[float] = None
   session_gap_s: Optional[float] = None
   allowed_lateness_s: float = 0.0
   max_out_of_orderness_s: float = 10.0
+  source_slack_s: float = 0.0
 
   @property
   def kind(self) -> str:
@@ -41,7 +45,7 @@ class WindowSpec(NamedTuple):
                        '(--session_gap), not both')
     if self.period_s is not None and self.period_s > self.size_s:
       raise ValueError('--window_period must not exceed --window_size')
-    if self.allowed_lateness_s < 0 or self.max_out_of_orderness_s < 0:
+    if min(self.allowed_lateness_s, self.max_out_of_orderness_s, self.source_slack_s) < 0:
       raise ValueError('lateness and out-of-orderness must not be negative')
 
   def window_fn(self) -> window.WindowFn:
@@ -158,4 +162,4 @@ class WindowEvents(beam.PTransform):
         self._spec.window_fn(),
         trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
         accumulation_mode=trigger.AccumulationMode.DISCARDING,
-        allowed_lateness=self._spec.allowed_lateness_s)
+        allowed_lateness=self._spec.allowed_lateness_s + self._spec.source_slack_s)

@@ -1,0 +1,338 @@
+"""Pub/Sub, Kafka and BigQuery through Beam's own IO, for jobs on Flink and Dataflow.
+
+Sources hand on RawRecords stamped with a watermark: the source's timestamp
+for the record (Pub/Sub: publish time or the timestamp attribute; Kafka: the
+timestamp policy's) minus max_out_of_orderness. The job's late flag judges by
+it, as it does for its own live sources, and the windows stay open that much
+longer in the runner (WindowSpec.source_slack_s), so an event the flag lets
+through is never dropped silently by the runner's window grouping.
+
+Sinks take WindowRows, write each row as one record (JSON for Pub/Sub and
+Kafka, a table row for BigQuery) on a side branch, and pass the WindowRows on.
+"""
+import json
+import urllib.parse
+from typing import Dict
+
+import apache_beam as beam
+
+from transforms.records import RawRecord
+from transforms.sinks import EXTRA_TYPES, enriched_records
+
+_MICROS = 1_000_000
+
+
+class UnavailableIO(RuntimeError):
+  """A source or sink whose runtime pieces are missing here (a jar, a client library)."""
+
+
+def _need_gcp_client(library: str, uri: str) -> None:
+  """Raises UnavailableIO when google-cloud-LIBRARY (apache-beam[gcp]) is not installed."""
+  import importlib
+  try:
+    importlib.import_module(f'google.cloud.{library}')
+  except ImportError:
+    raise UnavailableIO(f"{uri}: Beam's Google Cloud IO needs apache-beam[gcp]: "
+                        "pip install -e '.[gcp]'") from None
+
+
+def query_of(uri: str) -> Dict[str, str]:
+  return {k: v[-1] for k, v in urllib.parse.parse_qs(urllib.parse.urlparse(uri).query).items()}
+
+
+def pubsub_path(uri: str, kind: str) -> str:
+  """projects/P/KIND/NAME from pubsub://projects/P/KIND/NAME[?...]; raises ValueError."""
+  from apache_beam.io.gcp.pubsub import parse_subscription, parse_topic
+  path = uri[len('pubsub://'):].split('?')[0]
+  parts = path.split('/')
+  if len(parts) != 4 or parts[0] != 'projects' or parts[2] != kind or not all(parts):
+    raise ValueError(f'{uri}: expected pubsub://projects/PROJECT/{kind}/NAME')
+  try:  # Beam's own checks of project and resource names
+    (parse_topic if kind == 'topics' else parse_subscription)(path)
+  except ValueError as e:
+    raise ValueError(f'{uri}: {e}') from None
+  return path
+
+
+class _StampedRawFn(beam.DoFn):
+  """Turns a source's element into a RawRecord stamped with the source's watermark."""
+
+  def __init__(self, to_raw, max_out_of_orderness_s: float):
+    self._to_raw = to_raw
+    self._disorder_us = round(max_out_of_orderness_s * _MICROS)
+
+  def process(self, element, timestamp=beam.DoFn.TimestampParam):
+    record = self._to_raw(element)
+    yield record._replace(watermark_us=timestamp.micros - self._disorder_us)
+
+
+class PubSubMessageToRaw:
+  """A Pub/Sub message as a RawRecord: the data is the event, the message id its position."""
+
+  def __init__(self, subscription: str):
+    self._subscription = subscription
+
+  def __call__(self, message) -> RawRecord:
+    try:
+      raw, error = message.data.decode('utf-8'), None
+    except UnicodeDecodeError as e:
+      raw, error = message.data.decode('utf-8', 'backslashreplace'), f'not UTF-8: {e}'
+    return RawRecord(raw, self._subscription, message.message_id or '', decode_error=error)
+
+
+class KafkaRecordToRaw:
+  """A Kafka record (with metadata) as a RawRecord; its position is PARTITION-OFFSET."""
+
+  def __init__(self, topic: str):
+    self._topic = topic
+
+  def __call__(self, record) -> RawRecord:
+    value = bytes(record.value or b'')
+    try:
+      raw, error = value.decode('utf-8'), None
+    except UnicodeDecodeError as e:
+      raw, error = value.decode('utf-8', 'backslashreplace'), f'not UTF-8: {e}'
+    return RawRecord(raw, self._topic, f'{record.partition}-{record.offset}', decode_error=error)
+
+
+class ReadPubSub(beam.PTransform):
+  """pubsub://projects/P/subscriptions/S as RawRecords, through Beam's ReadFromPubSub.
+
+  Query parameters: timestamp_attribute (the element timestamps, and Pub/Sub's
+  watermark, follow that attribute instead of the publish time) and
+  id_attribute (the runner drops redeliveries with the same value:
+  deduplication by event id, on Dataflow).
+  """
+
+  def __init__(self, uri: str, max_out_of_orderness_s: float):
+    super().__init__()
+    self._subscription = pubsub_path(uri, 'subscriptions')
+    query = query_of(uri)
+    self._timestamp_attribute = query.get('timestamp_attribute')
+    self._id_attribute = query.get('id_attribute')
+    self._disorder_s = max_out_of_orderness_s
+
+  def expand(self, pbegin):
+    _need_gcp_client('pubsub', f'pubsub://{self._subscription}')
+    from apache_beam.io.gcp.pubsub import ReadFromPubSub
+    return (pbegin
+            | 'Read Pub/Sub' >> ReadFromPubSub(
+                subscription=self._subscription, with_attributes=True,
+                timestamp_attribute=self._timestamp_attribute, id_label=self._id_attribute)
+            | 'As raw records' >> beam.ParDo(
+                _StampedRawFn(PubSubMessageToRaw(self._subscription), self._disorder_s)))
+
+
+def _kafka_address(uri: str):
+  parsed = urllib.parse.urlparse(uri)
+  brokers, topic = parsed.netloc, parsed.path.strip('/')
+  if not brokers or not topic or '/' in topic:
+    raise ValueError(f'{uri}: expected kafka://BROKER[,BROKER]/TOPIC[?group=GROUP]')
+  return brokers, topic
+
+
+def _expansion_error(uri: str, error: Exception) -> UnavailableIO:
+  return UnavailableIO(
+      f'{uri}: Kafka runs in Java through Beam\'s IO expansion service, which Beam could not '
+      f'fetch or start here ({type(error).__name__}). Install Java 11+ and make '
+      'beam-sdks-java-io-expansion-service-2.77.0.jar reachable (Maven Central, or a copy in '
+      '~/.apache_beam/cache/jars/), pass ?expansion_service=HOST:PORT of a running one, '
+      'or run on Flink/Dataflow, which provide it.')
+
+
+KAFKA_TIMESTAMP_POLICIES = ('ProcessingTime', 'CreateTime', 'LogAppendTime')
+
+
+class ReadKafka(beam.PTransform):
+  """kafka://BROKERS/TOPIC?group=G through Beam's ReadFromKafka (cross-language), as RawRecords.
+
+  Query parameters: group (consumer group; offsets commit when the runner
+  finalizes a checkpoint), timestamp_policy (ProcessingTime, CreateTime or
+  LogAppendTime) and expansion_service (HOST:PORT of a running expansion service).
+  """
+
+  def __init__(self, uri: str, max_out_of_orderness_s: float):
+    super().__init__()
+    self._uri = uri
+    self._brokers, self._topic = _kafka_address(uri)
+    query = query_of(uri)
+    self._group = query.get('group')
+    self._timestamp_policy = query.get('timestamp_policy', 'ProcessingTime')
+    if self._timestamp_policy not in KAFKA_TIMESTAMP_POLICIES:
+      raise ValueError(f'{uri}: timestamp_policy is one of {", ".join(KAFKA_TIMESTAMP_POLICIES)}')
+    self._expansion_service = query.get('expansion_service')
+    self._disorder_s = max_out_of_orderness_s
+
+  def expand(self, pbegin):
+    from apache_beam.io.kafka import ReadFromKafka
+    config = {'bootstrap.servers': self._brokers}
+    if self._group:
+      config.update({'group.id': self._group, 'enable.auto.commit': 'false'})
+    try:
+      # commit_offset_in_finalize: offsets commit when the runner finalizes a
+      # checkpoint (Flink), so a restart resumes after what was written.
+      records = pbegin | 'Read Kafka' >> ReadFromKafka(
+          consumer_config=config, topics=[self._topic], with_metadata=True,
+          commit_offset_in_finalize=bool(self._group), timestamp_policy=self._timestamp_policy,
+          expansion_service=self._expansion_service)
+    except RuntimeError as e:
+      raise _expansion_error(self._uri, e) from None
+    return records | 'As raw records' >> beam.ParDo(
+        _StampedRawFn(KafkaRecordToRaw(self._topic), self._disorder_s))
+
+
+def _row_json(record: dict) -> bytes:
+  return json.dumps(record, ensure_ascii=False).encode('utf-8')
+
+
+class _PubSubMessagesFn(beam.DoFn):
+
+  def __init__(self, model: str):
+    self._model = model
+
+  def process(self, batch):
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+    for record in enriched_records(batch, self._model):
+      yield PubsubMessage(_row_json(record), {'id': record['id'],
+                                              'event_time': record['event_time']})
+
+
+class WritePubSub(beam.PTransform):
+  """Publishes each enriched row as JSON to pubsub://projects/P/topics/T; passes WindowRows on.
+
+  Messages carry the attributes id and event_time (RFC 3339), so a job reading
+  the topic can take ?timestamp_attribute=event_time&id_attribute=id.
+  """
+
+  def __init__(self, uri: str, model: str):
+    super().__init__()
+    self._topic = pubsub_path(uri, 'topics')
+    self._model = model
+
+  def expand(self, windows):
+    _need_gcp_client('pubsub', f'pubsub://{self._topic}')
+    from apache_beam.io.gcp.pubsub import WriteToPubSub
+    _ = (windows
+         | 'As messages' >> beam.ParDo(_PubSubMessagesFn(self._model))
+         | 'Publish' >> WriteToPubSub(self._topic, with_attributes=True))
+    return windows
+
+
+class _KafkaRecordsFn(beam.DoFn):
+
+  def __init__(self, model: str):
+    self._model = model
+
+  def process(self, batch):
+    for record in enriched_records(batch, self._model):
+      # Keyed by event id: one event's rows land in one partition, in order.
+      yield record['id'].encode('utf-8'), _row_json(record)
+
+
+class WriteKafka(beam.PTransform):
+  """Writes each enriched row as JSON, keyed by event id, to kafka://BROKERS/TOPIC; passes on."""
+
+  def __init__(self, uri: str, model: str):
+    super().__init__()
+    self._uri = uri
+    self._brokers, self._topic = _kafka_address(uri)
+    self._expansion_service = query_of(uri).get('expansion_service')
+    self._model = model
+
+  def expand(self, windows):
+    from apache_beam.io.kafka import WriteToKafka
+    records = (windows
+               | 'As Kafka records' >> beam.ParDo(_KafkaRecordsFn(self._model))
+               .with_output_types(beam.typehints.KV[bytes, bytes]))
+    try:
+      _ = records | 'Write Kafka' >> WriteToKafka(
+          producer_config={'bootstrap.servers': self._brokers}, topic=self._topic,
+          expansion_service=self._expansion_service)
+    except RuntimeError as e:
+      raise _expansion_error(self._uri, e) from None
+    return windows
+
+
+_BIGQUERY_TYPES = {'string': 'STRING', 'float': 'FLOAT', 'double': 'FLOAT',
+                   'timestamp[us, tz=UTC]': 'TIMESTAMP'}
+
+
+def bigquery_schema(extra_columns=()) -> dict:
+  """The BigQuery schema of enriched rows: the Parquet columns, then the derived ones."""
+  from transforms.sinks import enriched_schema
+  import pyarrow as pa
+  fields = list(enriched_schema(1)) + [pa.field(name, EXTRA_TYPES[name]) for name in extra_columns]
+  out = []
+  for field in fields:
+    kind, mode = field.type, 'NULLABLE'
+    if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+      kind, mode = kind.value_type, 'REPEATED'
+    out.append({'name': field.name, 'type': _BIGQUERY_TYPES[str(kind)], 'mode': mode})
+  return {'fields': out}
+
+
+def bigquery_table(uri: str) -> str:
+  """PROJECT:DATASET.TABLE from bq://PROJECT.DATASET.TABLE (or bq://PROJECT:DATASET.TABLE)."""
+  name = uri[len('bq://'):].split('?')[0]
+  parts = name.replace(':', '.', 1).split('.')
+  if len(parts) != 3 or not all(parts):
+    raise ValueError(f'{uri}: expected bq://PROJECT.DATASET.TABLE')
+  return f'{parts[0]}:{parts[1]}.{parts[2]}'
+
+
+BIGQUERY_METHODS = ('STREAMING_INSERTS', 'FILE_LOADS', 'STORAGE_WRITE_API')
+
+
+class _BigQueryRowsFn(beam.DoFn):
+
+  def __init__(self, model: str):
+    self._model = model
+
+  def process(self, batch):
+    yield from enriched_records(batch, self._model)
+
+
+class WriteBigQuery(beam.PTransform):
+  """Appends enriched rows to bq://PROJECT.DATASET.TABLE through Beam's WriteToBigQuery.
+
+  The table is created when missing, partitioned by day of event_time. Method:
+  ?method=..., by default STREAMING_INSERTS for streaming jobs and FILE_LOADS
+  (through --temp_location) for replays; STORAGE_WRITE_API runs in Java.
+  A streaming job's FILE_LOADS or STORAGE_WRITE_API commit every
+  ?triggering_frequency=S seconds (60).
+  Passes WindowRows on.
+  """
+
+  def __init__(self, uri: str, model: str, extra_columns=()):
+    super().__init__()
+    self._table = bigquery_table(uri)
+    query = query_of(uri)
+    self._method = query.get('method')
+    if self._method is not None and self._method not in BIGQUERY_METHODS:
+      raise ValueError(f'{uri}: method is one of {", ".join(BIGQUERY_METHODS)}')
+    try:
+      self._every_s = float(query.get('triggering_frequency', 60))
+    except ValueError:
+      raise ValueError(f'{uri}: triggering_frequency is in seconds') from None
+    self._model = model
+    self._extra_columns = tuple(extra_columns)
+
+  def expand(self, windows):
+    _need_gcp_client('bigquery', f'bq://{self._table}')
+    from apache_beam.io.gcp.bigquery import WriteToBigQuery
+    from apache_beam.options.pipeline_options import StandardOptions
+    streaming = windows.pipeline.options.view_as(StandardOptions).streaming
+    method = self._method or ('STREAMING_INSERTS' if streaming else 'FILE_LOADS')
+    # A streaming job's load jobs (or Storage Write commits) run this often.
+    every_s = self._every_s if streaming and method != 'STREAMING_INSERTS' else None
+    _ = (windows
+         | 'As table rows' >> beam.ParDo(_BigQueryRowsFn(self._model))
+         | 'Append rows' >> WriteToBigQuery(
+             self._table, schema=bigquery_schema(self._extra_columns), method=method,
+             triggering_frequency=every_s,
+             create_disposition='CREATE_IF_NEEDED', write_disposition='WRITE_APPEND',
+             additional_bq_parameters={'timePartitioning': {'type': 'DAY',
+                                                            'field': 'event_time'}}))
+    return windows
+
+
