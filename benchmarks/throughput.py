@@ -4,7 +4,10 @@
 
 On the same texts (default: the first 3000 comments of the shared Wikipedia
 edit stream), alternating in one run, each variant in a fresh process:
-  bare         load the model, `encode` every text: the limit;
+  bare         load the model, `encode` every text with sentence-transformers'
+               defaults (batch_size 32): the limit;
+  bare-tuned   the same with the job's forward batch (--encode_batch_size 0: 16 on
+               CPUs), so the job's own overhead shows apart from its batch shape;
   pipeline     this project's replay, archive to Parquet, on the local runner;
   mltransform  Beam's MLTransform + SentenceTransformerEmbeddings on the same texts.
 End to end runs from the child's spawn through imports, model load and the
@@ -32,7 +35,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_INPUT = ROOT.parent / 'shared' / 'data' / 'wikiticker-2015-09-12-sampled.json.gz'
 RESULTS = ROOT / 'benchmarks' / 'results'
-VARIANTS = ('bare', 'pipeline', 'mltransform')
+VARIANTS = ('bare', 'bare-tuned', 'pipeline', 'mltransform')
+ST_DEFAULT_BATCH = 32  # SentenceTransformer.encode's batch_size
 SMALL = 64
 # Model settings a variant can run with: flags for the job, and the same as a ModelConfig.
 SETTINGS = {
@@ -77,16 +81,26 @@ def read_texts(path: str, text_field: str, limit=None):
 
 # --- children: each runs one variant in its own process and prints JSON ---
 
-def child_bare(args):
-  from models.loading import load_sentence_transformer
+def _bare_child(tuned: bool):
+
+  def child(args):
+    return child_bare(args, tuned)
+
+  return child
+
+
+def child_bare(args, tuned=False):
+  from models.loading import encode_batch_size, load_sentence_transformer
   texts = read_texts(args.slice, args.text_field)
+  config = setting_config(args.precision, args.device)
+  batch_size = encode_batch_size(config, args.device) if tuned else ST_DEFAULT_BATCH
 
   def encode():
     started = time.perf_counter()
-    model.encode(texts, batch_size=32, show_progress_bar=False, convert_to_tensor=True)
+    model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_tensor=True)
     return time.perf_counter() - started
 
-  model = load_sentence_transformer(setting_config(args.precision, args.device))
+  model = load_sentence_transformer(config)
   encode()
   e2e = time.time() - args.spawned_at
   measured = {'e2e_s': e2e, 'steady_s': encode()}
@@ -150,7 +164,8 @@ def _pipeline_child(run_once):
   return child
 
 
-CHILDREN = {'bare': child_bare, 'pipeline': _pipeline_child(_timed_replay),
+CHILDREN = {'bare': _bare_child(False), 'bare-tuned': _bare_child(True),
+            'pipeline': _pipeline_child(_timed_replay),
             'mltransform': _pipeline_child(_timed_mltransform)}
 
 
@@ -240,7 +255,8 @@ def main(argv=None):
   precisions = [p for p in args.precisions.split(',') if p]
   variants = [BASELINE] + [f'{kind}@{precision}' for precision in precisions for kind in kinds
                            if (kind, precision) != ('bare', 'fp32')
-                           and (kind != 'mltransform' or precision == 'fp32')]
+                           and (kind != 'mltransform' or precision == 'fp32')
+                           and (kind != 'bare-tuned' or precision in ('fp32', 'bf16'))]
   with tempfile.TemporaryDirectory() as folder:
     args.slice = write_slice(pathlib.Path(args.input), args.text_field, args.limit, folder)
     n = len(read_texts(args.slice, args.text_field))

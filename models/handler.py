@@ -6,7 +6,7 @@ from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from models.loading import ModelConfig, load_sentence_transformer
+from models.loading import ModelConfig, encode_batch_size, load_sentence_transformer
 
 _PROGRESS_EVERY_S = 5.0
 
@@ -53,7 +53,7 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
 
   def _encode(self, model, texts, inference_args) -> np.ndarray:
     kwargs = {
-        'batch_size': self._config.encode_batch_size,
+        'batch_size': encode_batch_size(self._config, getattr(model, 'device', None)),
         'normalize_embeddings': self._config.normalize,
         'show_progress_bar': False,
         'convert_to_tensor': True,

@@ -49,7 +49,10 @@ def dataflow_args(args: argparse.Namespace) -> List[str]:
     flags += ['--enable_streaming_engine']
   if args.sdk_container_image:
     flags += ['--sdk_container_image', args.sdk_container_image]
-  if args.gpu:
+  if not args.gpu:
+    # Dataflow runs one SDK process per vCPU: one torch thread each fills the cores.
+    flags += ['--torch_threads', '1']
+  else:
     kind, _, count = args.gpu.partition(':')
     flags += ['--dataflow_service_options',
               f'worker_accelerator=type:{kind};count:{count or 1};install-nvidia-driver',

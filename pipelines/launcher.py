@@ -1,6 +1,7 @@
 """Running a built job: runner defaults, counts from metrics, a summary, clean errors."""
 import json
 import logging
+import os
 import sys
 import time
 from typing import Callable, NamedTuple, Optional
@@ -8,8 +9,9 @@ from typing import Callable, NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from models.loading import ModelConfig, threads_per_worker
 from pipelines.builder import WrittenFiles, build
 from pipelines.options import ConfigError, JobConfig
 from transforms.fields import MISSING, format_path, resolve
@@ -79,6 +81,20 @@ def choose_local_runner(options: PipelineOptions) -> str:
   return standard.runner
 
 
+def share_cores(options: PipelineOptions, model: ModelConfig) -> ModelConfig:
+  """Divides this machine's cores among the local runner's workers (torch threads).
+
+  Each of --direct_num_workers runs inference at once; with torch's default
+  of one thread per core each, they would oversubscribe the cores.
+  """
+  workers = options.view_as(DirectOptions).direct_num_workers or 1
+  runner = (options.view_as(StandardOptions).runner or '').lower()
+  if model.torch_threads or workers <= 1 or runner not in ('fnapirunner', 'directrunner',
+                                                           'bundlebaseddirectrunner'):
+    return model
+  return model._replace(torch_threads=threads_per_worker(len(os.sched_getaffinity(0)), workers))
+
+
 def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
            test_pipeline: Optional[beam.Pipeline] = None,
            after_write: Optional[Callable[[WrittenFiles], None]] = None) -> JobResult:
@@ -90,6 +106,7 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
   started = time.monotonic()
   if test_pipeline is None:
     logging.info('Running on %s', choose_local_runner(options))
+    config = config._replace(model=share_cores(options, config.model))
   pipeline = test_pipeline or beam.Pipeline(options=options)
   raw_records = pipeline | 'Read records' >> read
   written = build(raw_records, config)

@@ -81,8 +81,12 @@ class ModelOptions(PipelineOptions):
                         help='Fewest texts Beam hands the model at once.')
     parser.add_argument('--max_batch_size', type=int, default=4096,
                         help='Most texts Beam hands the model at once.')
-    parser.add_argument('--encode_batch_size', type=int, default=32,
-                        help='Texts per forward pass; encode sorts each call by length.')
+    parser.add_argument('--encode_batch_size', type=int, default=0,
+                        help='Texts per forward pass; encode sorts each call by length. '
+                        '0: 16 on CPUs, 32 on GPUs.')
+    parser.add_argument('--torch_threads', type=int, default=0,
+                        help="torch threads per worker process; 0: torch's default (one per "
+                        'core), divided among --direct_num_workers on the local runner.')
     parser.add_argument('--backend', default='torch',
                         help='torch, or onnx (ONNX Runtime on the CPU, exported once from the '
                         'local weights).')
@@ -165,7 +169,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
     model = ModelConfig(model_opts.model, model_opts.device, model_opts.precision,
                         model_opts.normalize, model_opts.min_batch_size,
                         model_opts.max_batch_size, model_opts.max_batch_duration_secs,
-                        model_opts.encode_batch_size, model_opts.backend, model_opts.quantize)
+                        model_opts.encode_batch_size, model_opts.backend, model_opts.quantize,
+                        model_opts.torch_threads)
     model.validate()
   except ValueError as e:
     raise ConfigError(str(e)) from None

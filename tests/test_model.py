@@ -1,4 +1,6 @@
 """The real packaged model: embeddings equal a direct encode; failures stay per text."""
+import os
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -7,7 +9,8 @@ from tests.runners import batch_pipeline
 from apache_beam.testing.util import assert_that
 
 from models.handler import InferenceFailure, SentenceTransformerHandler
-from models.loading import (DEFAULT_MODEL, ModelConfig, packaged_model_path, pick_device)
+from models.loading import (DEFAULT_MODEL, ModelConfig, load_sentence_transformer,
+                            packaged_model_path, pick_device)
 
 pytestmark = pytest.mark.real_model
 
@@ -40,6 +43,33 @@ def test_model_config_validation():
     ModelConfig(min_batch_size=10, max_batch_size=5).validate()
   with pytest.raises(ValueError, match='does not exist'):
     ModelConfig(model='./no/such/model').validate()
+
+
+def test_forward_batches_and_threads_fit_the_hardware():
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from models.loading import encode_batch_size, threads_per_worker
+  from pipelines.launcher import share_cores
+  assert encode_batch_size(ModelConfig(), None) == encode_batch_size(ModelConfig(), 'cpu') == 16
+  assert encode_batch_size(ModelConfig(), 'cuda:0') == 32
+  assert encode_batch_size(ModelConfig(encode_batch_size=64), 'cpu') == 64
+  assert threads_per_worker(16, 4) == 4 and threads_per_worker(2, 4) == 1
+  local = PipelineOptions(['--runner', 'FnApiRunner', '--direct_num_workers', '2'])
+  assert share_cores(local, ModelConfig()).torch_threads == threads_per_worker(
+      len(os.sched_getaffinity(0)), 2)
+  assert share_cores(local, ModelConfig(torch_threads=3)).torch_threads == 3  # asked for
+  assert share_cores(PipelineOptions(['--runner', 'FnApiRunner']), ModelConfig()).torch_threads == 0
+  assert share_cores(PipelineOptions(['--runner', 'FlinkRunner', '--direct_num_workers', '2']),
+                     ModelConfig()).torch_threads == 0
+
+
+def test_torch_threads_apply_when_the_model_loads():
+  import torch
+  before = torch.get_num_threads()
+  try:
+    load_sentence_transformer(ModelConfig(device='cpu', torch_threads=1))
+    assert torch.get_num_threads() == 1
+  finally:
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize('normalize', [False, True])

@@ -17,6 +17,7 @@ from models.handler import SentenceTransformerHandler
 from models.loading import ModelConfig
 from pipelines import deploy
 from pipelines.builder import build
+from pipelines.options import ModelOptions
 from tests.conftest import ROOT
 from tests.fakes import HashingModelHandler
 from tests.test_pipeline import RECORDS, config
@@ -47,6 +48,9 @@ def test_dataflow_flags_assemble_as_documented():
   assert 'worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver' in full
   assert 'no_use_multiple_sdk_containers' in full and full[full.index('--device') + 1] == 'cuda'
   assert '--enable_streaming_engine' in full and './setup.py' in full
+  # CPU workers run one SDK process per vCPU, so one torch thread each; GPU workers keep torch's.
+  cpu = PipelineOptions(deploy.command(base)[3:]).view_as(ModelOptions)
+  assert cpu.torch_threads == 1 and '--torch_threads' not in full
   with pytest.raises(ValueError, match='sdk_container_image'):
     deploy.command(base + ['--gpu', 'nvidia-l4'])
   with pytest.raises(ValueError, match='--project'):
