@@ -16,7 +16,7 @@ from typing import Dict
 
 import apache_beam as beam
 
-from transforms.records import RawRecord
+from transforms.records import RawRecord, decoded_record
 from transforms.sinks import EXTRA_TYPES, enriched_records
 
 _MICROS = 1_000_000
@@ -73,11 +73,7 @@ class PubSubMessageToRaw:
     self._subscription = subscription
 
   def __call__(self, message) -> RawRecord:
-    try:
-      raw, error = message.data.decode('utf-8'), None
-    except UnicodeDecodeError as e:
-      raw, error = message.data.decode('utf-8', 'backslashreplace'), f'not UTF-8: {e}'
-    return RawRecord(raw, self._subscription, message.message_id or '', decode_error=error)
+    return decoded_record(message.data, self._subscription, message.message_id or '')
 
 
 class KafkaRecordToRaw:
@@ -87,12 +83,8 @@ class KafkaRecordToRaw:
     self._topic = topic
 
   def __call__(self, record) -> RawRecord:
-    value = bytes(record.value or b'')
-    try:
-      raw, error = value.decode('utf-8'), None
-    except UnicodeDecodeError as e:
-      raw, error = value.decode('utf-8', 'backslashreplace'), f'not UTF-8: {e}'
-    return RawRecord(raw, self._topic, f'{record.partition}-{record.offset}', decode_error=error)
+    return decoded_record(bytes(record.value or b''), self._topic,
+                          f'{record.partition}-{record.offset}')
 
 
 class ReadPubSub(beam.PTransform):

@@ -29,6 +29,15 @@ class RawRecord(NamedTuple):
     return f'{self.stream}:{self.position}'
 
 
+def decoded_record(data: bytes, stream: str, position: Union[int, str]) -> RawRecord:
+  """A RawRecord of bytes read from a source; undecodable bytes are kept as \\xNN and flagged."""
+  try:
+    return RawRecord(data.decode('utf-8'), stream, position)
+  except UnicodeDecodeError as e:
+    return RawRecord(data.decode('utf-8', 'backslashreplace'), stream, position,
+                     decode_error=f'invalid UTF-8: {e}')
+
+
 class Event(NamedTuple):
   """A parsed event, ready to be embedded."""
   id: str

@@ -12,7 +12,7 @@ from typing import List, NamedTuple, Optional
 import apache_beam as beam
 
 from transforms.live_sources import Reader
-from transforms.records import RawRecord
+from transforms.records import RawRecord, decoded_record
 from transforms.sinks import WindowRows, enriched_records
 
 
@@ -119,13 +119,8 @@ class RedisStreamReader(Reader):
     records = []
     for entry_id, fields in entries:
       entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-      value = (fields or {}).get(field, b'')
-      try:
-        records.append(RawRecord(value.decode('utf-8'), self._address.stream, entry_id))
-      except UnicodeDecodeError as e:
-        records.append(RawRecord(value.decode('utf-8', 'backslashreplace'),
-                                 self._address.stream, entry_id,
-                                 decode_error=f'invalid UTF-8: {e}'))
+      records.append(decoded_record((fields or {}).get(field, b''), self._address.stream,
+                                    entry_id))
     return records
 
   def close(self):

@@ -13,7 +13,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records import RawRecord
+from transforms.records import RawRecord, decoded_record
 
 FORMATS = ('jsonl', 'parquet', 'csv')
 _EXTENSIONS = {
@@ -47,12 +47,7 @@ def _row_as_json(row: dict) -> str:
 def read_jsonl(stream, path: str) -> Iterator[RawRecord]:
   # Beam's decompressing files are not iterable; readline works on every stream.
   for number, line in enumerate(iter(stream.readline, b''), start=1):
-    line = line.rstrip(b'\r\n')
-    try:
-      yield RawRecord(line.decode('utf-8'), path, number)
-    except UnicodeDecodeError as e:
-      yield RawRecord(line.decode('utf-8', 'backslashreplace'), path, number,
-                      decode_error=f'invalid UTF-8: {e}')
+    yield decoded_record(line.rstrip(b'\r\n'), path, number)
 
 
 def read_csv(stream, path: str) -> Iterator[RawRecord]:
