@@ -76,7 +76,7 @@ def packaged_model_path() -> str:
 
 
 # Texts per forward pass when --encode_batch_size is 0. On this project's CPU
-# machine 16 beat 32 by 7-17% on short and long texts alike (README, Performance);
+# machine 16 beat 32 by 7 to 18% on short and long texts alike (README, Performance);
 # on GPUs sentence-transformers' own default is kept: not measured here.
 CPU_ENCODE_BATCH = 16
 GPU_ENCODE_BATCH = 32
@@ -96,10 +96,11 @@ def threads_per_worker(cpus: int, workers: int) -> int:
 
 
 def native_on_cpu(precision: str) -> bool:
-  """Whether this CPU computes `precision` natively (AVX512-BF16/AMX, AVX512-FP16).
+  """Whether torch's CPU kernels (oneDNN) support `precision` on this CPU (AVX512 and up).
 
-  Without it torch emulates bf16 and fp16 and runs far slower than fp32: on
-  an AVX2-only CPU bf16 took 3.8x the fp32 time (README, Performance).
+  Without them torch emulates bf16 and fp16, far slower than fp32: on an
+  AVX2-only CPU bf16 took 3.8x the fp32 time (README, Performance). bf16 pays
+  off on CPUs with AVX512-BF16 or AMX.
   """
   import torch
   if precision == 'fp32':

@@ -72,6 +72,22 @@ def test_handler_and_steps_pickle_and_translate_with_unique_labels(tmp_path):
               label.split('/')[0] for label in labels}
 
 
+def test_a_cloud_streaming_job_translates_with_unique_labels(tmp_path):
+  # Pub/Sub in, Parquet, BigQuery and Pub/Sub out, as a Dataflow job would be built.
+  from transforms.uris import live_source
+  options = PipelineOptions(['--streaming'])
+  pipeline = beam.Pipeline(runner='FnApiRunner', options=options)
+  job = config(str(tmp_path))._replace(sinks=('bq://my-project.analytics.enriched',
+                                              'pubsub://projects/my-project/topics/enriched'))
+  read = live_source('pubsub://projects/my-project/subscriptions/events?id_attribute=id',
+                     None, 5, 0.2)
+  build(pipeline | 'Read records' >> read, job, SentenceTransformerHandler(ModelConfig()))
+  labels = [t.unique_name for t in pipeline.to_runner_api().components.transforms.values()]
+  assert len(labels) == len(set(labels))
+  steps = {label.split('/')[0] for label in labels}
+  assert {'Read records', 'Write sink 0', 'Write sink 1'} <= steps
+
+
 def _rows(folder):
   table = ds.dataset(folder / 'enriched', format='parquet', partitioning='hive').to_table()
   return sorted((r['id'], r['window_start'], tuple(r['embedding'])) for r in table.to_pylist())
