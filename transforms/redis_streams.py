@@ -202,7 +202,10 @@ class _XaddFn(beam.DoFn):
 
 
 class WriteRedisStream(beam.PTransform):
-  """XADDs each enriched row as JSON (embedding and derived columns included) to a Redis Stream; passes batches on."""
+  """XADDs each enriched row as JSON to a Redis Stream; passes the WindowRows on.
+
+  The JSON holds every Parquet column (the embedding as a list) and the derived ones.
+  """
 
   def __init__(self, address: RedisStreamAddress, model: str):
     super().__init__()
