@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import time
 import numpy as np
 import pyarrow.dataset as ds
 
+from benchmarks.machine import describe
 from tests.redis_server import redis_server
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def main(argv=None):
     result = measure(rate, args.seconds, args.window_size, args.input)
     results.append(result)
     print(json.dumps(result), flush=True)
-  machine = f'{platform.machine()}, {os.cpu_count()} cores'
+  machine = describe()
   RESULTS.mkdir(parents=True, exist_ok=True)
   (RESULTS / f'latency-{args.rates.replace(",", "-")}.json').write_text(json.dumps(
       {'machine': machine, 'window_size': args.window_size, 'seconds': args.seconds,

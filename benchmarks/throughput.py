@@ -24,13 +24,14 @@ import itertools
 import json
 import os
 import pathlib
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks.machine import describe
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_INPUT = ROOT.parent / 'shared' / 'data' / 'wikiticker-2015-09-12-sampled.json.gz'
@@ -239,6 +240,7 @@ def main(argv=None):
   parser.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)
   parser.add_argument('--accuracy', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--label', default='', help='Suffix of the result file names.')
+  parser.add_argument('--results', default=str(RESULTS), help='Folder for the JSON and PNG.')
   parser.add_argument('--child', choices=VARIANTS, help=argparse.SUPPRESS)
   parser.add_argument('--slice', help=argparse.SUPPRESS)
   parser.add_argument('--spawned_at', type=float, help=argparse.SUPPRESS)
@@ -269,7 +271,7 @@ def main(argv=None):
         print(f'round {round_number + 1} {variant}: {measured["e2e_s"]:.1f} s end to end',
               flush=True)
   summary = summarize(runs, n)
-  machine = f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or "cpu"}'
+  machine = describe()
   print(f'\n{n} texts on {args.device}, median of {args.rounds} rounds, ratios to bare fp32; '
         f'{machine}')
   print(f'{"variant":<18} {"e2e ev/s":>9} {"ratio":>6} {"steady ev/s":>12} {"ratio":>6} '
@@ -280,14 +282,15 @@ def main(argv=None):
     print(f'{variant:<18} {s["e2e_events_per_s"]:>9.1f} {s["e2e_ratio"]:>6.2f} '
           f'{s["steady_events_per_s"]:>12.1f} {s["steady_ratio"]:>6.2f} '
           f'{s["peak_rss_mb"]:>12.0f} {accuracy:>21}')
-  RESULTS.mkdir(parents=True, exist_ok=True)
+  results = pathlib.Path(args.results)
+  results.mkdir(parents=True, exist_ok=True)
   stem = f'throughput-{args.device}-{"-".join(precisions)}{"-" + args.label if args.label else ""}'
   record = {'texts': n, 'device': args.device, 'precisions': precisions,
             'rounds': args.rounds, 'machine': machine, 'pipeline_args': args.pipeline_args,
             'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': summary}
-  (RESULTS / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
-  chart(summary, RESULTS / f'{stem}.png', f'{n} texts, {args.device}, {machine}')
-  print(f'Wrote {RESULTS / stem}.json and .png')
+  (results / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
+  chart(summary, results / f'{stem}.png', f'{n} texts, {args.device}, {machine}')
+  print(f'Wrote {results / stem}.json and .png')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,28 @@
+"""What a benchmark ran on, in words: the CPU and the vector units that decide its speed.
+
+This project's machines do not always land on the same CPU (bf16 is several
+times faster with AVX512-BF16 or AMX than without), so every result says which.
+"""
+import os
+import platform
+
+_UNITS = (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX512-BF16'), ('avx512f', 'AVX512'),
+          ('avx2', 'AVX2'))
+
+
+def describe() -> str:
+  """e.g. 'x86_64, 2 cores, AMD EPYC, AVX2' (from /proc/cpuinfo where there is one)."""
+  model, flags = platform.processor() or 'cpu', set()
+  try:
+    with open('/proc/cpuinfo') as info:
+      for line in info:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name':
+          model = value.strip()
+        elif key.strip() == 'flags':
+          flags = set(value.split())
+          break
+  except OSError:
+    pass
+  units = '/'.join(name for flag, name in _UNITS if flag in flags) or 'no AVX2'
+  return f'{platform.machine()}, {os.cpu_count()} cores, {model}, {units}'
