@@ -51,6 +51,8 @@ def test_dataflow_flags_assemble_as_documented():
   # CPU workers run one SDK process per vCPU, so one torch thread each; GPU workers keep torch's.
   cpu = PipelineOptions(deploy.command(base)[3:]).view_as(ModelOptions)
   assert cpu.torch_threads == 1 and '--torch_threads' not in full
+  asked = PipelineOptions(deploy.command(base + ['--torch_threads', '4'])[3:])
+  assert asked.view_as(ModelOptions).torch_threads == 4  # the user's flag comes last, and wins
   with pytest.raises(ValueError, match='sdk_container_image'):
     deploy.command(base + ['--gpu', 'nvidia-l4'])
   with pytest.raises(ValueError, match='--project'):
