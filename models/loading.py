@@ -8,6 +8,7 @@ _PACKAGED_ALIASES = {DEFAULT_MODEL, 'all-MiniLM-L6-v2'}
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 DEVICES = ('auto', 'cpu', 'cuda')
 BACKENDS = ('torch', 'onnx')
+QUANTIZATIONS = ('none', 'int8')
 
 
 class ModelConfig(NamedTuple):
@@ -49,7 +50,7 @@ class ModelConfig(NamedTuple):
       raise ValueError('--encode_batch_size and --torch_threads must not be negative')
     if self.backend not in BACKENDS:
       raise ValueError(f'--backend must be one of {", ".join(BACKENDS)}')
-    if self.quantize not in ('none', 'int8'):
+    if self.quantize not in QUANTIZATIONS:
       raise ValueError('--quantize must be none or int8')
     if self.quantize != 'none' and self.backend != 'onnx':
       raise ValueError('--quantize needs --backend onnx')

@@ -17,8 +17,6 @@ import numpy as np
 
 from models.vectors import unit_rows
 
-QUANTIZATIONS = ('none', 'int8')
-
 
 def cache_dir() -> str:
   return os.environ.get('STREAM_EMBEDDINGS_CACHE',

@@ -50,20 +50,25 @@ def open_rows(store: str, since: Optional[str], until: Optional[str],
   return dataset.to_table(columns=columns, filter=condition)
 
 
+def embed_queries(queries: List[str], model_name: str) -> np.ndarray:
+  """Unit-length query embeddings from the model that embedded the rows."""
+  from models.loading import ModelConfig, load_sentence_transformer
+  model = load_sentence_transformer(ModelConfig(model=model_name, device='auto'))
+  vectors = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
+  return np.asarray(vectors, np.float32)
+
+
 def search(table: pa.Table, queries: List[str], k: int, model_name: Optional[str] = None):
   """Yields (query, rank, score, row index) for the k best rows of each query."""
-  from models.loading import ModelConfig, load_sentence_transformer
   if table.num_rows == 0:
     return
   names = pc.unique(table.column('model')).to_pylist()
   if model_name is None and len(names) > 1:
     raise ValueError(f'rows from several models ({", ".join(names)}): pass --model')
-  model = load_sentence_transformer(ModelConfig(model=model_name or names[0], device='auto'))
   embeddings = table.column('embedding').combine_chunks()
   matrix = embeddings.values.to_numpy(zero_copy_only=False).reshape(len(embeddings), -1)
   matrix = unit_rows(matrix)
-  vectors = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
-  scores = np.asarray(vectors, np.float32) @ matrix.T
+  scores = embed_queries(queries, model_name or names[0]) @ matrix.T
   k = min(k, table.num_rows)
   for query, row_scores in zip(queries, scores):
     best = np.argpartition(-row_scores, k - 1)[:k]
@@ -83,7 +88,7 @@ def vector_store_uri(store: str) -> Optional[str]:
 def search_vector_store(uri: str, queries: List[str], k: int, since, until, label,
                         model_name: Optional[str]):
   """Yields (query, rank, score, row dict) from the LanceDB store."""
-  from models.loading import DEFAULT_MODEL, ModelConfig, load_sentence_transformer
+  from models.loading import DEFAULT_MODEL
   from transforms.vector_store import open_table
   table = open_table(uri)
   clauses = []
@@ -96,10 +101,8 @@ def search_vector_store(uri: str, queries: List[str], k: int, since, until, labe
   if model_name is None:
     head = table.search().select(['model']).limit(1).to_arrow()
     model_name = head.column('model')[0].as_py() if head.num_rows else DEFAULT_MODEL
-  model = load_sentence_transformer(ModelConfig(model=model_name, device='auto'))
-  vectors = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
-  for query, vector in zip(queries, vectors):
-    request = table.search(np.asarray(vector, np.float32)).metric('cosine').limit(k)
+  for query, vector in zip(queries, embed_queries(queries, model_name)):
+    request = table.search(vector).metric('cosine').limit(k)
     if clauses:
       request = request.where(' AND '.join(clauses), prefilter=True)
     hits = request.to_arrow().drop_columns(['vector', 'model']).to_pylist()

@@ -20,7 +20,7 @@ from tests.fakes import HashingModelHandler
 from tests.runners import streaming_pipeline
 from transforms import records as r
 from transforms.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, UnavailableIO,
-                                 WriteBigQuery, WriteKafka, WritePubSub, _BigQueryRowsFn,
+                                 WriteBigQuery, WriteKafka, _BigQueryRowsFn,
                                  _KafkaRecordsFn, _PubSubMessagesFn, _StampedRawFn,
                                  bigquery_schema, bigquery_table)
 from transforms.eventtime import TimeParser

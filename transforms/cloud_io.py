@@ -10,14 +10,13 @@ through is never dropped silently by the runner's window grouping.
 Sinks take WindowRows, write each row as one record (JSON for Pub/Sub and
 Kafka, a table row for BigQuery) on a side branch, and pass the WindowRows on.
 """
-import json
 import urllib.parse
-from typing import Dict
 
 import apache_beam as beam
 
 from transforms.records import RawRecord, decoded_record
-from transforms.sinks import EXTRA_TYPES, enriched_records
+from transforms.uri_query import uri_query
+from transforms.sinks import EXTRA_TYPES, enriched_records, record_json
 
 _MICROS = 1_000_000
 
@@ -34,10 +33,6 @@ def _need_gcp_client(library: str, uri: str) -> None:
   except ImportError:
     raise UnavailableIO(f"{uri}: Beam's Google Cloud IO needs apache-beam[gcp]: "
                         "pip install -e '.[gcp]'") from None
-
-
-def query_of(uri: str) -> Dict[str, str]:
-  return {k: v[-1] for k, v in urllib.parse.parse_qs(urllib.parse.urlparse(uri).query).items()}
 
 
 def pubsub_path(uri: str, kind: str) -> str:
@@ -99,7 +94,7 @@ class ReadPubSub(beam.PTransform):
   def __init__(self, uri: str, max_out_of_orderness_s: float):
     super().__init__()
     self._subscription = pubsub_path(uri, 'subscriptions')
-    query = query_of(uri)
+    query = uri_query(uri)
     self._timestamp_attribute = query.get('timestamp_attribute')
     self._id_attribute = query.get('id_attribute')
     self._disorder_s = max_out_of_orderness_s
@@ -147,7 +142,7 @@ class ReadKafka(beam.PTransform):
     super().__init__()
     self._uri = uri
     self._brokers, self._topic = _kafka_address(uri)
-    query = query_of(uri)
+    query = uri_query(uri)
     self._group = query.get('group')
     self._timestamp_policy = query.get('timestamp_policy', 'ProcessingTime')
     if self._timestamp_policy not in KAFKA_TIMESTAMP_POLICIES:
@@ -173,10 +168,6 @@ class ReadKafka(beam.PTransform):
         _StampedRawFn(KafkaRecordToRaw(self._topic), self._disorder_s))
 
 
-def _row_json(record: dict) -> bytes:
-  return json.dumps(record, ensure_ascii=False).encode('utf-8')
-
-
 class _PubSubMessagesFn(beam.DoFn):
 
   def __init__(self, model: str):
@@ -185,7 +176,7 @@ class _PubSubMessagesFn(beam.DoFn):
   def process(self, batch):
     from apache_beam.io.gcp.pubsub import PubsubMessage
     for record in enriched_records(batch, self._model):
-      yield PubsubMessage(_row_json(record), {'id': record['id'],
+      yield PubsubMessage(record_json(record).encode('utf-8'), {'id': record['id'],
                                               'event_time': record['event_time']})
 
 
@@ -218,7 +209,7 @@ class _KafkaRecordsFn(beam.DoFn):
   def process(self, batch):
     for record in enriched_records(batch, self._model):
       # Keyed by event id: one event's rows land in one partition, in order.
-      yield record['id'].encode('utf-8'), _row_json(record)
+      yield record['id'].encode('utf-8'), record_json(record).encode('utf-8')
 
 
 class WriteKafka(beam.PTransform):
@@ -228,7 +219,7 @@ class WriteKafka(beam.PTransform):
     super().__init__()
     self._uri = uri
     self._brokers, self._topic = _kafka_address(uri)
-    self._expansion_service = query_of(uri).get('expansion_service')
+    self._expansion_service = uri_query(uri).get('expansion_service')
     self._model = model
 
   def expand(self, windows):
@@ -298,7 +289,7 @@ class WriteBigQuery(beam.PTransform):
   def __init__(self, uri: str, model: str, extra_columns=()):
     super().__init__()
     self._table = bigquery_table(uri)
-    query = query_of(uri)
+    query = uri_query(uri)
     self._method = query.get('method')
     if self._method is not None and self._method not in BIGQUERY_METHODS:
       raise ValueError(f'{uri}: method is one of {", ".join(BIGQUERY_METHODS)}')

@@ -7,7 +7,7 @@ from apache_beam.metrics import Metrics
 
 from models.vectors import unit_rows
 
-from transforms.sinks import WindowRows
+from transforms.sinks import WindowRows, embedding_matrix
 
 
 def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float,
@@ -25,7 +25,7 @@ def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float
   if context:
     context_ids = [row.event.id for row in context]
     context_times = np.array([row.event.event_time_us for row in context])
-    context_similarity = unit @ unit_rows(np.stack([row.embedding for row in context])).T
+    context_similarity = unit @ unit_rows(embedding_matrix(context)).T
   duplicate_of, duplicate_score = [], []
   for i in range(len(ids)):
     best_id, best = None, -2.0
@@ -79,7 +79,7 @@ class _DeriveFn(beam.DoFn):
     self._duplicates = Metrics.counter('enrichment', 'near_duplicates')
 
   def process(self, batch: WindowRows):
-    embeddings = np.stack([row.embedding for row in batch.rows]).astype(np.float32)
+    embeddings = embedding_matrix(batch.rows)
     extras = dict(batch.extras or {})
     if self._spec.label_index is not None:
       from models.labels import assign_labels

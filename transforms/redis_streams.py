@@ -4,7 +4,6 @@
 names a stream, the consumer group that reads it, the entry field holding
 the JSON event, and this reader's consumer name.
 """
-import json
 import socket
 import urllib.parse
 from typing import List, NamedTuple, Optional
@@ -13,7 +12,8 @@ import apache_beam as beam
 
 from transforms.live_sources import Reader
 from transforms.records import RawRecord, decoded_record
-from transforms.sinks import WindowRows, enriched_records
+from transforms.sinks import WindowRows, enriched_records, record_json
+from transforms.uri_query import uri_query
 
 
 class RedisStreamAddress(NamedTuple):
@@ -30,7 +30,7 @@ class RedisStreamAddress(NamedTuple):
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme != 'redis':
       raise ValueError(f'not a redis:// address: {uri}')
-    query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()}
+    query = uri_query(uri)
     unknown = set(query) - {'stream', 'group', 'field', 'consumer'}
     if unknown:
       raise ValueError(f'unknown parameter(s) {", ".join(sorted(unknown))} in {uri}')
@@ -138,7 +138,8 @@ def entry_ids(sources, stream: str) -> List[str]:
   return ids
 
 
-class _AcknowledgeFn(beam.DoFn):
+class _RedisClientFn(beam.DoFn):
+  """A DoFn holding one Redis client per instance, opened in setup()."""
 
   def __init__(self, address: RedisStreamAddress):
     self._address = address
@@ -146,6 +147,13 @@ class _AcknowledgeFn(beam.DoFn):
 
   def setup(self):
     self._client = self._address.client()
+
+  def teardown(self):
+    if self._client is not None:
+      self._client.close()
+
+
+class _AcknowledgeFn(_RedisClientFn):
 
   def process(self, written):
     if isinstance(written, WindowRows):
@@ -156,10 +164,6 @@ class _AcknowledgeFn(beam.DoFn):
     if ids:
       self._client.xack(self._address.stream, self._address.group, *ids)
     yield len(ids)
-
-  def teardown(self):
-    if self._client is not None:
-      self._client.close()
 
 
 class AcknowledgeRedisEntries(beam.PTransform):
@@ -178,27 +182,18 @@ class AcknowledgeRedisEntries(beam.PTransform):
     return written | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._address))
 
 
-class _XaddFn(beam.DoFn):
+class _XaddFn(_RedisClientFn):
 
   def __init__(self, address: RedisStreamAddress, model: str):
-    self._address = address
+    super().__init__(address)
     self._model = model
-    self._client = None
-
-  def setup(self):
-    self._client = self._address.client()
 
   def process(self, batch: WindowRows):
     pipe = self._client.pipeline(transaction=False)
     for record in enriched_records(batch, self._model):
-      pipe.xadd(self._address.stream,
-                {self._address.field: json.dumps(record, ensure_ascii=False)})
+      pipe.xadd(self._address.stream, {self._address.field: record_json(record)})
     pipe.execute()
     yield batch
-
-  def teardown(self):
-    if self._client is not None:
-      self._client.close()
 
 
 class WriteRedisStream(beam.PTransform):

@@ -7,6 +7,7 @@ FileSystems, so the same code writes to local disks and object stores.
 """
 import datetime
 import hashlib
+import json
 import uuid
 from typing import NamedTuple, Optional
 
@@ -77,10 +78,20 @@ def write_parquet(table: pa.Table, path: str) -> None:
   FileSystems.rename([temporary], [path])
 
 
+def embedding_matrix(rows) -> np.ndarray:
+  """The embeddings of Embedded rows stacked in their order, float32 (rows x dimensions)."""
+  return np.stack([row.embedding for row in rows]).astype(np.float32, copy=False)
+
+
+def window_part_path(folder: str, batch) -> str:
+  """FOLDER/window=START/part-PANE.parquet: one file per window firing (WindowRows)."""
+  return f'{folder}/window={window_label(batch.start_us)}/part-{batch.pane:05d}.parquet'
+
+
 def enriched_table(rows, window_start_us: int, window_end_us: int, model: str,
                    extras: Optional[dict] = None) -> pa.Table:
   """Builds the Parquet table of one window's Embedded rows, in their order, plus extra columns."""
-  vectors = np.stack([row.embedding for row in rows]).astype(np.float32, copy=False)
+  vectors = embedding_matrix(rows)
   n, dimensions = vectors.shape
   table = pa.table([
       pa.array([row.event.id for row in rows], pa.string()),
@@ -143,6 +154,11 @@ def enriched_records(batch: WindowRows, model: str):
     for name, values in extras.items():
       record[name] = values[n]
     yield record
+
+
+def record_json(record: dict) -> str:
+  """One enriched record as the JSON the message sinks write."""
+  return json.dumps(record, ensure_ascii=False)
 
 
 class DeadLetterMark(NamedTuple):
@@ -233,9 +249,7 @@ class _WriteWindowFn(beam.DoFn):
 
   def process(self, batch: WindowRows):
     table = enriched_table(batch.rows, batch.start_us, batch.end_us, self._model, batch.extras)
-    path = (f'{self._output_dir}/{ENRICHED_DIR}/window={window_label(batch.start_us)}/'
-            f'part-{batch.pane:05d}.parquet')
-    write_parquet(table, path)
+    write_parquet(table, window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch))
     self._written.inc(len(batch.rows))
     yield batch
 

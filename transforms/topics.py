@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from models.vectors import unit_rows
-from transforms.sinks import TIMESTAMP as _TS, WindowRows, window_label, write_parquet
+from transforms.sinks import (TIMESTAMP as _TS, WindowRows, embedding_matrix, window_part_path,
+                              write_parquet)
 
 WINDOWS_DIR = 'windows'
 TOPIC_TYPE = pa.struct([
@@ -81,13 +82,13 @@ class _SummarizeFn(beam.DoFn):
     extras = batch.extras or {}
     labels = extras.get('label')
     texts = [row.event.text for row in batch.rows]
-    embeddings = np.stack([row.embedding for row in batch.rows]).astype(np.float32)
+    embeddings = embedding_matrix(batch.rows)
     label_counts = collections.Counter(label for label in labels or () if label)
     earlier = None
     if self._horizon_us:
-      recent = [row.embedding for row in batch.context
+      recent = [row for row in batch.context
                 if row.event.event_time_us >= batch.start_us - self._horizon_us]
-      earlier = np.stack(recent).astype(np.float32) if recent else np.zeros((0, 1), np.float32)
+      earlier = embedding_matrix(recent) if recent else np.zeros((0, 1), np.float32)
     topics = window_topics(texts, embeddings, labels, self._distance, earlier=earlier)
     summary = pa.table([
         pa.array([batch.start_us], pa.int64()).cast(_TS),
@@ -100,8 +101,7 @@ class _SummarizeFn(beam.DoFn):
         pa.array([topics], pa.list_(TOPIC_TYPE)),
         pa.array([sum(t['new'] for t in topics) if earlier is not None else None], pa.int32()),
     ], schema=SUMMARY_SCHEMA)
-    write_parquet(summary, f'{self._output_dir}/{WINDOWS_DIR}/window={window_label(batch.start_us)}'
-                  f'/part-{batch.pane:05d}.parquet')
+    write_parquet(summary, window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch))
     yield batch
 
 

@@ -7,7 +7,6 @@ Sinks beside Parquet: vectors (a LanceDB store under the output), lancedb:URI,
 redis://HOST:PORT/DB?stream=NAME, pubsub://projects/P/topics/T, kafka://BROKERS/TOPIC,
 bq://PROJECT.DATASET.TABLE.
 """
-import urllib.parse
 from typing import Callable, Optional
 
 import apache_beam as beam
@@ -16,15 +15,16 @@ from transforms.cloud_io import ReadKafka, ReadPubSub, WriteBigQuery, WriteKafka
 from transforms.live_sources import ArchiveReader, ReadLive, Reader
 from transforms.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
 from transforms.synthetic import SyntheticReader
+from transforms.uri_query import uri_query
 from transforms.vector_store import VECTORS_DIR, UpsertVectors
 
 
 def reader_factory(uri: str, input_format: Optional[str] = None) -> Callable[[], Reader]:
   """What a live source polls, built on the worker; raises ValueError for a bad URI."""
   if uri.startswith('synthetic://'):
-    query = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)
-    rate = float(query.get('rate', ['20'])[-1])
-    seed = int(query.get('seed', ['7'])[-1])
+    query = uri_query(uri)
+    rate = float(query.get('rate', '20'))
+    seed = int(query.get('seed', '7'))
     if rate <= 0:
       raise ValueError(f'{uri}: rate must be positive')
     return lambda: SyntheticReader(rate, seed)
