@@ -84,15 +84,20 @@ def choose_local_runner(options: PipelineOptions) -> str:
 def share_cores(options: PipelineOptions, model: ModelConfig) -> ModelConfig:
   """Divides this machine's cores among the local runner's workers (torch threads).
 
-  Each of --direct_num_workers runs inference at once; with torch's default
-  of one thread per core each, they would oversubscribe the cores.
+  Each of the FnApiRunner's --direct_num_workers (0: one per CPU, as Beam
+  reads it) runs inference at once; with torch's default of one thread per
+  core each, they would oversubscribe the cores. The local streaming runner
+  has one worker whatever the flag says, so it keeps torch's default.
   """
-  workers = options.view_as(DirectOptions).direct_num_workers or 1
   runner = (options.view_as(StandardOptions).runner or '').lower()
-  if model.torch_threads or workers <= 1 or runner not in ('fnapirunner', 'directrunner',
-                                                           'bundlebaseddirectrunner'):
+  if model.torch_threads or runner != 'fnapirunner':
     return model
-  return model._replace(torch_threads=threads_per_worker(len(os.sched_getaffinity(0)), workers))
+  cpus = len(os.sched_getaffinity(0))
+  workers = options.view_as(DirectOptions).direct_num_workers
+  workers = cpus if workers == 0 else workers or 1
+  if workers <= 1:
+    return model
+  return model._replace(torch_threads=threads_per_worker(cpus, workers))
 
 
 def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,

@@ -58,6 +58,11 @@ def test_forward_batches_and_threads_fit_the_hardware():
       len(os.sched_getaffinity(0)), 2)
   assert share_cores(local, ModelConfig(torch_threads=3)).torch_threads == 3  # asked for
   assert share_cores(PipelineOptions(['--runner', 'FnApiRunner']), ModelConfig()).torch_threads == 0
+  every_cpu = PipelineOptions(['--runner', 'FnApiRunner', '--direct_num_workers', '0'])
+  one_each = 1 if len(os.sched_getaffinity(0)) > 1 else 0  # Beam: one worker per CPU
+  assert share_cores(every_cpu, ModelConfig()).torch_threads == one_each
+  streaming = PipelineOptions(['--runner', 'BundleBasedDirectRunner', '--direct_num_workers', '2'])
+  assert share_cores(streaming, ModelConfig()).torch_threads == 0  # one worker there, always
   assert share_cores(PipelineOptions(['--runner', 'FlinkRunner', '--direct_num_workers', '2']),
                      ModelConfig()).torch_threads == 0
 
