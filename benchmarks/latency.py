@@ -24,12 +24,9 @@ import time
 import numpy as np
 import pyarrow.dataset as ds
 
-from benchmarks.machine import describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
 from tests.redis_server import redis_server
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_INPUT = ROOT.parent / 'shared' / 'data' / 'wikiticker-2015-09-12-sampled.json.gz'
-RESULTS = ROOT / 'benchmarks' / 'results'
 
 
 def latencies(out: pathlib.Path) -> np.ndarray:

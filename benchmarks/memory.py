@@ -8,14 +8,13 @@ the job process's RSS every 30 s (from /proc), then the first and last samples.
 import argparse
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-RESULTS = ROOT / 'benchmarks' / 'results'
+from benchmarks.common import RESULTS, ROOT
+
 
 
 def rss_mb(pid: int) -> float:

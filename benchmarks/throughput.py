@@ -31,11 +31,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks.machine import describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_INPUT = ROOT.parent / 'shared' / 'data' / 'wikiticker-2015-09-12-sampled.json.gz'
-RESULTS = ROOT / 'benchmarks' / 'results'
 VARIANTS = ('bare', 'bare-tuned', 'pipeline', 'mltransform')
 ST_DEFAULT_BATCH = 32  # SentenceTransformer.encode's batch_size
 SMALL = 64

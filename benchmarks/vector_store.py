@@ -19,7 +19,8 @@ import uuid
 import numpy as np
 import pyarrow.dataset as ds
 
-RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
+from benchmarks.common import RESULTS
+
 BATCH = 1000
 
 

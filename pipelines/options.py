@@ -86,7 +86,7 @@ class ModelOptions(PipelineOptions):
                         '0: 16 on CPUs, 32 on GPUs.')
     parser.add_argument('--torch_threads', type=int, default=0,
                         help="torch threads per worker process; 0: torch's default (one per "
-                        'core), divided among --direct_num_workers on the local runner.')
+                        'core), divided among --direct_num_workers on the local batch runner.')
     parser.add_argument('--backend', default='torch',
                         help='torch, or onnx (ONNX Runtime on the CPU, exported once from the '
                         'local weights).')
