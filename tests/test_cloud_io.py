@@ -19,14 +19,14 @@ from pipelines.options import JobConfig, parse_sinks, ConfigError
 from tests.fakes import HashingModelHandler
 from tests.runners import streaming_pipeline
 from transforms import records as r
-from transforms.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, UnavailableIO,
-                                 WriteBigQuery, WriteKafka, _BigQueryRowsFn,
+from transforms.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, ReadKafka, ReadPubSub,
+                                 UnavailableIO, WriteBigQuery, WriteKafka, _BigQueryRowsFn,
                                  _KafkaRecordsFn, _PubSubMessagesFn, _StampedRawFn,
                                  bigquery_schema, bigquery_table)
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
 from transforms.sinks import GroupWindows, WindowRows
-from transforms.uris import sink, watermark_slack_s
+from transforms.uris import live_source, sink, watermark_slack_s
 from transforms.windowing import WindowSpec
 
 S = 1_000_000
@@ -141,6 +141,29 @@ def test_source_records_keep_position_and_undecodable_bytes():
   assert KafkaRecordToRaw('t')(Kafka(b'{}', 3, 41)).source == 't:3-41'
   assert watermark_slack_s('kafka://b/t', 2.0) == watermark_slack_s('pubsub://x', 2.0) == 2.0
   assert watermark_slack_s('redis://h/0?stream=s&group=g', 2.0) == 0.0
+
+
+def test_pubsub_and_kafka_sources_resolve_with_their_settings():
+  from apache_beam.io.gcp.pubsub import ReadFromPubSub
+  read = live_source('pubsub://projects/my-project/subscriptions/events?timestamp_attribute=ts'
+                     '&id_attribute=event_id', None, 2, 0.2)
+  assert isinstance(read, ReadPubSub)
+  pipeline = _pipeline(streaming=True)
+  _ = pipeline | read
+  (pubsub,) = _applied(pipeline, ReadFromPubSub)
+  source = pubsub._source
+  assert (source.full_subscription, source.timestamp_attribute, source.id_label) == (
+      'projects/my-project/subscriptions/events', 'ts', 'event_id')
+  with pytest.raises(ValueError, match='pubsub://projects/PROJECT/subscriptions/NAME'):
+    live_source('pubsub://projects/p/topics/t', None, 2, 0.2)
+  kafka = live_source('kafka://b1:9092,b2:9092/events?group=enrich', None, 2, 0.2)
+  assert isinstance(kafka, ReadKafka)
+  # Kafka needs Java and Beam's expansion-service jar, which cannot be fetched here:
+  # the job says so in one clear error instead of a traceback.
+  try:
+    _ = beam.Pipeline() | kafka
+  except UnavailableIO as e:
+    assert 'expansion service' in str(e) and 'kafka://b1:9092,b2:9092/events' in str(e)
 
 
 def _message(n, event_s, published_s):
