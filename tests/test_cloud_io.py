@@ -20,12 +20,12 @@ from tests.fakes import HashingModelHandler
 from tests.runners import streaming_pipeline
 from transforms import records as r
 from transforms.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, ReadKafka, ReadPubSub,
-                                 UnavailableIO, WriteBigQuery, WriteKafka, _BigQueryRowsFn,
-                                 _KafkaRecordsFn, _PubSubMessagesFn, _StampedRawFn,
-                                 bigquery_schema, bigquery_table)
+                                 UnavailableIO, WriteBigQuery, WriteKafka, _StampedRawFn,
+                                 bigquery_schema, bigquery_table, kafka_records,
+                                 pubsub_messages)
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
-from transforms.sinks import GroupWindows, WindowRows
+from transforms.sinks import GroupWindows, WindowRows, enriched_records
 from transforms.uris import live_source, sink, watermark_slack_s
 from transforms.windowing import WindowSpec
 
@@ -77,7 +77,7 @@ def test_pubsub_sink_publishes_rows_with_id_and_event_time_attributes():
   (write,) = _applied(p, WriteToPubSub)
   assert (write.full_topic, write.with_attributes) == ('projects/my-project/topics/enriched',
                                                        True)
-  (message, _) = list(_PubSubMessagesFn('m').process(window_rows()))
+  (message, _) = list(pubsub_messages(window_rows(), 'm'))
   body = json.loads(message.data)
   assert message.attributes == {'id': 'e0', 'event_time': '1970-01-01T00:00:01Z'}
   assert body['embedding'] == [0.5] * 4 and body['model'] == 'm'
@@ -86,7 +86,7 @@ def test_pubsub_sink_publishes_rows_with_id_and_event_time_attributes():
 
 
 def test_kafka_sink_keys_rows_by_event_id_and_says_when_java_is_missing():
-  key, value = next(_KafkaRecordsFn('m').process(window_rows({'label': ['a', None]})))
+  key, value = next(kafka_records(window_rows({'label': ['a', None]}), 'm'))
   assert key == b'e0' and json.loads(value)['label'] == 'a'
   try:
     _ = _pipeline(True) | beam.Create([window_rows()]) | WriteKafka('kafka://b1:9092/out', 'm')
@@ -121,7 +121,7 @@ def test_bigquery_sink_appends_rows_that_match_its_schema():
   assert (write.method, write.triggering_frequency) == ('FILE_LOADS', 60)
   extras = {'label': ['a', None], 'label_score': [0.5, 0.1], 'labels': [['a'], ['b']],
             'duplicate_of': [None, 'e0'], 'duplicate_score': [None, 0.9]}
-  rows = list(_BigQueryRowsFn('m').process(window_rows(extras)))
+  rows = list(enriched_records(window_rows(extras), 'm'))
   names = [f['name'] for f in schema['fields']]
   for row in rows:
     assert list(row) == names

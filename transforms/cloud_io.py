@@ -13,10 +13,11 @@ Kafka, a table row for BigQuery) on a side branch, and pass the WindowRows on.
 import urllib.parse
 
 import apache_beam as beam
+import pyarrow as pa
 
 from transforms.records import RawRecord, decoded_record
+from transforms.sinks import EXTRA_TYPES, enriched_records, enriched_schema, record_json
 from transforms.uri_query import uri_query
-from transforms.sinks import EXTRA_TYPES, enriched_records, record_json
 
 _MICROS = 1_000_000
 
@@ -168,16 +169,12 @@ class ReadKafka(beam.PTransform):
         _StampedRawFn(KafkaRecordToRaw(self._topic), self._disorder_s))
 
 
-class _PubSubMessagesFn(beam.DoFn):
-
-  def __init__(self, model: str):
-    self._model = model
-
-  def process(self, batch):
-    from apache_beam.io.gcp.pubsub import PubsubMessage
-    for record in enriched_records(batch, self._model):
-      yield PubsubMessage(record_json(record).encode('utf-8'), {'id': record['id'],
-                                              'event_time': record['event_time']})
+def pubsub_messages(batch, model: str):
+  """A window firing's rows as Pub/Sub messages: JSON data, attributes id and event_time."""
+  from apache_beam.io.gcp.pubsub import PubsubMessage
+  for record in enriched_records(batch, model):
+    yield PubsubMessage(record_json(record).encode('utf-8'),
+                        {'id': record['id'], 'event_time': record['event_time']})
 
 
 class WritePubSub(beam.PTransform):
@@ -196,20 +193,18 @@ class WritePubSub(beam.PTransform):
     _need_gcp_client('pubsub', f'pubsub://{self._topic}')
     from apache_beam.io.gcp.pubsub import WriteToPubSub
     _ = (windows
-         | 'As messages' >> beam.ParDo(_PubSubMessagesFn(self._model))
+         | 'As messages' >> beam.FlatMap(pubsub_messages, self._model)
          | 'Publish' >> WriteToPubSub(self._topic, with_attributes=True))
     return windows
 
 
-class _KafkaRecordsFn(beam.DoFn):
+def kafka_records(batch, model: str):
+  """A window firing's rows as Kafka (key, value) pairs: the event id, the JSON.
 
-  def __init__(self, model: str):
-    self._model = model
-
-  def process(self, batch):
-    for record in enriched_records(batch, self._model):
-      # Keyed by event id: one event's rows land in one partition, in order.
-      yield record['id'].encode('utf-8'), record_json(record).encode('utf-8')
+  Keyed by event id: one event's rows land in one partition, in order.
+  """
+  for record in enriched_records(batch, model):
+    yield record['id'].encode('utf-8'), record_json(record).encode('utf-8')
 
 
 class WriteKafka(beam.PTransform):
@@ -225,7 +220,7 @@ class WriteKafka(beam.PTransform):
   def expand(self, windows):
     from apache_beam.io.kafka import WriteToKafka
     records = (windows
-               | 'As Kafka records' >> beam.ParDo(_KafkaRecordsFn(self._model))
+               | 'As Kafka records' >> beam.FlatMap(kafka_records, self._model)
                .with_output_types(beam.typehints.KV[bytes, bytes]))
     try:
       _ = records | 'Write Kafka' >> WriteToKafka(
@@ -242,8 +237,6 @@ _BIGQUERY_TYPES = {'string': 'STRING', 'float': 'FLOAT', 'double': 'FLOAT',
 
 def bigquery_schema(extra_columns=()) -> dict:
   """The BigQuery schema of enriched rows: the Parquet columns, then the derived ones."""
-  from transforms.sinks import enriched_schema
-  import pyarrow as pa
   fields = list(enriched_schema(1)) + [pa.field(name, EXTRA_TYPES[name]) for name in extra_columns]
   out = []
   for field in fields:
@@ -264,15 +257,6 @@ def bigquery_table(uri: str) -> str:
 
 
 BIGQUERY_METHODS = ('STREAMING_INSERTS', 'FILE_LOADS', 'STORAGE_WRITE_API')
-
-
-class _BigQueryRowsFn(beam.DoFn):
-
-  def __init__(self, model: str):
-    self._model = model
-
-  def process(self, batch):
-    yield from enriched_records(batch, self._model)
 
 
 class WriteBigQuery(beam.PTransform):
@@ -309,7 +293,7 @@ class WriteBigQuery(beam.PTransform):
     # A streaming job's load jobs (or Storage Write commits) run this often.
     every_s = self._every_s if streaming and method != 'STREAMING_INSERTS' else None
     _ = (windows
-         | 'As table rows' >> beam.ParDo(_BigQueryRowsFn(self._model))
+         | 'As table rows' >> beam.FlatMap(enriched_records, self._model)
          | 'Append rows' >> WriteToBigQuery(
              self._table, schema=bigquery_schema(self._extra_columns), method=method,
              triggering_frequency=every_s,
