@@ -2,9 +2,10 @@
 
 The job's compatibility layer for live streaming on the local runner, offline
 (Prism, Beam's preferred local streaming runner, is a binary downloaded on
-first use). `pipelines.stream` installs it only when it runs locally; Flink,
-Dataflow and Prism run the same pipeline untouched. Verified on Beam 2.77.0
-only; tests/test_local_streaming.py fails loudly when an upgrade breaks it.
+first use). `pipelines.launcher.choose_local_runner` installs it when a
+streaming job runs locally (no runner or DirectRunner named); Flink, Dataflow
+and Prism run the same pipeline untouched. Verified on Beam 2.77.0 only;
+tests/test_local_streaming.py fails loudly when an upgrade breaks it.
 
 Usage::
 
@@ -16,7 +17,10 @@ Usage::
 Nothing in site-packages is modified: every patch replaces one Beam function /
 method with a corrected copy at run time.  Each patch names the Beam problem
 it works around.  Only apache_beam 2.77.0 is accepted because the replaced
-code is copied from that version.
+code is copied from that version: in each copied body, the lines that differ
+from Beam's (apache_beam/runners/direct/...) carry a `# CHANGED:` comment
+saying why; unmarked lines are Beam's (module prefixes such as `te.` added,
+some of its asserts and comments left out).
 
 Patches (each replaces one Beam 2.77 function/method, see the comments):
   1. sdf_direct_runner.ProcessKeyedElementsViaKeyedWorkItems.expand
@@ -96,11 +100,16 @@ def _patch_sdf_expansion():
   # replace it with a Map producing the same (key, [value]) shape, which keeps
   # the element's own timestamp and window.
   def expand(self, pcoll):
-    transform = self._process_keyed_elements_transform
-    process_elements = sdr.ProcessElements(transform)
-    process_elements.args = transform.ptransform_args
-    process_elements.kwargs = transform.ptransform_kwargs
-    process_elements.side_inputs = transform.ptransform_side_inputs
+    process_elements = sdr.ProcessElements(
+        self._process_keyed_elements_transform)
+    process_elements.args = (
+        self._process_keyed_elements_transform.ptransform_args)
+    process_elements.kwargs = (
+        self._process_keyed_elements_transform.ptransform_kwargs)
+    process_elements.side_inputs = (
+        self._process_keyed_elements_transform.ptransform_side_inputs)
+    # CHANGED: was `pcoll | beam.core.GroupByKey() | process_elements`; the
+    # GroupByKey escaped the streaming overrides (see above).
     return (
         pcoll
         | 'KeyedSingletons' >> beam.Map(lambda kv: (kv[0], [kv[1]]))
@@ -138,6 +147,8 @@ def _patch_sdf():
   # checkpoint, and record the watermark estimator's *updated* state.
   def handle_process_outputs(
       self, windowed_input_element, output_iter, watermark_estimator=None):
+    # CHANGED (whole body): was `self.output_iter = output_iter`; the generator
+    # now runs here, before PerWindowInvoker detaches the tracker.
     outputs = []
     for output in output_iter or ():
       if isinstance(output, ProcessContinuation):
@@ -151,6 +162,8 @@ def _patch_sdf():
       self.estimator_state = watermark_estimator.get_estimator_state()
 
   def reset(self):
+    # CHANGED (whole body): was `self.output_iter = None`; resets the fields
+    # the new handle_process_outputs fills in.
     self.outputs = []
     self.continuation = None
     self.watermark = None
@@ -174,9 +187,14 @@ def _patch_sdf():
       watermark_estimator_state,
       *args,
       **kwargs):
+    # CHANGED: a dict instead of CheckpointState, holding the residual
+    # *restriction*: Beam stored try_split()'s list of SplitResultResidual.
     checkpoint = {}
 
     def initiate_checkpoint():
+      # CHANGED (whole body): the split runs under the lock and is recorded
+      # only when it happened, so a failed try leaves room for another (Beam
+      # did that by resetting its `checkpointed` flag).
       with self._checkpoint_lock:
         if 'residual' in checkpoint:
           return
@@ -187,11 +205,17 @@ def _patch_sdf():
           (_, (checkpoint['residual'], _)), _ = residual_value
 
     output_processor.reset()
+    # CHANGED: lets handle_process_outputs split on a ProcessContinuation.
     output_processor.checkpoint_fn = initiate_checkpoint
+    # CHANGED: the Timer is a daemon and cancelled when process() returns;
+    # Beam left it running, so a Timer from a short call could split a later
+    # call of the same invoker (same bundle) into a residual nobody read.
     timer = threading.Timer(self._max_duration, initiate_checkpoint)
     timer.daemon = True
     timer.start()
     try:
+      # CHANGED: keeps what invoke_process returns (the defer_remainder()
+      # residual and its delay); Beam dropped it.
       deferred = sdf_invoker.invoke_process(
           element,
           additional_args=args,
@@ -200,9 +224,16 @@ def _patch_sdf():
     finally:
       timer.cancel()
 
+    # CHANGED: Beam iterated output_iter here, checkpointing on a
+    # ProcessContinuation (now done in handle_process_outputs) and after
+    # max_num_outputs outputs (None in the DirectRunner, so not carried over).
     for output in output_processor.outputs:
       yield output
 
+    # CHANGED (to the end): the residual comes from defer_remainder() or a
+    # checkpoint, with its resume delay; the Result also carries the
+    # continuation, the output watermark and the updated estimator state
+    # (Beam's carried the residual only).
     residual = checkpoint.get('residual')
     resume_delay = Duration(0)
     if deferred:  # restriction_tracker.defer_remainder(delay) was called
@@ -239,15 +270,22 @@ def _patch_sdf():
       window=beam.DoFn.WindowParam,
       *args,
       **kwargs):
+    # CHANGED (to windowed_element): seed call or resume is told by the input
+    # type; Beam used `not element_state`, so a resume of an element that is
+    # falsy (an Impulse's b'') ran as a seed call and failed.
     if isinstance(element, KeyedWorkItem):  # resume timer firing
       key = element.encoded_key
       state = self._step_context.get_keyed_state(key)
+      # CHANGED: a timer whose restriction already finished is ignored (Beam
+      # took it for a seed call without a seed element).
       if self._restriction_tag.tag not in state.state.get(window, {}):
         return  # stale timer: this restriction already finished
       element = state.get_state(window, self._element_tag)
       restriction = state.get_state(window, self._restriction_tag)
       watermark_estimator_state = state.get_state(
           window, self._watermark_state_tag)
+      # CHANGED: the element's own timestamp, stored below (a timer firing
+      # carries its window's end).
       timestamp = state.get_state(window, timestamp_tag)
     else:  # seed call: (unique random key, [ElementAndRestriction])
       key, values = element
@@ -274,6 +312,8 @@ def _patch_sdf():
       yield output
 
     if sdf_result.residual_restriction is None:
+      # CHANGED: `is None` (Beam: `not residual_restriction`); also clears
+      # timestamp_tag (new state, see above).
       for tag in (self._element_tag, self._restriction_tag,
                   self._watermark_state_tag, timestamp_tag):
         state.clear_state(window, tag)
@@ -283,15 +323,21 @@ def _patch_sdf():
       state.add_state(window, self._element_tag, element)
       state.add_state(
           window, self._restriction_tag, sdf_result.residual_restriction)
+      # CHANGED: the estimator's updated state (Beam stored the one passed in).
       state.add_state(
           window,
           self._watermark_state_tag,
           sdf_result.watermark_estimator_state)
+      # CHANGED: the element timestamp, for the resume.
       state.add_state(window, timestamp_tag, windowed_element.timestamp)
+      # CHANGED: hold the output watermark at the estimator's watermark, not
+      # at -inf (which kept every downstream window open).
       hold = sdf_result.future_output_watermark
       if hold is None:  # estimator has no watermark yet
         hold = WatermarkManager.WATERMARK_NEG_INF
       state.add_state(window, self.watermark_hold_tag, hold)
+      # CHANGED: resume at now + resume delay in processing time; Beam set a
+      # watermark timer at -inf, i.e. at once, whatever the delay.
       state.set_timer(
           window,
           '',
@@ -304,6 +350,8 @@ def _patch_sdf():
   # firing in a *global-window* element, so a resumed SDF restriction living
   # in another window would read/write its state in the wrong window.
   def process_timer(self, timer_firing):
+    # CHANGED: the timer's window and its end as timestamp; Beam's default
+    # used GlobalWindows.windowed_value(...).
     self.process_element(
         WindowedValue(
             KeyedWorkItem(
@@ -337,20 +385,24 @@ def _patch_timers():
   # (self._fired_timers holds the extracted, not yet completed firings).
   def extract_transform_timers(self):
     with self._lock:
+      # CHANGED: the firings in flight, by value (TimerFiring has no __eq__).
       in_flight = {_timer_id(t) for t in self._fired_timers}
       fired_timers = []
       has_realtime_timer = False
+      # CHANGED: while the monitor has bundles running, processing-time
+      # timers fire only once this overdue (scheduling, see _patch_executor).
       processing_time = self._clock.time()
       if getattr(_monitor_state, 'busy', False):  # see _patch_executor
         processing_time -= REALTIME_TIMER_MAX_DEFER_SECS
       for encoded_key, state in self._keyed_states.items():
         timers, had_realtime_timer = state.get_timers(
             watermark=self._input_watermark,
-            processing_time=processing_time)
+            processing_time=processing_time)  # CHANGED: was self._clock.time()
         if had_realtime_timer:
           has_realtime_timer = True
         for expired in timers:
           window, (name, time_domain, timestamp, dynamic_timer_tag) = expired
+          # CHANGED: skip a firing already in flight (Beam appended each).
           firing = TimerFiring(
               encoded_key,
               window,
@@ -411,6 +463,8 @@ def _patch_dofn_reuse():
 
     self._counter_factory = counters.CounterFactory()
 
+    # CHANGED (to self._ls_dofn): an idle set-up instance from the pool, else
+    # a fresh copy; Beam took `pickler.roundtrip(transform.dofn)` each bundle.
     self._ls_setup_runner = None  # the DoFnRunner that ran dofn.setup()
     if self._perform_dofn_pickle_test:
       pool = _pool(self._evaluation_context)
@@ -452,6 +506,7 @@ def _patch_dofn_reuse():
         step_name=self._applied_ptransform.full_label,
         state=DoFnState(self._counter_factory),
         user_state_context=self.user_state_context)
+    # CHANGED: setup() only for a fresh instance (Beam: every bundle).
     if self._ls_setup_runner is None:
       self.runner.setup()
       self._ls_setup_runner = self.runner  # its invoker holds setup contexts
@@ -459,6 +514,8 @@ def _patch_dofn_reuse():
 
   def finish_bundle(self):
     self.runner.finish()
+    # CHANGED: the instance goes back to the pool, set up; Beam ran
+    # teardown() here.  (SDF wrappers, new per bundle, are still torn down.)
     if self._perform_dofn_pickle_test:
       with self._evaluation_context._ls_dofn_lock:
         _pool(self._evaluation_context)[self._applied_ptransform].append(
@@ -525,11 +582,11 @@ def _patch_executor():
   # REALTIME_TIMER_MAX_DEFER_SECS, i.e. downstream work drains first.
   # The body is otherwise the original.
   def call(self, state_sampler):
-    busy = False
+    busy = False  # CHANGED: did this pass find work? (for the idle sleep)
     try:
       update = self._executor.all_updates.poll()
       while update:
-        busy = True
+        busy = True  # CHANGED
         if update.committed_bundle:
           self._executor.schedule_consumers(update.committed_bundle)
         elif update.unprocessed_bundle:
@@ -546,6 +603,10 @@ def _patch_executor():
         update = self._executor.all_updates.poll()
       self._executor.evaluation_context.schedule_pending_unblocked_tasks(
           self._executor.executor_service)
+      # CHANGED (to _add_work_if_necessary): was
+      # `self._add_work_if_necessary(self._fire_timers())`; tells
+      # extract_transform_timers whether bundles are running, and notes
+      # whether timers fired.
       _monitor_state.busy = self._is_executing()
       try:
         timers_fired = self._fire_timers()
@@ -559,7 +620,7 @@ def _patch_executor():
           ex._ExecutorServiceParallelExecutor._VisibleExecutorUpdate(e))
     finally:
       if not self._should_shutdown():
-        if not busy and not self._is_executing():
+        if not busy and not self._is_executing():  # CHANGED: sleep when idle
           time.sleep(IDLE_POLL_SECS)
         self._executor.executor_service.submit(self)
 
@@ -572,6 +633,8 @@ def _patch_executor():
     if self._is_executing():
       return False
     watermark_manager = self._executor.evaluation_context._watermark_manager
+    # CHANGED: keeps the firings (Beam: `_, any_unfired_realtime_timers`) and
+    # un-registers them, as they are not delivered.
     fired, any_unfired_realtime_timers = watermark_manager.extract_all_timers()
     for applied_ptransform, timers in fired:
       watermark_manager._transform_to_watermarks[
