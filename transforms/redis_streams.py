@@ -172,13 +172,14 @@ class _AcknowledgeFn(_RedisClientFn):
     else:
       sources = [letter.source for letter in written.letters]
     ids = entry_ids(sources, self._address.stream)
-    if ids:
-      try:
+    try:
+      if ids:
         self._call(lambda: self._client.xack(self._address.stream, self._address.group, *ids),
                    'cannot acknowledge entries of')
-      except faults.WriteAbandoned:
-        return  # left pending: a restart reads them again
-    yield len(ids)
+    except faults.WriteAbandoned:
+      pass  # left pending: a restart reads them again
+    else:
+      yield len(ids)
 
 
 class AcknowledgeRedisEntries(beam.PTransform):
@@ -213,8 +214,9 @@ class _XaddFn(_RedisClientFn):
     try:
       self._call(send, 'cannot add entries to')
     except faults.WriteAbandoned:
-      return  # not passed on: nothing behind it is acknowledged
-    yield batch
+      pass  # not passed on: nothing behind it is acknowledged
+    else:
+      yield batch
 
 
 class WriteRedisStream(beam.PTransform):

@@ -270,9 +270,10 @@ class _WriteWindowFn(beam.DoFn):
     try:
       write_parquet(table, window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch))
     except faults.WriteAbandoned:
-      return  # the job is stopping; not passed on, so never acknowledged
-    self._written.inc(len(batch.rows))
-    yield batch
+      pass  # the job is stopping; not passed on, so never acknowledged
+    else:
+      self._written.inc(len(batch.rows))
+      yield batch
 
 
 class WriteEnrichedParquet(beam.PTransform):
@@ -312,9 +313,10 @@ class _WriteReasonFn(beam.DoFn):
     try:
       write_parquet(deadletter_table(batch.letters), path)
     except faults.WriteAbandoned:
-      return  # the job is stopping; not passed on, so never acknowledged
-    self._written.inc(len(batch.letters))
-    yield batch
+      pass  # the job is stopping; not passed on, so never acknowledged
+    else:
+      self._written.inc(len(batch.letters))
+      yield batch
 
 
 class GroupDeadLetters(beam.PTransform):

@@ -105,8 +105,9 @@ class _SummarizeFn(beam.DoFn):
     try:
       write_parquet(summary, window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch))
     except faults.WriteAbandoned:
-      return  # the job is stopping; not passed on, so never acknowledged
-    yield batch
+      pass  # the job is stopping; not passed on, so never acknowledged
+    else:
+      yield batch
 
 
 class SummarizeWindows(beam.PTransform):
