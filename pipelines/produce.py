@@ -33,6 +33,7 @@ def produce(pattern: str, target: RedisStreamAddress, rate: float = 0.0, retime:
             time_field: str = 'time', limit: int = 0) -> int:
   """Sends the records; returns how many were sent. rate 0 sends as fast as possible."""
   client = target.client()
+  client.ping()  # a refused password or a dead server fails here, before reading anything
   time_path = parse_path(time_field)
   paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
   if not paths:
