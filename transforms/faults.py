@@ -113,7 +113,7 @@ def error_text(error: BaseException) -> str:
     error = next(iter(details.values()))
   if isinstance(error, OSError) and error.errno is not None:
     return f'[Errno {error.errno}] {error.strerror}'
-  return f'{type(error).__name__}: {error}'
+  return f'{type(error).__name__}: {str(error).rstrip(".")}'
 
 
 def retry(call: Callable, dependency: str, what: str, errors: Tuple[Type[BaseException], ...]):
