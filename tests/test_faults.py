@@ -110,6 +110,12 @@ def test_write_parquet_on_a_full_filesystem(tmp_path):
     faults.reset(local=True, retry_s=0.5)
     write_parquet(table, f'{disk}/out/part.parquet')
     assert [p.name for p in (disk / 'out').iterdir()] == ['part.parquet']
+    # A filesystem that refuses writes (root passes permission checks, so read-only here).
+    subprocess.run(['mount', '-o', 'remount,ro', str(disk)], check=True)
+    faults.reset(local=True, retry_s=0.5)
+    with pytest.raises(faults.WriteAbandoned):
+      write_parquet(table, f'{disk}/out/other.parquet')
+    assert '[Errno 30] Read-only file system' in faults.STOP.reason
 
 
 def test_redis_reader_rides_out_a_server_restart(caplog):
