@@ -99,3 +99,21 @@ def test_stream_refuses_stateful_batching_locally(tmp_path):
     stream.run(['--source', 'mqtt://x/y', '--output', str(tmp_path)])
   with pytest.raises(ConfigError, match='unknown --sink'):
     stream.run(['--sink', 'mqtt://broker/t', '--output', str(tmp_path)])
+
+
+def test_redis_reader_does_not_claim_the_entries_it_re_read():
+  """A restart later than the claim idle time: its own pending entries come once, not twice."""
+  with redis_server() as url:
+    client = redis.Redis.from_url(url)
+    for n in range(3):
+      client.xadd('events', {'event': json.dumps({'n': n})})
+    address = RedisStreamAddress.parse(f'{url}?stream=events&group=g&consumer=me')
+    first = RedisStreamReader(address, block_ms=10)
+    first.open()
+    assert len(first.poll(10)) == 3  # delivered, never acknowledged (a crash)
+    restarted = RedisStreamReader(address, block_ms=10, claim_idle_ms=0)
+    restarted.open()
+    got = []
+    for _ in range(4):  # own pending entries, then the claim phase, then new entries
+      got += restarted.poll(10)
+    assert sorted(json.loads(r.raw)['n'] for r in got) == [0, 1, 2]

@@ -51,6 +51,7 @@ class RedisStreamReader(Reader):
     self._backoff, self._retry_at = faults.Backoff(), 0.0
     self._has_group = False
     self._phase, self._cursor = 'own', '0-0'
+    self._reread = set()  # entry ids re-read in the 'own' phase
 
   def stalled(self) -> bool:
     return self._health.down_since is not None
@@ -77,6 +78,7 @@ class RedisStreamReader(Reader):
       logging.warning('%s: consumer group %s is gone; creating it again',
                       self._address.describe(), self._address.group)
       self._has_group, self._phase, self._cursor = False, 'own', '0-0'
+      self._reread = set()
       return []
     self._health.ok()
     self._backoff.reset()
@@ -91,15 +93,19 @@ class RedisStreamReader(Reader):
       entries = reply[0][1] if reply else []
       if entries:
         self._cursor = entries[-1][0]
+        self._reread.update(entry_id for entry_id, _ in entries)
         return self._records(entries)
       self._phase, self._cursor = 'claim', '0-0'
     if self._phase == 'claim':
       reply = self._client.xautoclaim(address.stream, address.group, consumer,
                                       min_idle_time=self._claim_idle_ms,
                                       start_id=self._cursor, count=max_records)
-      self._cursor, entries = reply[0], reply[1]
+      self._cursor = reply[0]
+      # Re-reading its own pending entries does not reset their idle time, so
+      # XAUTOCLAIM hands them to this consumer a second time: skip those.
+      entries = [entry for entry in reply[1] if entry[0] not in self._reread]
       if self._cursor in (b'0-0', '0-0'):
-        self._phase = 'new'
+        self._phase, self._reread = 'new', set()
       if entries:
         return self._records(entries)
     reply = self._client.xreadgroup(address.group, consumer, {address.stream: '>'},
