@@ -10,12 +10,14 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
 
 import pyarrow as pa
 import pytest
 import redis
 
+from tests.conftest import ROOT
 from tests.redis_server import started
 from tests.test_stream_e2e import _consumer_caught_up, column, python, stop, wait_for
 from transforms import faults
@@ -243,3 +245,20 @@ def test_sink_and_source_redis_outages_mid_run_are_ridden_out(tmp_path):
       assert len(lines) == 2 and ' lost: ' in lines[0] and ' restored after ' in lines[1], lines
     assert sorted(_ids(out)) == sorted(f'e{n}' for n in range(240))
     assert sink.client().xlen('enriched') >= 240  # the sink is at least once
+
+
+@pytest.mark.e2e
+def test_disk_full_stops_a_replay_with_one_line(tmp_path):
+  with small_filesystem(tmp_path / 'disk') as disk:
+    fill(disk, leave_bytes=32 * 1024)  # 60 rows need ~90 KB
+    archive = _events(tmp_path / 'a.jsonl', 60)
+    done = subprocess.run(
+        [sys.executable, '-m', 'pipelines.replay', '--input', str(archive), '--output',
+         str(disk / 'out'), '--write_retry_timeout', '2', *FLAGS], cwd=ROOT,
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE='1'))
+  printed = done.stdout + done.stderr
+  assert done.returncode == 1, printed[-3000:]
+  errors = [line for line in printed.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'No space left on device' in errors[0], printed[-3000:]
+  assert errors[0].endswith('a rerun writes what is missing and replaces the files it wrote')
+  assert 'Traceback' not in printed and 'every record accounted for' not in printed
