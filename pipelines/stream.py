@@ -6,7 +6,7 @@
 Sources:
   synthetic://?rate=N                                the embedded stream (default), endless
   redis://[[USER]:PASSWORD@]HOST:PORT/DB?stream=NAME&group=GROUP[&field=event][&consumer=NAME]
-                                                     (also rediss:// with TLS, unix:///PATH?db=N&...)
+                                       (also rediss:// with TLS, unix:///PATH?db=N&...)
   file://GLOB                                        an archive read as a stream; ends at its end
   pubsub://projects/P/subscriptions/S[?timestamp_attribute=A&id_attribute=B]   (Beam's Pub/Sub IO)
   kafka://BROKERS/TOPIC?group=G[&timestamp_policy=CreateTime]                 (Beam's Kafka IO)

@@ -1,7 +1,7 @@
 """Redis Stream addresses: redis-py's own URL forms plus the job's query parameters.
 
   redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]?stream=NAME[&group=G][&field=event][&consumer=C]
-  rediss://...same...[&ssl_ca_certs=CA.pem][&ssl_certfile=..&ssl_keyfile=..][&ssl_cert_reqs=required]
+  rediss://...the same...[&ssl_ca_certs=CA.pem][&ssl_certfile=C&ssl_keyfile=K][&ssl_cert_reqs=..]
   unix://[[USER]:PASSWORD@]/PATH/redis.sock?db=N&stream=NAME...
 
 The job's parameters (stream, group, field, consumer) are taken out; what is
