@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launcher import JobResult, launch, main
 from pipelines.options import job_config
+from pipelines.preflight import check_start
 from transforms.synthetic import GenerateSyntheticEvents
 
 # The synthetic events carry an id and 20 events per second of event time;
@@ -38,6 +39,8 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   options = PipelineOptions(_DEMO_DEFAULTS + list(argv or []))
   synthetic = options.view_as(SyntheticOptions)
   config = job_config(options)
+  if test_pipeline is None:
+    check_start(options, config)
   return launch(options, config,
                 GenerateSyntheticEvents(synthetic.num_events, synthetic.rate, synthetic.seed),
                 test_pipeline)

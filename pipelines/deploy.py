@@ -103,7 +103,8 @@ def main(argv=None) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if '--print' in argv:
-    print(shlex.join(full))
+    from transforms.uri_query import redacted
+    print(redacted(shlex.join(full)))  # a shown command keeps no password
     return
   import os
   os.execv(full[0], full)

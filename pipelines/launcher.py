@@ -12,12 +12,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from models.loading import ModelConfig, threads_per_worker
-from pipelines.builder import WrittenFiles, build
 from pipelines.options import ConfigError, JobConfig
+from transforms import faults
 from transforms.fields import MISSING, format_path, resolve
 from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.sources import format_of, read_archive
 from transforms.cloud_io import UnavailableIO
+from transforms.uri_query import redacted
 
 _SAMPLE_RECORDS = 100
 
@@ -29,6 +30,7 @@ class JobResult(NamedTuple):
   seconds: float
   output: str
   window_kind: str
+  failure: Optional[str] = None  # why the job stopped early or read nothing (see faults)
 
   @property
   def balanced(self) -> bool:
@@ -100,18 +102,29 @@ def share_cores(options: PipelineOptions, model: ModelConfig) -> ModelConfig:
   return model._replace(torch_threads=threads_per_worker(cpus, workers))
 
 
+_RERUN = 'a rerun writes what is missing and replaces the files it wrote'
+
+
 def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
            test_pipeline: Optional[beam.Pipeline] = None,
-           after_write: Optional[Callable[[WrittenFiles], None]] = None) -> JobResult:
+           after_write: Optional[Callable] = None, resume: str = _RERUN) -> JobResult:
   """Builds the job behind `read`, runs it to the end and returns its counts.
 
   Args:
-    after_write: adds steps behind the Parquet writes (more sinks, acknowledgements).
+    after_write: adds steps behind the Parquet writes (more sinks, acknowledgements),
+      given the builder's WrittenFiles.
+    resume: what happens to unwritten records after a stop, for the stop line.
   """
+  # Imported here, after the start checks: it pulls in torch, seconds of start-up.
+  from pipelines.builder import build
   started = time.monotonic()
+  local = False
   if test_pipeline is None:
     logging.info('Running on %s', choose_local_runner(options))
     config = config._replace(model=share_cores(options, config.model))
+    from pipelines.preflight import runs_locally
+    local = runs_locally(options)
+  faults.reset(local, config.write_retry_s)
   pipeline = test_pipeline or beam.Pipeline(options=options)
   raw_records = pipeline | 'Read records' >> read
   written = build(raw_records, config)
@@ -120,9 +133,22 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
   _make_output_folders(config.output)
   result = pipeline.run()
   result.wait_until_finish()
-  return JobResult(_counter(result, 'records_read'), _counter(result, 'enriched_rows'),
+  records_read = _counter(result, 'records_read')
+  return JobResult(records_read, _counter(result, 'enriched_rows'),
                    _counter(result, 'deadletters'), time.monotonic() - started, config.output,
-                   config.window.kind)
+                   config.window.kind, _failure(records_read, resume))
+
+
+def _failure(records_read: int, resume: str) -> Optional[str]:
+  """Why the run cannot be reported as a success: a write given up, or a dead source."""
+  if faults.STOP.reason is not None:
+    return f'{faults.STOP.reason}; the job stopped: {resume}'
+  if records_read == 0:
+    for dependency in faults.Dependency.all():
+      if dependency.name.startswith('source') and not dependency.ever_ok:
+        return (f'read nothing: {dependency.name} could not be read at any poll '
+                f'(last error: {dependency.last_error})')
+  return None
 
 
 def _make_output_folders(output: str) -> None:
@@ -181,18 +207,34 @@ def check_archive(pattern: Optional[str], declared_format: Optional[str], config
                       f'{len(sample)} records of {first}')
 
 
+class _RedactPasswords(logging.Filter):
+  """Shows URI passwords in log lines (Beam's included) as ***."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    clean = redacted(message)
+    if clean != message:
+      record.msg, record.args = clean, None
+    return True
+
+
 def main(run: Callable[..., JobResult], argv=None) -> None:
   """What a `__main__` does: logging, run, summary, and one-line errors with exit 2."""
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
                       datefmt='%H:%M:%S', force=True)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_RedactPasswords())
   for noisy in ('apache_beam', 'sentence_transformers', 'transformers', 'httpx',
                 'huggingface_hub'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     result = run(argv)
   except (ConfigError, UnavailableIO) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {redacted(str(e))}', file=sys.stderr)
     sys.exit(2)
+  if result.failure:
+    print(f'error: {redacted(result.failure)}', file=sys.stderr)
+    sys.exit(1)
   print(result.summary())
   if not result.balanced and result.window_kind != 'sliding':
     sys.exit(1)

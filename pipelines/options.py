@@ -5,6 +5,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.loading import DEFAULT_MODEL, DEVICES, PRECISIONS, ModelConfig
 from transforms.eventtime import TimeParser
+from transforms.faults import DEFAULT_WRITE_RETRY_S
 from transforms.derive import DeriveSpec
 from transforms.fields import FieldMapping
 from transforms.sources import FORMATS
@@ -140,6 +141,10 @@ class OutputOptions(PipelineOptions):
                         'store in DIR/vectors), lancedb:URI, redis://HOST:PORT/DB?stream=NAME, '
                         'pubsub://projects/P/topics/T, kafka://BROKERS/TOPIC, '
                         'bq://PROJECT.DATASET.TABLE.')
+    parser.add_argument('--write_retry_timeout', type=float, default=DEFAULT_WRITE_RETRY_S,
+                        help='Seconds a failing write (disk full, Redis sink or XACK down) '
+                        'is retried with backoff before a local job stops; unacknowledged '
+                        'records stay pending for a restart.')
 
 
 class JobConfig(NamedTuple):
@@ -151,6 +156,7 @@ class JobConfig(NamedTuple):
   output: str
   derive: DeriveSpec = DeriveSpec()
   sinks: Tuple[str, ...] = ()  # validated --sink entries
+  write_retry_s: float = DEFAULT_WRITE_RETRY_S  # see transforms.faults
 
 
 def job_config(options: PipelineOptions) -> JobConfig:
@@ -174,12 +180,14 @@ def job_config(options: PipelineOptions) -> JobConfig:
     model.validate()
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  output = options.view_as(OutputOptions).output
-  if not output:
+  output_opts = options.view_as(OutputOptions)
+  if not output_opts.output:
     raise ConfigError('--output must name a folder')
-  return JobConfig(mapping, time_parser, window, model, output,
+  if not output_opts.write_retry_timeout > 0:
+    raise ConfigError('--write_retry_timeout is seconds, more than 0')
+  return JobConfig(mapping, time_parser, window, model, output_opts.output,
                    derive_spec(options.view_as(DeriveOptions), model, window),
-                   parse_sinks(options.view_as(OutputOptions).sink))
+                   parse_sinks(output_opts.sink), output_opts.write_retry_timeout)
 
 
 def parse_sinks(flag: str) -> Tuple[str, ...]:

@@ -1,6 +1,6 @@
 """Feeds an archive into a Redis Stream, for demos and tests.
 
-  python -m pipelines.produce --input ARCHIVE_GLOB --target redis://HOST:PORT/DB?stream=NAME \\
+  python -m pipelines.produce --input GLOB --target redis://[:PASSWORD@]HOST:PORT/DB?stream=NAME \\
       [--rate 40] [--retime --time_field time] [--limit N]
 
 Each record becomes one entry whose field `event` (or the address's `field`)
@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.fields import assign, parse_path
 from transforms.redis_streams import RedisStreamAddress
 from transforms.sources import read_archive
+from transforms.uri_query import redacted
 
 _CHUNK = 100
 
@@ -32,6 +33,7 @@ def produce(pattern: str, target: RedisStreamAddress, rate: float = 0.0, retime:
             time_field: str = 'time', limit: int = 0) -> int:
   """Sends the records; returns how many were sent. rate 0 sends as fast as possible."""
   client = target.client()
+  client.ping()  # a refused password or a dead server fails here, before reading anything
   time_path = parse_path(time_field)
   paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
   if not paths:
@@ -71,18 +73,24 @@ def _loads(raw: str):
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--input', required=True, help='Archive glob (JSON Lines, Parquet, CSV).')
-  parser.add_argument('--target', required=True, help='redis://HOST:PORT/DB?stream=NAME')
+  parser.add_argument('--target', required=True,
+                      help='redis://[[USER]:PASSWORD@]HOST:PORT/DB?stream=NAME (or rediss://, '
+                      'unix://)')
   parser.add_argument('--rate', type=float, default=0.0, help='Events per second; 0: no limit.')
   parser.add_argument('--retime', action='store_true', help='Stamp events with the current time.')
   parser.add_argument('--time_field', default='time', help='Where --retime writes the time.')
   parser.add_argument('--limit', type=int, default=0, help='Stop after N events; 0: all.')
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
+  import redis
   try:
     target = RedisStreamAddress.parse(args.target)
     sent = produce(args.input, target, args.rate, args.retime, args.time_field, args.limit)
-  except (ValueError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
+  except redis.AuthenticationError as e:
+    print(f'error: {redacted(args.target)} refused the user or password: {e}', file=sys.stderr)
+    sys.exit(2)
+  except (ValueError, OSError, redis.RedisError) as e:
+    print(f'error: {redacted(str(e))}', file=sys.stderr)
     sys.exit(2)
   print(f'Sent {sent} events to {target.describe()}')
 

@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launcher import JobResult, check_archive, launch, main
 from pipelines.options import ArchiveOptions, job_config
+from pipelines.preflight import check_start
 from transforms.sources import ReadArchive
 
 
@@ -23,6 +24,8 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   archive = options.view_as(ArchiveOptions)
   config = job_config(options)
   check_archive(archive.input, archive.input_format, config)
+  if test_pipeline is None:
+    check_start(options, config)
   return launch(options, config, ReadArchive(archive.input, archive.input_format),
                 test_pipeline)
 

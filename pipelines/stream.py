@@ -5,7 +5,8 @@
 
 Sources:
   synthetic://?rate=N                                the embedded stream (default), endless
-  redis://HOST:PORT/DB?stream=NAME&group=GROUP[&field=event][&consumer=NAME]
+  redis://[[USER]:PASSWORD@]HOST:PORT/DB?stream=NAME&group=GROUP[&field=event][&consumer=NAME]
+                                       (also rediss:// with TLS, unix:///PATH?db=N&...)
   file://GLOB                                        an archive read as a stream; ends at its end
   pubsub://projects/P/subscriptions/S[?timestamp_attribute=A&id_attribute=B]   (Beam's Pub/Sub IO)
   kafka://BROKERS/TOPIC?group=G[&timestamp_policy=CreateTime]                 (Beam's Kafka IO)
@@ -27,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.launcher import JobResult, launch, main
 from pipelines.options import ArchiveOptions, ConfigError, job_config
+from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
 from transforms.live_sources import DRAIN, EventTimeOf
 from transforms.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
@@ -43,7 +45,8 @@ class StreamOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     parser.add_argument('--source', default='synthetic://?rate=20',
-                        help='synthetic://?rate=N, redis://HOST:PORT/DB?stream=S&group=G, '
+                        help='synthetic://?rate=N, redis://[[USER]:PASSWORD@]HOST:PORT/DB?'
+                        'stream=S&group=G (or rediss://, unix://), '
                         'file://GLOB, pubsub://projects/P/subscriptions/S or '
                         'kafka://BROKERS/TOPIC?group=G.')
     parser.add_argument('--duration', type=float, default=0,
@@ -116,12 +119,26 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
     read = live_source(stream.source, EventTimeOf(config.mapping, config.time_parser),
                        config.window.max_out_of_orderness_s, stream.poll_interval,
                        options.view_as(ArchiveOptions).input_format)
-    after_write = _extra_steps(acknowledged_stream(stream.source))
+    acknowledged = acknowledged_stream(stream.source)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if test_pipeline is None:
+    check_start(options, config, stream.source)
   DRAIN.clear()
   _drain_on_signals(stream.duration)
-  return launch(options, config, read, test_pipeline, after_write)
+  return launch(options, config, read, test_pipeline, _extra_steps(acknowledged),
+                _resume(stream.source, acknowledged))
+
+
+def _resume(source: str, acknowledged: Optional[RedisStreamAddress]) -> str:
+  """What becomes of records not written when the job stops early."""
+  if acknowledged is not None:
+    return (f'entries not acknowledged stay pending in {acknowledged.describe()}, group '
+            f'{acknowledged.group}, and are read again on restart')
+  if source.startswith('file://'):
+    return 'a rerun writes what is missing and replaces the files it wrote'
+  return 'records read but not written are lost unless the source delivers them again'
+
 
 
 if __name__ == '__main__':

@@ -43,6 +43,10 @@ class Reader:
     """True when no record will ever come again (bounded readers)."""
     return False
 
+  def stalled(self) -> bool:
+    """True while the source cannot be reached: its silence is not idleness."""
+    return False
+
   def close(self) -> None:
     pass
 
@@ -136,7 +140,11 @@ class _LiveSourceFn(beam.DoFn):
       yield beam.window.TimestampedValue(record._replace(watermark_us=stamped),
                                          Timestamp(micros=at) if at is not None else
                                          Timestamp.now())
-    if not records:
+    if not records and self._reader.stalled():
+      # An outage: entries wait on the server, so event time has not moved.
+      # Restart the idle clock, or they would all be late once it is back.
+      self._watermark.observe(None)
+    elif not records:
       self._watermark.idle()
     if self._watermark.watermark_us is not None:
       watermark.set_watermark(Timestamp(micros=self._watermark.watermark_us))

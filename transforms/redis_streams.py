@@ -1,61 +1,27 @@
-"""Redis Streams addresses and the small client calls the job makes.
+"""Redis Streams: the consumer-group reader, the sink and the acknowledgements.
 
-`redis://HOST:PORT/DB?stream=NAME&group=GROUP&field=event&consumer=NAME`
-names a stream, the consumer group that reads it, the entry field holding
-the JSON event, and this reader's consumer name.
+Addresses (transforms.redis_urls) name a stream, the consumer group that
+reads it, the entry field holding the JSON event, and this reader's consumer
+name. Outages are ridden out (transforms.faults): the reader keeps polling
+with backoff, the sink and the acknowledgements retry for a bounded time.
 """
-import socket
-import urllib.parse
-from typing import List, NamedTuple, Optional
+import logging
+import time
+from typing import List
 
 import apache_beam as beam
 
+from transforms import faults
 from transforms.live_sources import Reader
 from transforms.records import RawRecord, decoded_record
+from transforms.redis_urls import RedisStreamAddress
 from transforms.sinks import WindowRows, enriched_records, record_json
-from transforms.uri_query import uri_query
 
 
-class RedisStreamAddress(NamedTuple):
-  host: str
-  port: int
-  db: int
-  stream: str
-  group: Optional[str] = None
-  field: str = 'event'
-  consumer: Optional[str] = None
-
-  @classmethod
-  def parse(cls, uri: str, default_stream: Optional[str] = None) -> 'RedisStreamAddress':
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme != 'redis':
-      raise ValueError(f'not a redis:// address: {uri}')
-    query = uri_query(uri)
-    unknown = set(query) - {'stream', 'group', 'field', 'consumer'}
-    if unknown:
-      raise ValueError(f'unknown parameter(s) {", ".join(sorted(unknown))} in {uri}')
-    stream = query.get('stream', default_stream)
-    if not stream:
-      raise ValueError(f'{uri} names no stream (add ?stream=NAME)')
-    path = parsed.path.strip('/')
-    try:
-      db = int(path) if path else 0
-    except ValueError:
-      raise ValueError(f'the database in {uri} must be a number') from None
-    return cls(parsed.hostname or '127.0.0.1', parsed.port or 6379, db, stream,
-               query.get('group'), query.get('field', 'event'), query.get('consumer'))
-
-  def client(self):
-    import redis
-    return redis.Redis(host=self.host, port=self.port, db=self.db,
-                       socket_connect_timeout=5, health_check_interval=30)
-
-  def consumer_name(self) -> str:
-    """This reader's name in its group: stable across restarts on one host."""
-    return self.consumer or f'{socket.gethostname()}-enrich'
-
-  def describe(self) -> str:
-    return f'redis://{self.host}:{self.port}/{self.db} stream {self.stream}'
+def _outages():
+  """The redis-py errors of a server that is down, restarting or refusing us; retried."""
+  import redis
+  return (redis.ConnectionError, redis.TimeoutError)
 
 
 class RedisStreamReader(Reader):
@@ -80,17 +46,45 @@ class RedisStreamReader(Reader):
     self._cursor = '0-0'
 
   def open(self):
-    import redis
     self._client = self._address.client()
-    try:
-      self._client.xgroup_create(self._address.stream, self._address.group, id='0',
-                                 mkstream=True)
-    except redis.ResponseError as e:
-      if 'BUSYGROUP' not in str(e):
-        raise
+    self._health = faults.Dependency.named(f'source {self._address.server()}')
+    self._backoff, self._retry_at = faults.Backoff(), 0.0
+    self._has_group = False
     self._phase, self._cursor = 'own', '0-0'
+    self._reread = set()  # entry ids re-read in the 'own' phase
+
+  def stalled(self) -> bool:
+    return self._health.down_since is not None
 
   def poll(self, max_records):
+    """The next records; [] while the server is unreachable (retried with backoff)."""
+    import redis
+    if time.monotonic() < self._retry_at:
+      return []
+    try:
+      if not self._has_group:
+        ensure_group(self._client, self._address)
+        self._has_group = True
+      records = self._poll(max_records)
+    except _outages() as e:
+      self._health.lost(faults.error_text(e))
+      self._retry_at = time.monotonic() + self._backoff.next()
+      return []
+    except redis.ResponseError as e:
+      if 'NOGROUP' not in str(e):
+        raise
+      # The server restarted without the group (no persistence): create it
+      # again and start over from this consumer's own pending entries.
+      logging.warning('%s: consumer group %s is gone; creating it again',
+                      self._address.describe(), self._address.group)
+      self._has_group, self._phase, self._cursor = False, 'own', '0-0'
+      self._reread = set()
+      return []
+    self._health.ok()
+    self._backoff.reset()
+    return records
+
+  def _poll(self, max_records):
     address = self._address
     consumer = address.consumer_name()
     if self._phase == 'own':
@@ -99,15 +93,19 @@ class RedisStreamReader(Reader):
       entries = reply[0][1] if reply else []
       if entries:
         self._cursor = entries[-1][0]
+        self._reread.update(entry_id for entry_id, _ in entries)
         return self._records(entries)
       self._phase, self._cursor = 'claim', '0-0'
     if self._phase == 'claim':
       reply = self._client.xautoclaim(address.stream, address.group, consumer,
                                       min_idle_time=self._claim_idle_ms,
                                       start_id=self._cursor, count=max_records)
-      self._cursor, entries = reply[0], reply[1]
+      self._cursor = reply[0]
+      # Re-reading its own pending entries does not reset their idle time, so
+      # XAUTOCLAIM hands them to this consumer a second time: skip those.
+      entries = [entry for entry in reply[1] if entry[0] not in self._reread]
       if self._cursor in (b'0-0', '0-0'):
-        self._phase = 'new'
+        self._phase, self._reread = 'new', set()
       if entries:
         return self._records(entries)
     reply = self._client.xreadgroup(address.group, consumer, {address.stream: '>'},
@@ -128,6 +126,16 @@ class RedisStreamReader(Reader):
       self._client.close()
 
 
+def ensure_group(client, address: RedisStreamAddress) -> None:
+  """Creates the address's consumer group (and its stream) unless it exists."""
+  import redis
+  try:
+    client.xgroup_create(address.stream, address.group, id='0', mkstream=True)
+  except redis.ResponseError as e:
+    if 'BUSYGROUP' not in str(e):
+      raise
+
+
 def entry_ids(sources, stream: str) -> List[str]:
   """The entry ids among `file:line`-style sources that belong to `stream`."""
   ids = []
@@ -139,10 +147,14 @@ def entry_ids(sources, stream: str) -> List[str]:
 
 
 class _RedisClientFn(beam.DoFn):
-  """A DoFn holding one Redis client per instance, opened in setup()."""
+  """A DoFn holding one Redis client per instance, opened in setup(); its calls ride out outages.
 
-  def __init__(self, address: RedisStreamAddress):
+  role: `source` or `sink`: outages are logged per role and server.
+  """
+
+  def __init__(self, address: RedisStreamAddress, role: str):
     self._address = address
+    self._role = role
     self._client = None
 
   def setup(self):
@@ -151,6 +163,11 @@ class _RedisClientFn(beam.DoFn):
   def teardown(self):
     if self._client is not None:
       self._client.close()
+
+  def _call(self, call, what: str):
+    """call(), retried; raises faults.WriteAbandoned when the job is stopping."""
+    return faults.retry(call, f'{self._role} {self._address.server()}',
+                        f'{what} {self._address.describe()}', _outages())
 
 
 class _AcknowledgeFn(_RedisClientFn):
@@ -161,9 +178,14 @@ class _AcknowledgeFn(_RedisClientFn):
     else:
       sources = [letter.source for letter in written.letters]
     ids = entry_ids(sources, self._address.stream)
-    if ids:
-      self._client.xack(self._address.stream, self._address.group, *ids)
-    yield len(ids)
+    try:
+      if ids:
+        self._call(lambda: self._client.xack(self._address.stream, self._address.group, *ids),
+                   'cannot acknowledge entries of')
+    except faults.WriteAbandoned:
+      pass  # left pending: a restart reads them again
+    else:
+      yield len(ids)
 
 
 class AcknowledgeRedisEntries(beam.PTransform):
@@ -179,27 +201,35 @@ class AcknowledgeRedisEntries(beam.PTransform):
     self._address = address
 
   def expand(self, written):
-    return written | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._address))
+    return written | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._address, 'source'))
 
 
 class _XaddFn(_RedisClientFn):
 
   def __init__(self, address: RedisStreamAddress, model: str):
-    super().__init__(address)
+    super().__init__(address, 'sink')
     self._model = model
 
   def process(self, batch: WindowRows):
-    pipe = self._client.pipeline(transaction=False)
-    for record in enriched_records(batch, self._model):
-      pipe.xadd(self._address.stream, {self._address.field: record_json(record)})
-    pipe.execute()
-    yield batch
+    def send():
+      pipe = self._client.pipeline(transaction=False)
+      for record in enriched_records(batch, self._model):
+        pipe.xadd(self._address.stream, {self._address.field: record_json(record)})
+      pipe.execute()
+
+    try:
+      self._call(send, 'cannot add entries to')
+    except faults.WriteAbandoned:
+      pass  # not passed on: nothing behind it is acknowledged
+    else:
+      yield batch
 
 
 class WriteRedisStream(beam.PTransform):
   """XADDs each enriched row as JSON to a Redis Stream; passes the WindowRows on.
 
   The JSON holds every Parquet column (the embedding as a list) and the derived ones.
+  A retried XADD after a lost connection may add a row twice (at least once).
   """
 
   def __init__(self, address: RedisStreamAddress, model: str):

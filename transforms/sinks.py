@@ -20,6 +20,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
 
+from transforms import faults
 
 ENRICHED_DIR = 'enriched'
 DEADLETTER_DIR = 'deadletter'
@@ -66,16 +67,33 @@ def window_label(start_us: int) -> str:
 
 
 def write_parquet(table: pa.Table, path: str) -> None:
-  """Writes a table so that readers never see a half-written file."""
+  """Writes a table so that readers never see a half-written file.
+
+  A failing write (disk full, no permission) is retried with backoff for a
+  bounded time (transforms.faults); then faults.WriteAbandoned is raised and
+  the caller passes nothing on, so nothing behind it is acknowledged.
+  """
+  faults.retry(lambda: _write_once(table, path), 'output files', f'cannot write {path}',
+               (OSError,))
+
+
+def _write_once(table: pa.Table, path: str) -> None:
   directory = path.rsplit('/', 1)[0]
   try:
     FileSystems.mkdirs(directory)
   except IOError:
     pass  # already there
   temporary = f'{directory}/.{uuid.uuid4().hex}.tmp'  # hidden from readers and globs
-  with FileSystems.create(temporary) as stream:
-    pq.write_table(table, stream, compression='zstd')
-  FileSystems.rename([temporary], [path])
+  try:
+    with FileSystems.create(temporary) as stream:
+      pq.write_table(table, stream, compression='zstd')
+    FileSystems.rename([temporary], [path])
+  except Exception:
+    try:
+      FileSystems.delete([temporary])  # a full disk needs its space back
+    except IOError:
+      pass
+    raise
 
 
 def embedding_matrix(rows) -> np.ndarray:
@@ -249,9 +267,13 @@ class _WriteWindowFn(beam.DoFn):
 
   def process(self, batch: WindowRows):
     table = enriched_table(batch.rows, batch.start_us, batch.end_us, self._model, batch.extras)
-    write_parquet(table, window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch))
-    self._written.inc(len(batch.rows))
-    yield batch
+    try:
+      write_parquet(table, window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch))
+    except faults.WriteAbandoned:
+      pass  # the job is stopping; not passed on, so never acknowledged
+    else:
+      self._written.inc(len(batch.rows))
+      yield batch
 
 
 class WriteEnrichedParquet(beam.PTransform):
@@ -288,9 +310,13 @@ class _WriteReasonFn(beam.DoFn):
   def process(self, batch: DeadLetterBatch):
     name = _content_name(letter.source for letter in batch.letters)
     path = f'{self._output_dir}/{DEADLETTER_DIR}/reason={batch.reason}/part-{name}.parquet'
-    write_parquet(deadletter_table(batch.letters), path)
-    self._written.inc(len(batch.letters))
-    yield batch
+    try:
+      write_parquet(deadletter_table(batch.letters), path)
+    except faults.WriteAbandoned:
+      pass  # the job is stopping; not passed on, so never acknowledged
+    else:
+      self._written.inc(len(batch.letters))
+      yield batch
 
 
 class GroupDeadLetters(beam.PTransform):

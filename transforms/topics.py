@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from models.vectors import unit_rows
+from transforms import faults
 from transforms.sinks import (TIMESTAMP as _TS, WindowRows, embedding_matrix, window_part_path,
                               write_parquet)
 
@@ -101,8 +102,12 @@ class _SummarizeFn(beam.DoFn):
         pa.array([topics], pa.list_(TOPIC_TYPE)),
         pa.array([sum(t['new'] for t in topics) if earlier is not None else None], pa.int32()),
     ], schema=SUMMARY_SCHEMA)
-    write_parquet(summary, window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch))
-    yield batch
+    try:
+      write_parquet(summary, window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch))
+    except faults.WriteAbandoned:
+      pass  # the job is stopping; not passed on, so never acknowledged
+    else:
+      yield batch
 
 
 class SummarizeWindows(beam.PTransform):

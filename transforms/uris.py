@@ -1,7 +1,8 @@
 """Sources and sinks by URI: each URI becomes one PTransform, here and nowhere else.
 
-Sources (live): synthetic://?rate=N[&seed=S], redis://HOST:PORT/DB?stream=S&group=G,
-file://GLOB, pubsub://projects/P/subscriptions/S, kafka://BROKERS/TOPIC?group=G.
+Sources (live): synthetic://?rate=N[&seed=S], redis://HOST:PORT/DB?stream=S&group=G
+(also rediss:// and unix://, see transforms.redis_urls), file://GLOB,
+pubsub://projects/P/subscriptions/S, kafka://BROKERS/TOPIC?group=G.
 Archives for replay are globs (transforms.sources.ReadArchive).
 Sinks beside Parquet: vectors (a LanceDB store under the output), lancedb:URI,
 redis://HOST:PORT/DB?stream=NAME, pubsub://projects/P/topics/T, kafka://BROKERS/TOPIC,
@@ -14,8 +15,9 @@ import apache_beam as beam
 from transforms.cloud_io import ReadKafka, ReadPubSub, WriteBigQuery, WriteKafka, WritePubSub
 from transforms.live_sources import ArchiveReader, ReadLive, Reader
 from transforms.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
+from transforms.redis_urls import SCHEMES as _REDIS_SCHEMES
 from transforms.synthetic import SyntheticReader
-from transforms.uri_query import uri_query
+from transforms.uri_query import redacted, uri_query
 from transforms.vector_store import VECTORS_DIR, UpsertVectors
 
 
@@ -28,15 +30,20 @@ def reader_factory(uri: str, input_format: Optional[str] = None) -> Callable[[],
     if rate <= 0:
       raise ValueError(f'{uri}: rate must be positive')
     return lambda: SyntheticReader(rate, seed)
-  if uri.startswith('redis://'):
+  if is_redis(uri):
     address = RedisStreamAddress.parse(uri)
     RedisStreamReader(address)  # checks the address here rather than on a worker
     return lambda: RedisStreamReader(address)
   if uri.startswith('file://'):
     pattern = uri[len('file://'):]
     return lambda: ArchiveReader(pattern, input_format)
-  raise ValueError(f'unknown --source {uri}: use synthetic://, redis://, file://, pubsub:// '
-                   'or kafka://')
+  raise ValueError(f'unknown --source {redacted(uri)}: use synthetic://, redis://, rediss://, '
+                   'unix://, file://, pubsub:// or kafka://')
+
+
+def is_redis(uri: str) -> bool:
+  """Whether `uri` names a Redis Stream (redis://, rediss:// or unix://)."""
+  return uri.startswith(tuple(f'{scheme}://' for scheme in _REDIS_SCHEMES))
 
 
 def live_source(uri: str, event_time_us: Callable, max_out_of_orderness_s: float,
@@ -64,7 +71,7 @@ def watermark_slack_s(uri: str, max_out_of_orderness_s: float) -> float:
 
 def acknowledged_stream(uri: str) -> Optional[RedisStreamAddress]:
   """The stream whose entries must be acknowledged after writing, if the source has one."""
-  return RedisStreamAddress.parse(uri) if uri.startswith('redis://') else None
+  return RedisStreamAddress.parse(uri) if is_redis(uri) else None
 
 
 def check_sink(uri: str) -> None:
@@ -78,7 +85,7 @@ def sink(uri: str, output_dir: str, model: str, extra_columns=()) -> beam.PTrans
   extra_columns: the derived columns the rows carry (for a table's schema).
   Raises ValueError for a bad URI.
   """
-  if uri.startswith('redis://'):
+  if is_redis(uri):
     return WriteRedisStream(RedisStreamAddress.parse(uri), model)
   if uri.startswith('pubsub://'):
     return WritePubSub(uri, model)
@@ -87,8 +94,9 @@ def sink(uri: str, output_dir: str, model: str, extra_columns=()) -> beam.PTrans
   if uri.startswith('bq://'):
     return WriteBigQuery(uri, model, extra_columns)
   if uri != 'vectors' and not uri.startswith('lancedb:'):
-    raise ValueError(f'unknown --sink {uri}: use vectors, lancedb:URI, '
-                     'redis://HOST:PORT/DB?stream=NAME, pubsub://projects/P/topics/T, '
+    raise ValueError(f'unknown --sink {redacted(uri)}: use vectors, lancedb:URI, '
+                     'redis://HOST:PORT/DB?stream=NAME (or rediss://, unix://), '
+                     'pubsub://projects/P/topics/T, '
                      'kafka://BROKERS/TOPIC or bq://PROJECT.DATASET.TABLE')
   store = f'{output_dir.rstrip("/")}/{VECTORS_DIR}' if uri == 'vectors' else uri[len('lancedb:'):]
   return UpsertVectors(store, model)
