@@ -136,7 +136,8 @@ def _make_output_folders(output: str) -> None:
         pass  # object stores have no folders
 
 
-def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig):
+def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig,
+                  csv_delimiter: str = ','):
   """Fails early when the input matches nothing or the field paths match nothing."""
   if not pattern:
     raise ConfigError('--input is required: a file glob of the archive(s) to replay')
@@ -150,7 +151,7 @@ def check_archive(pattern: Optional[str], declared_format: Optional[str], config
   try:
     format_of(first, declared_format)
     sample = []
-    for record in read_archive(first, declared_format):
+    for record in read_archive(first, declared_format, csv_delimiter):
       if record.row is not None:
         sample.append(record.row)
       elif record.decode_error is None:
@@ -171,13 +172,15 @@ def check_archive(pattern: Optional[str], declared_format: Optional[str], config
     return any(resolve(record, path) is not MISSING for record in sample)
 
   mapping = config.mapping
-  for flag, path in (('--time_field', mapping.time_path), ('--id_field', mapping.id_path)):
+  single = [('--time_field', p) for p in mapping.time_paths] + [('--id_field', mapping.id_path)]
+  for flag, path in single:
     if path is not None and not matched(path):
       raise ConfigError(f'{flag} {format_path(path)} matches nothing in the first '
                         f'{len(sample)} records of {first}')
   if not any(matched(path) for path in mapping.text_paths):
+    flag = '--text_template' if mapping.text_template is not None else '--text_field'
     paths = ','.join(format_path(p) for p in mapping.text_paths)
-    raise ConfigError(f'--text_field {paths} matches nothing in the first '
+    raise ConfigError(f'{flag} {paths} matches nothing in the first '
                       f'{len(sample)} records of {first}')
 
 

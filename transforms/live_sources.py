@@ -176,7 +176,6 @@ class EventTimeOf:
     self._time_parser = time_parser
 
   def __call__(self, record: RawRecord) -> Optional[int]:
-    from transforms.fields import resolve
     obj = record.row
     if obj is None:
       try:
@@ -186,7 +185,7 @@ class EventTimeOf:
     if not isinstance(obj, dict):
       return None
     try:
-      return self._time_parser.parse(resolve(obj, self._mapping.time_path))
+      return self._time_parser.parse(self._mapping.time_of(obj))
     except ValueError:
       return None
 
@@ -194,9 +193,11 @@ class EventTimeOf:
 class ArchiveReader(Reader):
   """Archive files (a glob) read in order as a stream; exhausted at their end."""
 
-  def __init__(self, pattern: str, input_format: Optional[str] = None):
+  def __init__(self, pattern: str, input_format: Optional[str] = None,
+               csv_delimiter: str = ','):
     self._pattern = pattern
     self._input_format = input_format
+    self._csv_delimiter = csv_delimiter
     self._records = None
     self._done = False
 
@@ -205,7 +206,7 @@ class ArchiveReader(Reader):
     from transforms.sources import read_archive
     paths = sorted(m.path for m in FileSystems.match([self._pattern])[0].metadata_list)
     self._records = (record for path in paths
-                     for record in read_archive(path, self._input_format))
+                     for record in read_archive(path, self._input_format, self._csv_delimiter))
 
   def poll(self, max_records):
     batch = list(itertools.islice(self._records, max_records))
