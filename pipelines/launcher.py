@@ -12,12 +12,15 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from models.loading import ModelConfig, threads_per_worker
+from pipelines import monitoring
 from pipelines.builder import WrittenFiles, build
+from pipelines.report import RunFacts, write_report
 from pipelines.options import ConfigError, JobConfig
 from transforms.fields import MISSING, format_path, resolve
 from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.sources import format_of, read_archive
 from transforms.cloud_io import UnavailableIO
+from transforms.instruments import CALLS, CountByReason, MeasureLatency
 
 _SAMPLE_RECORDS = 100
 
@@ -29,26 +32,33 @@ class JobResult(NamedTuple):
   seconds: float
   output: str
   window_kind: str
+  report: Optional[str] = None  # DIR/report.html
 
   @property
   def balanced(self) -> bool:
     return self.records_read == self.enriched_rows + self.deadletters
 
+  @property
+  def check(self) -> str:
+    if self.balanced:
+      return 'every record accounted for'
+    if self.window_kind == 'sliding':
+      return 'sliding windows write an event once per window it falls in'
+    return 'MISMATCH: records read differ from rows plus dead letters'
+
   def summary(self) -> str:
     rate = self.records_read / self.seconds if self.seconds else 0.0
-    if self.balanced:
-      check = 'every record accounted for'
-    elif self.window_kind == 'sliding':
-      check = 'sliding windows write an event once per window it falls in'
-    else:
-      check = 'MISMATCH: records read differ from rows plus dead letters'
-    return '\n'.join([
+    check = self.check
+    lines = [
         f'Read {self.records_read} records: {self.enriched_rows} enriched rows, '
         f'{self.deadletters} dead letters ({check}).',
         f'Took {self.seconds:.1f} s, {rate:.1f} events/s end to end.',
         f'Enriched rows: {self.output.rstrip("/")}/enriched/   '
         f'dead letters: {self.output.rstrip("/")}/deadletter/',
-    ])
+    ]
+    if self.report:
+      lines.append(f'Report: {self.report}')
+    return '\n'.join(lines)
 
 
 def _counter(result, name: str) -> int:
@@ -108,21 +118,45 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
   Args:
     after_write: adds steps behind the Parquet writes (more sinks, acknowledgements).
   """
-  started = time.monotonic()
+  started, started_at = time.monotonic(), time.time()
   if test_pipeline is None:
     logging.info('Running on %s', choose_local_runner(options))
     config = config._replace(model=share_cores(options, config.model))
-  pipeline = test_pipeline or beam.Pipeline(options=options)
-  raw_records = pipeline | 'Read records' >> read
-  written = build(raw_records, config)
-  if after_write is not None:
-    after_write(written)
-  _make_output_folders(config.output)
-  result = pipeline.run()
-  result.wait_until_finish()
-  return JobResult(_counter(result, 'records_read'), _counter(result, 'enriched_rows'),
-                   _counter(result, 'deadletters'), time.monotonic() - started, config.output,
-                   config.window.kind)
+  streaming = options.view_as(StandardOptions).streaming
+  monitor = monitoring.monitor_for(options)
+  try:
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    raw_records = pipeline | 'Read records' >> read
+    written = build(raw_records, config)
+    written = WrittenFiles(
+        written.enriched | 'Measure latency' >> MeasureLatency() if streaming
+        else written.enriched,
+        written.deadletters | 'Count dead letters' >> CountByReason())
+    if after_write is not None:
+      after_write(written)
+    _make_output_folders(config.output)
+    result = pipeline.run()
+    monitor.watch(result)
+    result.wait_until_finish()
+  finally:
+    final = monitor.stop()
+  job = JobResult(_counter(result, 'records_read'), _counter(result, 'enriched_rows'),
+                  _counter(result, 'deadletters'), time.monotonic() - started, config.output,
+                  config.window.kind)
+  entry = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+  try:
+    report = write_report(RunFacts(
+        entry if entry in ('replay', 'stream', 'demo') else 'live' if streaming else 'replay',
+        [f'python -m pipelines.{entry}' if entry in ('replay', 'stream', 'demo') else
+         sys.argv[0]] + sys.argv[1:],
+        started_at, time.time(), job.records_read, job.enriched_rows, job.deadletters,
+        job.check, job.balanced, config, final, monitor.samples,
+        [call for call in list(CALLS) if call[0] >= started_at]))
+  except Exception:  # pylint: disable=broad-except
+    # A report is a by-product: the job's output is written and counted already.
+    logging.exception('could not write the run report')
+    report = None
+  return job._replace(report=report)
 
 
 def _make_output_folders(output: str) -> None:

@@ -21,6 +21,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
+from transforms.instruments import SourceGauges
 from transforms.records import RawRecord
 
 _ENDLESS = 2**62
@@ -45,6 +46,10 @@ class Reader:
 
   def close(self) -> None:
     pass
+
+  def gauges(self) -> dict:
+    """Figures about the source to report as Beam gauges (name -> int), e.g. pending entries."""
+    return {}
 
 
 class _Unbounded(RestrictionProvider):
@@ -99,12 +104,14 @@ class _LiveSourceFn(beam.DoFn):
     self._reader = None
     self._watermark = None
     self._held = []
+    self._gauges = None
 
   def setup(self):
     self._reader = self._make_reader()
     self._reader.open()
     self._watermark = _StreamWatermark(self._max_out_of_orderness_s,
                                        idle_after_s=max(1.0, self._max_out_of_orderness_s))
+    self._gauges = SourceGauges()
 
   def teardown(self):
     if self._reader is not None:
@@ -140,6 +147,7 @@ class _LiveSourceFn(beam.DoFn):
       self._watermark.idle()
     if self._watermark.watermark_us is not None:
       watermark.set_watermark(Timestamp(micros=self._watermark.watermark_us))
+    self._gauges.update(self._watermark.watermark_us, self._reader)
     # Poll again at once only while there is a backlog; otherwise wait, so
     # that a trickle of events forms batches instead of a busy loop of ones.
     backlog = len(records) >= self._max_records
