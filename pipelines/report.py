@@ -68,7 +68,9 @@ def event_time_chart(output: str, window) -> Tuple[str, str]:
     times_e = enriched['event_time'][np.sort(first)] / 1e6
   times_d = dead['event_time'][~np.isnan(dead['event_time'])] / 1e6 if dead else np.array([])
   untimed = int(np.isnan(dead['event_time']).sum()) if dead else 0
-  both = np.concatenate([times_e, times_d])
+  # The enriched events set the range: a few very late or wrong-clock dead letters would
+  # otherwise squeeze every window into a sliver.
+  both = times_e if times_e.size else times_d
   if not both.size:
     return '', 'No event with an event time was written.'
   bin_s = window.size_s if window.kind != 'sliding' else window.period_s
@@ -78,6 +80,7 @@ def event_time_chart(output: str, window) -> Tuple[str, str]:
   edges = lo + bin_s * np.arange(int((hi - lo) // bin_s) + 2)
   counts_e = np.histogram(times_e, edges)[0]
   counts_d = np.histogram(times_d, edges)[0]
+  outside = int(times_d.size - counts_d.sum())
   span = edges[-1] - edges[0]
   svg = charts.stacked_bars(
       edges[:-1].tolist(), {'enriched': counts_e.tolist(), 'dead letters': counts_d.tolist()},
@@ -86,8 +89,14 @@ def event_time_chart(output: str, window) -> Tuple[str, str]:
   note = (f'{len(edges) - 1} bars of {_duration(bin_s)} of event time, UTC'
           + (f' ({per_bin} windows each)' if per_bin > 1 else ' (one per window)'))
   if untimed:
-    note += f'; {untimed} dead letters have no event time and are not shown here'
+    note += f'; {_letters(untimed)} without an event time, not shown here'
+  if outside:
+    note += f"; {_letters(outside)} outside the enriched events' time range, not shown"
   return svg, note
+
+
+def _letters(count: int) -> str:
+  return f'{count} dead letter' + ('' if count == 1 else 's')
 
 
 def _duration(seconds: float) -> str:
@@ -236,8 +245,8 @@ def render(facts: RunFacts) -> str:
                 f'<div class="note">{e(note)}</div></div>')
   body.append('</div><table>')
   body.extend(f'<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>' for k, v in details)
-  body.append(f'<tr><td>command</td><td><code>{e(shlex.join(facts.command))}</code></td></tr>'
-              '</table>')
+  command = f'{facts.command[0]} {shlex.join(facts.command[1:])}'
+  body.append(f'<tr><td>command</td><td><code>{e(command)}</code></td></tr></table>')
   return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
           f'<title>Run report: {e(facts.kind)} {e(_utc(facts.started_at))}</title>'
           f'<style>{_CSS}</style></head><body>' + '\n'.join(body) + '</body></html>\n')
