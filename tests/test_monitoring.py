@@ -177,3 +177,44 @@ def test_live_job_is_scraped_while_it_runs_and_balances(tmp_path):
   assert f'Report: {out}/report.html' in text
   page = (out / 'report.html').read_text()
   assert 'Throughput over the run' in page and 'Latency over the run' in page
+
+
+def exported_names() -> set:
+  """Every sample name the endpoint can serve: the job's families, cache and gauges included,
+  and the process collector's."""
+  from prometheus_client import ProcessCollector
+  every = Snapshot(0.0, {'records_read': 1, 'enriched_rows': 1, 'deadletters_no_text': 1,
+                         'embedding_cache_hits': 1, 'embedding_cache_misses': 1},
+                   {'source_watermark_ms': 1, 'source_pending': 1, 'source_lag': 1})
+  names = {name for name, _ in exposition(every)}
+  registry = CollectorRegistry()
+  ProcessCollector(registry=registry)
+  names |= {s.name for family in registry.collect() for s in family.samples}
+  return names
+
+
+def test_dashboard_is_valid_and_plots_only_exported_metrics():
+  import re
+  dashboard = json.loads((ROOT / 'monitoring' / 'grafana-dashboard.json').read_text())
+  assert dashboard['title'] and dashboard['uid'] and dashboard['schemaVersion'] >= 36
+  assert dashboard['__inputs'][0]['pluginId'] == 'prometheus'
+  panels = dashboard['panels']
+  assert len({p['id'] for p in panels}) == len(panels)
+  exported = exported_names()
+  plotted = set()
+  for panel in panels:
+    assert panel['title'] and panel['targets'] and set(panel['gridPos']) == {'x', 'y', 'w', 'h'}
+    assert panel['gridPos']['x'] + panel['gridPos']['w'] <= 24
+    for target in panel['targets']:
+      assert target['datasource']['uid'] == '${DS_PROMETHEUS}'
+      names = set(re.findall(r'\b(?:enrichment|process)_[a-z_]+\b', target['expr']))
+      assert names, target['expr']
+      plotted |= names
+  missing = plotted - exported
+  assert not missing, f'the dashboard plots metrics the job does not export: {missing}'
+  for name in ('enrichment_records_read_total', 'enrichment_rows_written_total',
+               'enrichment_deadletters_total', 'enrichment_event_latency_seconds_bucket',
+               'enrichment_watermark_lag_seconds', 'enrichment_batch_size_bucket',
+               'enrichment_inference_seconds_bucket', 'enrichment_embedding_cache_hit_ratio',
+               'enrichment_source_pending'):
+    assert name in plotted, name
