@@ -139,9 +139,11 @@ def lines(xs: Sequence[float], series: Dict[str, Sequence[Optional[float]]], y_l
   return _svg(parts, list(series), title)
 
 
-def hbars(items: Sequence[Tuple[str, float]], title: str, color: str = '#d9534f') -> str:
-  """Horizontal bars with their values, largest first."""
-  items = sorted(items, key=lambda item: -item[1])
+def hbars(items: Sequence[Tuple[str, float]], title: str, color: str = '#d9534f',
+          ordered: bool = False) -> str:
+  """Horizontal bars with their values, largest first unless `ordered`."""
+  if not ordered:
+    items = sorted(items, key=lambda item: -item[1])
   row = 22
   height = max(len(items), 1) * row + 8
   top = max((v for _, v in items), default=0) or 1

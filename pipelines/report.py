@@ -155,20 +155,34 @@ def timeline_charts(facts: RunFacts) -> List[Tuple[str, str, str]]:
                   'latency histogram; gaps: nothing written)'))
   calls = sorted(facts.calls)
   if len(out) < 2 and calls:
-    # No samples while it ran (the batch runner): the inference calls timed here.
-    ends = [0.0] + [c[0] - facts.started_at for c in calls]
-    done = np.cumsum([0] + [c[1] for c in calls]).tolist()
-    labels = charts.x_labels(0, ends[-1], lambda s: f'{s:.0f} s')
+    # No samples while it ran (the batch runner): the inference calls timed here. Texts
+    # count as embedded over their call: (start, done before), (end, done after).
+    xs, done, total = [0.0], [0], 0
+    for end, texts, seconds in calls:
+      xs += [end - seconds - facts.started_at, end - facts.started_at]
+      done += [total, total + texts]
+      total += texts
+    xs.append(facts.ended_at - facts.started_at)
+    done.append(total)
+    labels = charts.x_labels(0, xs[-1], lambda s: f'{s:.0f} s')
     if not out:
       out.append(('Throughput over the run', charts.lines(
-          ends, {'texts embedded': done}, 'texts', labels, 'throughput'),
-                  f'texts embedded since the start; the slope is the throughput: '
-                  f'{done[-1] / max(ends[-1], 1e-9):.1f} texts/s on average, model loading '
-                  'and start-up included'))
-    out.append(('Inference over the run', charts.lines(
-        ends[1:], {'seconds per call': [c[2] for c in calls]}, 'seconds', labels, 'inference'),
-                f'{len(calls)} RunInference calls of {done[-1]} texts, '
-                f'{done[-1] / max(sum(c[2] for c in calls), 1e-9):.1f} texts/s while inferring'))
+          xs, {'texts embedded': done}, 'texts', labels, 'throughput'),
+                  f'texts embedded since the start (each call counted over its duration): '
+                  f'{total / max(xs[-1], 1e-9):.1f} texts/s over the run, '
+                  f'{total / max(sum(c[2] for c in calls), 1e-9):.1f} while inferring'))
+    inferring = sum(c[2] for c in calls)
+    first_start = calls[0][0] - calls[0][2] - facts.started_at
+    after = facts.ended_at - calls[-1][0]
+    phases = [('before the first call', first_start), ('inference', inferring),
+              ('between calls', max(0.0, xs[-1] - first_start - inferring - after)),
+              ('after the last call', after)]
+    out.append(('Where the time went', charts.hbars(
+        [(name, round(s, 1)) for name, s in phases], 'time', color='#3b7dd8', ordered=True),
+                'seconds of the run: start-up, reading and model loading come before the first '
+                f'RunInference call ({len(calls)} in all), grouping windows and writing files '
+                'after the last'))
+  return out
   return out
 
 
@@ -202,8 +216,8 @@ def render(facts: RunFacts) -> str:
   if final is not None:
     buckets, _ = final.histogram('event_latency_seconds')
     if buckets[-1][1]:
-      cards.append((f'{quantile(buckets, 0.5):.2f} / {quantile(buckets, 0.95):.2f} s',
-                    'latency p50 / p95'))
+      cards.append((f'{quantile(buckets, 0.5):.3g} / {quantile(buckets, 0.95):.3g} s',
+                    'latency p50 / p95 (from histogram buckets)'))
     ratio = final.cache_hit_ratio()
     cards.append((f'{100 * ratio:.1f}%' if ratio is not None else 'n/a',
                   'embedding cache hit rate'))

@@ -161,11 +161,13 @@ def test_live_job_is_scraped_while_it_runs_and_balances(tmp_path):
       assert last['enrichment_rows_written_total'] == 150
       assert last['enrichment_deadletters_total{reason=no_text}'] == 5
       assert last['enrichment_event_latency_seconds_count'] == 150
-      assert 0 < last['enrichment_event_latency_seconds_sum'] / 150 < 60
+      assert 0 < last['enrichment_event_latency_seconds_sum'] / 150 < 600
       assert last['enrichment_batch_size_sum'] == 150  # every embedded text, once
       assert last['enrichment_inference_seconds_count'] == last['enrichment_batch_size_count']
-      assert 0 < last['enrichment_watermark_lag_seconds'] < 60
-      assert 'enrichment_source_pending' in last
+      assert 0 < last['enrichment_watermark_lag_seconds'] < 600
+      # Every entry is acknowledged once written; the source's gauge follows within seconds.
+      wait_for(lambda: up().get('enrichment_source_pending') == 0, 60, 'nothing pending')
+      assert client.xpending('events', 'enrich')['pending'] == 0
       assert 'process_resident_memory_bytes' in last
       job.send_signal(signal.SIGTERM)
       assert job.wait(120) == 0, log_path.read_text()[-3000:]

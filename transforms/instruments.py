@@ -29,7 +29,8 @@ class HistogramSpec(NamedTuple):
 
 HISTOGRAMS: Dict[str, HistogramSpec] = {
     'event_latency_seconds': HistogramSpec(
-        (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300), 1000,
+        (0.25, 0.5, 1, 2, 3, 4, 5, 6, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50, 60, 75, 90, 120,
+         150, 180, 240, 300, 600), 1000,
         'Event time to written, per enriched row (live jobs).'),
     'batch_size': HistogramSpec(
         (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096), 1,
