@@ -14,6 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import ConfigError
+from transforms import records
 from transforms.instruments import (DEADLETTERS_BY_REASON, HISTOGRAMS, NAMESPACE,
                                     SOURCE_WATERMARK_MS)
 
@@ -24,6 +25,10 @@ RENAMED = {'records_read': 'records_read', 'enriched_rows': 'rows_written',
 GAUGES = {'source_pending': 'Entries delivered to the consumer group, not yet acknowledged.',
           'source_lag': 'Entries in the stream not yet delivered to the group (Redis 7+).'}
 CACHE_HITS, CACHE_MISSES = 'embedding_cache_hits', 'embedding_cache_misses'
+# Every reason code of transforms.records is served from the start, at 0: Prometheus's
+# rate() misses the first increment of a series that appears with a value.
+REASONS = tuple(sorted(value for name, value in vars(records).items()
+                       if name.isupper() and isinstance(value, str)))
 
 
 class MonitoringOptions(PipelineOptions):
@@ -95,7 +100,9 @@ def families(snap: Snapshot):
                             counters.pop('enriched_rows', 0))
   dead = CounterMetricFamily(PREFIX + 'deadletters', 'Dead letters written, by reason.',
                              labels=['reason'])
-  for reason, value in sorted(snap.deadletters_by_reason().items()):
+  by_reason = dict.fromkeys(REASONS, 0)
+  by_reason.update(snap.deadletters_by_reason())
+  for reason, value in sorted(by_reason.items()):
     dead.add_metric([reason], value)
   yield dead
   for name, spec in HISTOGRAMS.items():

@@ -1,10 +1,13 @@
 """Prometheus metrics from the job's Beam metrics: the export, and a live job scraped while it runs."""
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -46,6 +49,7 @@ def test_export_names_and_histograms():
   assert got[('enrichment_rows_written_total', ())] == 7
   assert got[('enrichment_deadletters_total', (('reason', 'no_text'),))] == 2
   assert got[('enrichment_deadletters_total', (('reason', 'late'),))] == 1
+  assert got[('enrichment_deadletters_total', (('reason', 'bad_time'),))] == 0  # known, at 0
   assert got[('enrichment_events_embedded_total', ())] == 7  # other counters, generically
   # Cumulative buckets from per-bucket counters; the sum in its unit.
   assert got[('enrichment_batch_size_bucket', (('le', '1.0'),))] == 1
@@ -126,12 +130,54 @@ def push(client, count, start, bad=0):
     client.xadd('events', {'event': json.dumps({'id': f'b{start}-{n}', 'time': now})})
 
 
+@contextlib.contextmanager
+def prometheus_scraping(target_port, folder):
+  """A real Prometheus server scraping the job each second, where one is installed
+  (Debian package prometheus); yields a PromQL query function, or None without one."""
+  binary = shutil.which('prometheus')
+  if binary is None:
+    yield None
+    return
+  port = free_port()
+  config = folder / 'prometheus.yml'
+  config.write_text('global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: enrichment\n'
+                    f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n")
+  server = subprocess.Popen([binary, f'--config.file={config}',
+                             f'--storage.tsdb.path={folder / "tsdb"}',
+                             f'--web.listen-address=127.0.0.1:{port}'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+  def query(expr):
+    url = f'http://127.0.0.1:{port}/api/v1/query?' + urllib.parse.urlencode({'query': expr})
+    with urllib.request.urlopen(url, timeout=10) as reply:
+      answer = json.load(reply)
+    assert answer['status'] == 'success', (expr, answer)
+    return answer['data']['result']
+  try:
+    yield query
+  finally:
+    server.terminate()
+    server.wait(30)
+
+
+def check_dashboard_queries(query):
+  """Every query of the dashboard evaluates; all but the cache's (no cache here) find series."""
+  dashboard = json.loads((ROOT / 'monitoring' / 'grafana-dashboard.json').read_text())
+  for panel in dashboard['panels']:
+    for target in panel['targets']:
+      if 'cache' in target['expr']:
+        query(target['expr'])
+      else:  # rates need two scrapes of a series
+        wait_for(lambda: query(target['expr']), 20, f'{panel["title"]}: {target["expr"]}')
+
+
 @pytest.mark.e2e
 def test_live_job_is_scraped_while_it_runs_and_balances(tmp_path):
   port = free_port()
   url = f'http://127.0.0.1:{port}/metrics'
   out, log_path = tmp_path / 'out', tmp_path / 'job.log'
-  with redis_server() as server, open(log_path, 'w') as log:
+  with redis_server() as server, open(log_path, 'w') as log, \
+      prometheus_scraping(port, tmp_path) as prometheus:
     client = redis.Redis.from_url(server)
     job = subprocess.Popen(
         [sys.executable, '-m', 'pipelines.stream', '--source',
@@ -168,6 +214,8 @@ def test_live_job_is_scraped_while_it_runs_and_balances(tmp_path):
       # Every entry is acknowledged once written; the source's gauge follows within seconds.
       wait_for(lambda: up().get('enrichment_source_pending') == 0, 60, 'nothing pending')
       assert client.xpending('events', 'enrich')['pending'] == 0
+      if prometheus is not None:
+        check_dashboard_queries(prometheus)
       assert 'process_resident_memory_bytes' in last
       job.send_signal(signal.SIGTERM)
       assert job.wait(120) == 0, log_path.read_text()[-3000:]
