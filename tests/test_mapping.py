@@ -180,3 +180,13 @@ def test_template_with_text_field_is_one_line_exit_2(tmp_path):
   assert done.returncode == 2
   assert done.stderr.strip().splitlines() == [
       'error: --text_template and --text_field exclude each other; give one']
+
+
+def test_file_source_reads_csv_with_the_delimiter(tmp_path):
+  from transforms.uris import reader_factory
+  write_log(tmp_path)
+  reader = reader_factory(f'file://{tmp_path}/*.csv', None, ';')()
+  reader.open()
+  records = reader.poll(10)
+  assert [rec.row['id'] for rec in records] == list(EXPECTED)
+  assert reader.exhausted()
