@@ -8,13 +8,12 @@ from typing import Callable, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from models.loading import ModelConfig, threads_per_worker
 from pipelines import monitoring
 from pipelines.builder import WrittenFiles, build
-from pipelines.report import RunFacts, write_report
+from pipelines.report import RunFacts, invocation, write_report
 from pipelines.options import ConfigError, JobConfig
 from transforms.fields import MISSING, format_path, resolve
 from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
@@ -62,13 +61,7 @@ class JobResult(NamedTuple):
 
 
 def _counter(result, name: str) -> int:
-  found = result.metrics().query(
-      MetricsFilter().with_namespace('enrichment').with_name(name))['counters']
-  total = 0
-  for counter in found:
-    value = counter.committed if counter.committed is not None else counter.attempted
-    total += value or 0
-  return total
+  return monitoring.snapshot(result).counters.get(name, 0)
 
 
 def choose_local_runner(options: PipelineOptions) -> str:
@@ -140,23 +133,26 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
     result.wait_until_finish()
   finally:
     final = monitor.stop()
-  job = JobResult(_counter(result, 'records_read'), _counter(result, 'enriched_rows'),
-                  _counter(result, 'deadletters'), time.monotonic() - started, config.output,
+  counts = final.counters
+  job = JobResult(counts.get('records_read', 0), counts.get('enriched_rows', 0),
+                  counts.get('deadletters', 0), time.monotonic() - started, config.output,
                   config.window.kind)
-  entry = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+  return job._replace(report=_write_report(job, config, streaming, started_at, final,
+                                           monitor.samples))
+
+
+def _write_report(job: JobResult, config: JobConfig, streaming: bool, started_at: float,
+                  final, samples) -> Optional[str]:
+  kind, command = invocation(streaming)
   try:
-    report = write_report(RunFacts(
-        entry if entry in ('replay', 'stream', 'demo') else 'live' if streaming else 'replay',
-        [f'python -m pipelines.{entry}' if entry in ('replay', 'stream', 'demo') else
-         sys.argv[0]] + sys.argv[1:],
-        started_at, time.time(), job.records_read, job.enriched_rows, job.deadletters,
-        job.check, job.balanced, config, final, monitor.samples,
+    return write_report(RunFacts(
+        kind, command, started_at, time.time(), job.records_read, job.enriched_rows,
+        job.deadletters, job.check, job.balanced, config, final, samples,
         [call for call in list(CALLS) if call[0] >= started_at]))
   except Exception:  # pylint: disable=broad-except
     # A report is a by-product: the job's output is written and counted already.
     logging.exception('could not write the run report')
-    report = None
-  return job._replace(report=report)
+    return None
 
 
 def _make_output_folders(output: str) -> None:

@@ -203,13 +203,13 @@ class RunMonitor:
     self._stop.set()
     if self._sampler is not None:
       self._sampler.join(timeout=5)
-    final = None
-    if self._collector.result is not None:
-      self._take_sample()
-      final = self.samples[-1] if self.samples else None
     if self._server is not None:
       self._server.shutdown()
       self._server.server_close()
+    if self._collector.result is None:
+      return None
+    final = snapshot(self._collector.result)
+    self.samples.append(final)
     return final
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shlex
+import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -269,6 +270,14 @@ def render(facts: RunFacts) -> str:
 def _utc(seconds: float) -> str:
   return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
       '%Y-%m-%d %H:%M:%S UTC')
+
+
+def invocation(streaming: bool) -> Tuple[str, List[str]]:
+  """(kind, command line) of this process, the entry points spelled as `python -m`."""
+  entry = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+  if entry in ('replay', 'stream', 'demo'):
+    return entry, [f'python -m pipelines.{entry}'] + sys.argv[1:]
+  return 'live' if streaming else 'replay', list(sys.argv)
 
 
 def write_report(facts: RunFacts) -> Optional[str]:
