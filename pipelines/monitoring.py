@@ -8,7 +8,8 @@ same snapshots, taken each second, make the run report's timeline.
 import logging
 import threading
 import time
-from typing import Dict, List, NamedTuple, Optional
+import math
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -70,6 +71,22 @@ class Snapshot(NamedTuple):
 
 
 EMPTY = Snapshot(0.0, {}, {})
+
+
+def quantile(buckets: Sequence[Tuple[float, int]], q: float) -> Optional[float]:
+  """A quantile from cumulative histogram buckets, interpolated linearly within a bucket."""
+  total = buckets[-1][1] if buckets else 0
+  if not total:
+    return None
+  rank, below, lower = q * total, 0, 0.0
+  for bound, cumulative in buckets:
+    if cumulative >= rank:
+      if math.isinf(bound):
+        return lower  # beyond the last bound: its lower edge is all that is known
+      inside = cumulative - below
+      return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+    below, lower = cumulative, bound
+  return lower
 
 
 def snapshot(result) -> Snapshot:

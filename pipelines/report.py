@@ -18,6 +18,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from pipelines import charts
+from pipelines.monitoring import quantile
 
 REPORT_NAME = 'report.html'
 _MAX_BINS = 120
@@ -106,22 +107,6 @@ def _duration(seconds: float) -> str:
   return f'{seconds / 60:g} min' if seconds >= 60 and seconds % 60 == 0 else f'{seconds:g} s'
 
 
-def quantile(buckets: Sequence[Tuple[float, int]], q: float) -> Optional[float]:
-  """A quantile from cumulative histogram buckets, interpolated linearly within a bucket."""
-  total = buckets[-1][1] if buckets else 0
-  if not total:
-    return None
-  rank, below, lower = q * total, 0, 0.0
-  for bound, cumulative in buckets:
-    if cumulative >= rank:
-      if math.isinf(bound):
-        return lower  # beyond the last bound: its lower edge is all that is known
-      inside = cumulative - below
-      return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
-    below, lower = cumulative, bound
-  return lower
-
-
 def _delta(now, before, name):
   buckets_now, _ = now.histogram(name)
   buckets_before, _ = before.histogram(name)
@@ -175,9 +160,15 @@ def timeline_charts(facts: RunFacts) -> List[Tuple[str, str, str]]:
     inferring = sum(c[2] for c in calls)
     first_start = calls[0][0] - calls[0][2] - facts.started_at
     after = facts.ended_at - calls[-1][0]
-    phases = [('before the first call', first_start), ('inference', inferring),
+    phases = [('before the first call', max(0.0, first_start)), ('inference', inferring),
               ('between calls', max(0.0, xs[-1] - first_start - inferring - after)),
-              ('after the last call', after)]
+              ('after the last call', max(0.0, after))]
+    if len(calls) >= 3:
+      out.append(('Inference latency over the run', charts.lines(
+          [c[0] - facts.started_at for c in calls], {'seconds per call': [c[2] for c in calls]},
+          'seconds', labels, 'inference latency'),
+                  f'each of {len(calls)} RunInference calls, at its end (an archive\'s event '
+                  'times are not now, so event latency means nothing in a replay)'))
     out.append(('Where the time went', charts.hbars(
         [(name, round(s, 1)) for name, s in phases], 'time', color='#3b7dd8', ordered=True),
                 'seconds of the run: start-up, reading and model loading come before the first '
