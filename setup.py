@@ -22,6 +22,7 @@ setuptools.setup(
         'pyarrow>=15',
         'numpy>=1.26',
         'redis>=5',  # Redis Streams source and sink (XAUTOCLAIM needs a 6.2+ server)
+        'prometheus_client>=0.17',  # --metrics_port (start_http_server returns its server)
     ],
     extras_require={
         'test': ['pytest>=8'],

@@ -8,16 +8,18 @@ from typing import Callable, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from models.loading import ModelConfig, threads_per_worker
+from pipelines import monitoring
+from pipelines.report import RunFacts, invocation, write_report
 from pipelines.options import ConfigError, JobConfig
 from transforms import faults
 from transforms.fields import MISSING, format_path, resolve
 from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.sources import format_of, read_archive
 from transforms.cloud_io import UnavailableIO
+from transforms.instruments import CALLS, CountByReason, MeasureLatency
 from transforms.uri_query import redacted
 
 _SAMPLE_RECORDS = 100
@@ -31,36 +33,37 @@ class JobResult(NamedTuple):
   output: str
   window_kind: str
   failure: Optional[str] = None  # why the job stopped early or read nothing (see faults)
+  report: Optional[str] = None  # DIR/report.html
 
   @property
   def balanced(self) -> bool:
     return self.records_read == self.enriched_rows + self.deadletters
 
+  @property
+  def check(self) -> str:
+    if self.balanced:
+      return 'every record accounted for'
+    if self.window_kind == 'sliding':
+      return 'sliding windows write an event once per window it falls in'
+    return 'MISMATCH: records read differ from rows plus dead letters'
+
   def summary(self) -> str:
     rate = self.records_read / self.seconds if self.seconds else 0.0
-    if self.balanced:
-      check = 'every record accounted for'
-    elif self.window_kind == 'sliding':
-      check = 'sliding windows write an event once per window it falls in'
-    else:
-      check = 'MISMATCH: records read differ from rows plus dead letters'
-    return '\n'.join([
+    check = self.check
+    lines = [
         f'Read {self.records_read} records: {self.enriched_rows} enriched rows, '
         f'{self.deadletters} dead letters ({check}).',
         f'Took {self.seconds:.1f} s, {rate:.1f} events/s end to end.',
         f'Enriched rows: {self.output.rstrip("/")}/enriched/   '
         f'dead letters: {self.output.rstrip("/")}/deadletter/',
-    ])
+    ]
+    if self.report:
+      lines.append(f'Report: {self.report}')
+    return '\n'.join(lines)
 
 
 def _counter(result, name: str) -> int:
-  found = result.metrics().query(
-      MetricsFilter().with_namespace('enrichment').with_name(name))['counters']
-  total = 0
-  for counter in found:
-    value = counter.committed if counter.committed is not None else counter.attempted
-    total += value or 0
-  return total
+  return monitoring.snapshot(result).counters.get(name, 0)
 
 
 def choose_local_runner(options: PipelineOptions) -> str:
@@ -116,8 +119,8 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
     resume: what happens to unwritten records after a stop, for the stop line.
   """
   # Imported here, after the start checks: it pulls in torch, seconds of start-up.
-  from pipelines.builder import build
-  started = time.monotonic()
+  from pipelines.builder import WrittenFiles, build
+  started, started_at = time.monotonic(), time.time()
   local = False
   if test_pipeline is None:
     logging.info('Running on %s', choose_local_runner(options))
@@ -125,18 +128,31 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
     from pipelines.preflight import runs_locally
     local = runs_locally(options)
   faults.reset(local, config.write_retry_s)
-  pipeline = test_pipeline or beam.Pipeline(options=options)
-  raw_records = pipeline | 'Read records' >> read
-  written = build(raw_records, config)
-  if after_write is not None:
-    after_write(written)
-  _make_output_folders(config.output)
-  result = pipeline.run()
-  result.wait_until_finish()
-  records_read = _counter(result, 'records_read')
-  return JobResult(records_read, _counter(result, 'enriched_rows'),
-                   _counter(result, 'deadletters'), time.monotonic() - started, config.output,
-                   config.window.kind, _failure(records_read, resume))
+  streaming = options.view_as(StandardOptions).streaming
+  monitor = monitoring.monitor_for(options)
+  try:
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    raw_records = pipeline | 'Read records' >> read
+    written = build(raw_records, config)
+    written = WrittenFiles(
+        written.enriched | 'Measure latency' >> MeasureLatency() if streaming
+        else written.enriched,
+        written.deadletters | 'Count dead letters' >> CountByReason())
+    if after_write is not None:
+      after_write(written)
+    _make_output_folders(config.output)
+    result = pipeline.run()
+    monitor.watch(result)
+    result.wait_until_finish()
+  finally:
+    final = monitor.stop()
+  counts = final.counters
+  records_read = counts.get('records_read', 0)
+  job = JobResult(records_read, counts.get('enriched_rows', 0),
+                  counts.get('deadletters', 0), time.monotonic() - started, config.output,
+                  config.window.kind, _failure(records_read, resume))
+  return job._replace(report=_write_report(job, config, streaming, started_at, final,
+                                           monitor.samples))
 
 
 def _failure(records_read: int, resume: str) -> Optional[str]:
@@ -151,6 +167,20 @@ def _failure(records_read: int, resume: str) -> Optional[str]:
   return None
 
 
+def _write_report(job: JobResult, config: JobConfig, streaming: bool, started_at: float,
+                  final, samples) -> Optional[str]:
+  kind, command = invocation(streaming)
+  try:
+    return write_report(RunFacts(
+        kind, command, started_at, time.time(), job.records_read, job.enriched_rows,
+        job.deadletters, job.check, job.balanced, config, final, samples,
+        [call for call in list(CALLS) if call[0] >= started_at]))
+  except Exception:  # pylint: disable=broad-except
+    # A report is a by-product: the job's output is written and counted already.
+    logging.exception('could not write the run report')
+    return None
+
+
 def _make_output_folders(output: str) -> None:
   """Both folders exist after a run, even when one stays empty, so readers need no special case."""
   for sub in (ENRICHED_DIR, DEADLETTER_DIR):
@@ -162,7 +192,8 @@ def _make_output_folders(output: str) -> None:
         pass  # object stores have no folders
 
 
-def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig):
+def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig,
+                  csv_delimiter: str = ','):
   """Fails early when the input matches nothing or the field paths match nothing."""
   if not pattern:
     raise ConfigError('--input is required: a file glob of the archive(s) to replay')
@@ -176,7 +207,7 @@ def check_archive(pattern: Optional[str], declared_format: Optional[str], config
   try:
     format_of(first, declared_format)
     sample = []
-    for record in read_archive(first, declared_format):
+    for record in read_archive(first, declared_format, csv_delimiter):
       if record.row is not None:
         sample.append(record.row)
       elif record.decode_error is None:
@@ -197,13 +228,15 @@ def check_archive(pattern: Optional[str], declared_format: Optional[str], config
     return any(resolve(record, path) is not MISSING for record in sample)
 
   mapping = config.mapping
-  for flag, path in (('--time_field', mapping.time_path), ('--id_field', mapping.id_path)):
+  single = [('--time_field', p) for p in mapping.time_paths] + [('--id_field', mapping.id_path)]
+  for flag, path in single:
     if path is not None and not matched(path):
       raise ConfigError(f'{flag} {format_path(path)} matches nothing in the first '
                         f'{len(sample)} records of {first}')
   if not any(matched(path) for path in mapping.text_paths):
+    flag = '--text_template' if mapping.text_template is not None else '--text_field'
     paths = ','.join(format_path(p) for p in mapping.text_paths)
-    raise ConfigError(f'--text_field {paths} matches nothing in the first '
+    raise ConfigError(f'{flag} {paths} matches nothing in the first '
                       f'{len(sample)} records of {first}')
 
 

@@ -29,6 +29,9 @@ class ArchiveOptions(PipelineOptions):
     parser.add_argument('--input', help='File glob of the archive(s) to replay.')
     parser.add_argument('--input_format', default=None,
                         help=f"One of {', '.join(FORMATS)}; by default taken from the extension.")
+    parser.add_argument('--csv_delimiter', default=',',
+                        help='The CSV field delimiter (one character; \\t for a tab). CSV '
+                        'files need a header row; every value is read as a string.')
 
 
 class MappingOptions(PipelineOptions):
@@ -39,10 +42,15 @@ class MappingOptions(PipelineOptions):
     parser.add_argument('--id_field', default=None,
                         help='Dotted path to the event id; without it ids are derived '
                         'from the record.')
-    parser.add_argument('--time_field', default='time', help='Dotted path to the event time.')
-    parser.add_argument('--text_field', default='text',
+    parser.add_argument('--time_field', default='time',
+                        help='Dotted path to the event time; A+B joins the values of several '
+                        'paths with one space (Date+Time) before parsing.')
+    parser.add_argument('--text_field', default=None,
                         help='Dotted path(s) to the text, comma-separated; the first '
-                        'non-blank string wins.')
+                        'non-blank string wins (default: text).')
+    parser.add_argument('--text_template', default=None,
+                        help="The text built from paths, e.g. '{repo.name}: {payload.title}'; "
+                        'a missing or non-string value renders empty. Excludes --text_field.')
     parser.add_argument('--time_format', default=None,
                         help='strptime format of the time; default ISO-8601 or epoch s/ms.')
     parser.add_argument('--timezone', default='UTC', help='Zone of times without an offset.')
@@ -166,7 +174,7 @@ def job_config(options: PipelineOptions) -> JobConfig:
   model_opts = options.view_as(ModelOptions)
   try:
     mapping = FieldMapping.from_flags(mapping_opts.id_field, mapping_opts.time_field,
-                                      mapping_opts.text_field)
+                                      mapping_opts.text_field, mapping_opts.text_template)
     time_parser = TimeParser(mapping_opts.time_format, mapping_opts.timezone)
     window = WindowSpec(window_opts.window_size, window_opts.window_period,
                         window_opts.session_gap, window_opts.allowed_lateness,
@@ -188,6 +196,16 @@ def job_config(options: PipelineOptions) -> JobConfig:
   return JobConfig(mapping, time_parser, window, model, output_opts.output,
                    derive_spec(options.view_as(DeriveOptions), model, window),
                    parse_sinks(output_opts.sink), output_opts.write_retry_timeout)
+
+
+def csv_delimiter(options: PipelineOptions) -> str:
+  """The validated --csv_delimiter (`\\t` spelled out means a tab)."""
+  delimiter = options.view_as(ArchiveOptions).csv_delimiter
+  delimiter = '\t' if delimiter in ('\\t', 'tab') else delimiter
+  if len(delimiter) != 1 or delimiter in '"\r\n':
+    raise ConfigError(f'--csv_delimiter must be one character other than a quote or newline, '
+                      f'not {delimiter!r}')
+  return delimiter
 
 
 def parse_sinks(flag: str) -> Tuple[str, ...]:

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launcher import JobResult, check_archive, launch, main
-from pipelines.options import ArchiveOptions, job_config
+from pipelines.options import ArchiveOptions, csv_delimiter, job_config
 from pipelines.preflight import check_start
 from transforms.sources import ReadArchive
 
@@ -23,10 +23,11 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   options = PipelineOptions(argv)
   archive = options.view_as(ArchiveOptions)
   config = job_config(options)
-  check_archive(archive.input, archive.input_format, config)
+  delimiter = csv_delimiter(options)
+  check_archive(archive.input, archive.input_format, config, delimiter)
   if test_pipeline is None:
     check_start(options, config)
-  return launch(options, config, ReadArchive(archive.input, archive.input_format),
+  return launch(options, config, ReadArchive(archive.input, archive.input_format, delimiter),
                 test_pipeline)
 
 

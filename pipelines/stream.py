@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.launcher import JobResult, launch, main
-from pipelines.options import ArchiveOptions, ConfigError, job_config
+from pipelines.options import ArchiveOptions, ConfigError, csv_delimiter, job_config
 from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
 from transforms.live_sources import DRAIN, EventTimeOf
@@ -118,7 +118,7 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   try:
     read = live_source(stream.source, EventTimeOf(config.mapping, config.time_parser),
                        config.window.max_out_of_orderness_s, stream.poll_interval,
-                       options.view_as(ArchiveOptions).input_format)
+                       options.view_as(ArchiveOptions).input_format, csv_delimiter(options))
     acknowledged = acknowledged_stream(stream.source)
   except ValueError as e:
     raise ConfigError(str(e)) from None

@@ -1,10 +1,11 @@
 """Embedding: prepare the text, RunInference, and split results from failures."""
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
 from models.handler import InferenceFailure
+from transforms.instruments import MeasuredKeyedHandler
 from transforms import records as r
 from transforms.parse import DEADLETTER
 
@@ -47,7 +48,7 @@ class EmbedEvents(beam.PTransform):
     outputs = (
         events
         | 'Key by event' >> beam.Map(lambda event: (event, event.text))
-        | 'Embed text' >> RunInference(KeyedModelHandler(self._model_handler))
+        | 'Embed text' >> RunInference(MeasuredKeyedHandler(self._model_handler))
         | 'Split failures' >> beam.ParDo(_SplitResultsFn()).with_outputs(
             DEADLETTER, main='embedded'))
     return outputs.embedded, outputs[DEADLETTER]

@@ -68,31 +68,90 @@ class FieldMapping(NamedTuple):
 
   Attributes:
     id_path: path to the id, or None to derive ids from the records.
-    time_path: path to the event time.
-    text_paths: candidate paths to the text; the first non-blank string wins.
+    time_path: path to the event time (its first part when it is joined).
+    text_paths: candidate paths to the text; the first non-blank string wins
+      (with a template: the template's paths).
+    more_time_paths: further parts of a joined time (`--time_field Date+Time`).
+    text_template: a transforms.template.TextTemplate that builds the text
+      instead of text_paths choosing it.
   """
   id_path: Optional[Path]
   time_path: Path
   text_paths: Tuple[Path, ...]
+  more_time_paths: Tuple[Path, ...] = ()
+  text_template: Any = None
 
   @classmethod
-  def from_flags(cls, id_field: Optional[str], time_field: str,
-                 text_field: str) -> 'FieldMapping':
-    """Builds a mapping from the command-line spellings (comma-separated text paths)."""
-    text_paths = tuple(parse_path(p) for p in text_field.split(',') if p.strip())
+  def from_flags(cls, id_field: Optional[str], time_field: str, text_field: Optional[str],
+                 text_template: Optional[str] = None) -> 'FieldMapping':
+    """Builds a mapping from the command-line spellings.
+
+    text_field: comma-separated paths (None: `text`); time_field: one path or
+    several joined with `+`; text_template: exclusive with text_field.
+    """
+    template = None
+    if text_template is not None:
+      if text_field is not None:
+        raise ValueError('--text_template and --text_field exclude each other; give one')
+      from transforms.template import TextTemplate
+      template = TextTemplate.parse(text_template)
+      text_paths = template.paths
+    else:
+      text_paths = tuple(parse_path(p) for p in (text_field or 'text').split(',') if p.strip())
     if not text_paths:
       raise ValueError('--text_field needs at least one path')
+    time_paths = tuple(parse_path(p) for p in time_field.split('+'))
     return cls(
         id_path=parse_path(id_field) if id_field else None,
-        time_path=parse_path(time_field),
-        text_paths=text_paths)
+        time_path=time_paths[0],
+        text_paths=text_paths,
+        more_time_paths=time_paths[1:],
+        text_template=template)
+
+  @property
+  def time_paths(self) -> Tuple[Path, ...]:
+    return (self.time_path,) + tuple(self.more_time_paths)
+
+  def time_of(self, record: Any) -> Any:
+    """The raw event time: the value at time_path, or the parts joined by one space.
+
+    MISSING when any part is missing, null or blank.
+    """
+    if not self.more_time_paths:
+      value = resolve(record, self.time_path)
+      return MISSING if value is None else value
+    parts = []
+    for path in self.time_paths:
+      value = resolve(record, path)
+      if value is MISSING or value is None or isinstance(value, (dict, list)):
+        return MISSING
+      part = str(value).strip()
+      if not part:
+        return MISSING
+      parts.append(part)
+    return ' '.join(parts)
+
+  def text_of(self, record: Any) -> Optional[str]:
+    """The text to embed, or None when there is none."""
+    if self.text_template is not None:
+      return self.text_template.render(record)
+    return pick_text(record, self.text_paths)
+
+  def describe_time(self) -> str:
+    return '+'.join(format_path(p) for p in self.time_paths)
+
+  def describe_text(self) -> str:
+    if self.text_template is not None:
+      return f'template {self.text_template.spelling!r}'
+    return ', '.join(format_path(p) for p in self.text_paths)
 
   def paths(self) -> Sequence[Tuple[str, Path]]:
     """(flag name, path) for every configured path, for validation messages."""
-    named = [('--time_field', self.time_path)]
+    named = [('--time_field', p) for p in self.time_paths]
     if self.id_path is not None:
       named.append(('--id_field', self.id_path))
-    named.extend(('--text_field', p) for p in self.text_paths)
+    flag = '--text_template' if self.text_template is not None else '--text_field'
+    named.extend((flag, p) for p in self.text_paths)
     return named
 
 

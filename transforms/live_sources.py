@@ -21,6 +21,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
+from transforms.instruments import SourceGauges
 from transforms.records import RawRecord
 
 _ENDLESS = 2**62
@@ -49,6 +50,10 @@ class Reader:
 
   def close(self) -> None:
     pass
+
+  def gauges(self) -> dict:
+    """Figures about the source to report as Beam gauges (name -> int), e.g. pending entries."""
+    return {}
 
 
 class _Unbounded(RestrictionProvider):
@@ -103,12 +108,14 @@ class _LiveSourceFn(beam.DoFn):
     self._reader = None
     self._watermark = None
     self._held = []
+    self._gauges = None
 
   def setup(self):
     self._reader = self._make_reader()
     self._reader.open()
     self._watermark = _StreamWatermark(self._max_out_of_orderness_s,
                                        idle_after_s=max(1.0, self._max_out_of_orderness_s))
+    self._gauges = SourceGauges()
 
   def teardown(self):
     if self._reader is not None:
@@ -148,6 +155,7 @@ class _LiveSourceFn(beam.DoFn):
       self._watermark.idle()
     if self._watermark.watermark_us is not None:
       watermark.set_watermark(Timestamp(micros=self._watermark.watermark_us))
+    self._gauges.update(self._watermark.watermark_us, self._reader)
     # Poll again at once only while there is a backlog; otherwise wait, so
     # that a trickle of events forms batches instead of a busy loop of ones.
     backlog = len(records) >= self._max_records
@@ -184,7 +192,6 @@ class EventTimeOf:
     self._time_parser = time_parser
 
   def __call__(self, record: RawRecord) -> Optional[int]:
-    from transforms.fields import resolve
     obj = record.row
     if obj is None:
       try:
@@ -194,7 +201,7 @@ class EventTimeOf:
     if not isinstance(obj, dict):
       return None
     try:
-      return self._time_parser.parse(resolve(obj, self._mapping.time_path))
+      return self._time_parser.parse(self._mapping.time_of(obj))
     except ValueError:
       return None
 
@@ -202,9 +209,11 @@ class EventTimeOf:
 class ArchiveReader(Reader):
   """Archive files (a glob) read in order as a stream; exhausted at their end."""
 
-  def __init__(self, pattern: str, input_format: Optional[str] = None):
+  def __init__(self, pattern: str, input_format: Optional[str] = None,
+               csv_delimiter: str = ','):
     self._pattern = pattern
     self._input_format = input_format
+    self._csv_delimiter = csv_delimiter
     self._records = None
     self._done = False
 
@@ -213,7 +222,7 @@ class ArchiveReader(Reader):
     from transforms.sources import read_archive
     paths = sorted(m.path for m in FileSystems.match([self._pattern])[0].metadata_list)
     self._records = (record for path in paths
-                     for record in read_archive(path, self._input_format))
+                     for record in read_archive(path, self._input_format, self._csv_delimiter))
 
   def poll(self, max_records):
     batch = list(itertools.islice(self._records, max_records))

@@ -7,7 +7,7 @@ from apache_beam.metrics import Metrics
 
 from transforms import records as r
 from transforms.eventtime import TimeParser
-from transforms.fields import MISSING, FieldMapping, format_path, derive_id, pick_text, resolve
+from transforms.fields import MISSING, FieldMapping, format_path, derive_id, resolve
 
 DEADLETTER = 'deadletter'
 
@@ -46,18 +46,17 @@ def parse_record(record: r.RawRecord, mapping: FieldMapping,
   if event_id is None:
     event_id = derive_id(record.stream, record.position, record.raw)
 
-  time_value = resolve(obj, mapping.time_path)
-  if time_value is MISSING or time_value is None:
-    return dead(r.NO_TIME, f'no value at {format_path(mapping.time_path)}', id=event_id)
+  time_value = mapping.time_of(obj)
+  if time_value is MISSING:
+    return dead(r.NO_TIME, f'no value at {mapping.describe_time()}', id=event_id)
   try:
     event_time_us = time_parser.parse(time_value)
   except ValueError as e:
     return dead(r.BAD_TIME, str(e), id=event_id)
 
-  text = pick_text(obj, mapping.text_paths)
+  text = mapping.text_of(obj)
   if text is None:
-    paths = ', '.join(format_path(p) for p in mapping.text_paths)
-    return dead(r.NO_TEXT, f'no non-blank string at {paths}',
+    return dead(r.NO_TEXT, f'no non-blank string at {mapping.describe_text()}',
                 id=event_id, event_time_us=event_time_us)
   return r.Event(event_id, event_time_us, text, record.source, record.stream, record.raw,
                  record.watermark_us)

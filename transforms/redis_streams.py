@@ -121,6 +121,20 @@ class RedisStreamReader(Reader):
                                     entry_id))
     return records
 
+  def gauges(self):
+    """source_pending: entries delivered to the group, not yet acknowledged; source_lag:
+    entries not yet delivered (Redis 7+)."""
+    import redis
+    try:
+      groups = self._client.xinfo_groups(self._address.stream)
+    except redis.RedisError:
+      return {}  # an outage is the reader's to report, not the gauges'
+    for group in groups:
+      name = group.get('name')
+      if (name.decode() if isinstance(name, bytes) else name) == self._address.group:
+        return {'source_pending': group.get('pending'), 'source_lag': group.get('lag')}
+    return {}
+
   def close(self):
     if self._client is not None:
       self._client.close()

@@ -50,9 +50,18 @@ def read_jsonl(stream, path: str) -> Iterator[RawRecord]:
     yield decoded_record(line.rstrip(b'\r\n'), path, number)
 
 
-def read_csv(stream, path: str) -> Iterator[RawRecord]:
-  lines = (line.decode('utf-8') for line in iter(stream.readline, b''))
-  reader = csv.DictReader(lines)
+def _csv_lines(stream) -> Iterator[str]:
+  """Lines with their endings kept, as csv wants them (a quoted field may span lines,
+  CRLF or LF); a leading byte-order mark (spreadsheet exports) is dropped."""
+  first = True
+  for line in iter(stream.readline, b''):
+    yield line.decode('utf-8-sig' if first else 'utf-8')
+    first = False
+
+
+def read_csv(stream, path: str, delimiter: str = ',') -> Iterator[RawRecord]:
+  """Rows of a CSV file with a header row, every value a string (ids keep leading zeros)."""
+  reader = csv.DictReader(_csv_lines(stream), delimiter=delimiter)
   number = 0
   try:
     for number, row in enumerate(reader, start=1):
@@ -75,7 +84,8 @@ def read_parquet(stream, path: str, batch_rows: int = 4096) -> Iterator[RawRecor
 _READERS = {'jsonl': read_jsonl, 'csv': read_csv, 'parquet': read_parquet}
 
 
-def read_archive(path: str, declared_format: Optional[str] = None) -> Iterator[RawRecord]:
+def read_archive(path: str, declared_format: Optional[str] = None,
+                 csv_delimiter: str = ',') -> Iterator[RawRecord]:
   """Yields every record of one archive file, in order."""
   archive_format = format_of(path, declared_format)
   # Parquet compresses inside the file; everything else decompresses by extension.
@@ -83,16 +93,20 @@ def read_archive(path: str, declared_format: Optional[str] = None) -> Iterator[R
                  else CompressionTypes.AUTO)
   reader = _READERS[archive_format]
   with FileSystems.open(path, compression_type=compression) as stream:
-    yield from reader(stream, path)
+    if archive_format == 'csv':
+      yield from read_csv(stream, path, csv_delimiter)
+    else:
+      yield from reader(stream, path)
 
 
 class _ReadFileFn(beam.DoFn):
 
-  def __init__(self, declared_format: Optional[str]):
+  def __init__(self, declared_format: Optional[str], csv_delimiter: str):
     self._declared_format = declared_format
+    self._csv_delimiter = csv_delimiter
 
   def process(self, metadata):
-    yield from read_archive(metadata.path, self._declared_format)
+    yield from read_archive(metadata.path, self._declared_format, self._csv_delimiter)
 
 
 class ReadArchive(beam.PTransform):
@@ -101,14 +115,17 @@ class ReadArchive(beam.PTransform):
   Args:
     pattern: a file glob, local or on any Beam filesystem (gs://, s3://, ...).
     input_format: 'jsonl', 'parquet' or 'csv'; None decides by extension.
+    csv_delimiter: the CSV field delimiter.
   """
 
-  def __init__(self, pattern: str, input_format: Optional[str] = None):
+  def __init__(self, pattern: str, input_format: Optional[str] = None,
+               csv_delimiter: str = ','):
     super().__init__()
     self._pattern = pattern
     self._input_format = input_format
+    self._csv_delimiter = csv_delimiter
 
   def expand(self, pbegin):
     return (pbegin
             | 'Match files' >> fileio.MatchFiles(self._pattern)
-            | 'Read records' >> beam.ParDo(_ReadFileFn(self._input_format)))
+            | 'Read records' >> beam.ParDo(_ReadFileFn(self._input_format, self._csv_delimiter)))

@@ -21,7 +21,8 @@ from transforms.uri_query import redacted, uri_query
 from transforms.vector_store import VECTORS_DIR, UpsertVectors
 
 
-def reader_factory(uri: str, input_format: Optional[str] = None) -> Callable[[], Reader]:
+def reader_factory(uri: str, input_format: Optional[str] = None,
+                   csv_delimiter: str = ',') -> Callable[[], Reader]:
   """What a live source polls, built on the worker; raises ValueError for a bad URI."""
   if uri.startswith('synthetic://'):
     query = uri_query(uri)
@@ -36,7 +37,7 @@ def reader_factory(uri: str, input_format: Optional[str] = None) -> Callable[[],
     return lambda: RedisStreamReader(address)
   if uri.startswith('file://'):
     pattern = uri[len('file://'):]
-    return lambda: ArchiveReader(pattern, input_format)
+    return lambda: ArchiveReader(pattern, input_format, csv_delimiter)
   raise ValueError(f'unknown --source {redacted(uri)}: use synthetic://, redis://, rediss://, '
                    'unix://, file://, pubsub:// or kafka://')
 
@@ -47,13 +48,14 @@ def is_redis(uri: str) -> bool:
 
 
 def live_source(uri: str, event_time_us: Callable, max_out_of_orderness_s: float,
-                poll_interval_s: float, input_format: Optional[str] = None) -> beam.PTransform:
+                poll_interval_s: float, input_format: Optional[str] = None,
+                csv_delimiter: str = ',') -> beam.PTransform:
   """The unbounded read for a source URI."""
   if uri.startswith('pubsub://'):
     return ReadPubSub(uri, max_out_of_orderness_s)
   if uri.startswith('kafka://'):
     return ReadKafka(uri, max_out_of_orderness_s)
-  return ReadLive(reader_factory(uri, input_format), event_time_us, max_out_of_orderness_s,
+  return ReadLive(reader_factory(uri, input_format, csv_delimiter), event_time_us, max_out_of_orderness_s,
                   poll_interval_s)
 
 

@@ -1,0 +1,241 @@
+"""Live metrics: the job's Beam metrics served in the Prometheus text format.
+
+Beam metrics stay the one source of truth (on Flink or Dataflow they reach the
+runner's own monitoring); locally `--metrics_port` serves them at /metrics,
+read from the running pipeline's PipelineResult.metrics() on each scrape. The
+same snapshots, taken each second, make the run report's timeline.
+"""
+import logging
+import threading
+import time
+import math
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.options import ConfigError
+from transforms import records
+from transforms.instruments import (DEADLETTERS_BY_REASON, HISTOGRAMS, NAMESPACE,
+                                    SOURCE_WATERMARK_MS)
+
+PREFIX = 'enrichment_'
+# Beam counter -> exported counter (without _total), for the names dashboards rely on.
+RENAMED = {'records_read': 'records_read', 'enriched_rows': 'rows_written',
+           'deadletters': None}  # the total is the sum of enrichment_deadletters_total{reason}
+GAUGES = {'source_pending': 'Entries delivered to the consumer group, not yet acknowledged.',
+          'source_lag': 'Entries in the stream not yet delivered to the group (Redis 7+).'}
+CACHE_HITS, CACHE_MISSES = 'embedding_cache_hits', 'embedding_cache_misses'
+# Every reason code of transforms.records is served from the start, at 0: Prometheus's
+# rate() misses the first increment of a series that appears with a value.
+REASONS = tuple(sorted(value for name, value in vars(records).items()
+                       if name.isupper() and isinstance(value, str)))
+
+
+class MonitoringOptions(PipelineOptions):
+  """Where live metrics are served."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument('--metrics_port', type=int, default=None,
+                        help='Serve Prometheus metrics at http://ADDRESS:PORT/metrics while '
+                        'the job runs.')
+    parser.add_argument('--metrics_address', default='127.0.0.1',
+                        help='Address the metrics endpoint binds (0.0.0.0: every interface).')
+
+
+class Snapshot(NamedTuple):
+  """The job's metrics at one moment: counters summed over steps, gauges' latest values."""
+  taken_at: float  # epoch seconds
+  counters: Dict[str, int]
+  gauges: Dict[str, int]
+
+  def histogram(self, name: str):
+    """(cumulative [(upper bound, count)] ending at +Inf, sum) of one of HISTOGRAMS."""
+    spec = HISTOGRAMS[name]
+    total, buckets = 0, []
+    for i, bound in enumerate(spec.bounds + (float('inf'),)):
+      total += self.counters.get(f'{name}_bucket_{i}', 0)
+      buckets.append((bound, total))
+    return buckets, self.counters.get(f'{name}_sum', 0) / spec.scale
+
+  def deadletters_by_reason(self) -> Dict[str, int]:
+    return {name[len(DEADLETTERS_BY_REASON):]: value for name, value in self.counters.items()
+            if name.startswith(DEADLETTERS_BY_REASON)}
+
+  def cache_hit_ratio(self) -> Optional[float]:
+    hits, misses = self.counters.get(CACHE_HITS), self.counters.get(CACHE_MISSES)
+    if hits is None and misses is None or not (hits or 0) + (misses or 0):
+      return None
+    return (hits or 0) / ((hits or 0) + (misses or 0))
+
+
+EMPTY = Snapshot(0.0, {}, {})
+
+
+def quantile(buckets: Sequence[Tuple[float, int]], q: float) -> Optional[float]:
+  """A quantile from cumulative histogram buckets, interpolated linearly within a bucket."""
+  total = buckets[-1][1] if buckets else 0
+  if not total:
+    return None
+  rank, below, lower = q * total, 0, 0.0
+  for bound, cumulative in buckets:
+    if cumulative >= rank:
+      if math.isinf(bound):
+        return lower  # beyond the last bound: its lower edge is all that is known
+      inside = cumulative - below
+      return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+    below, lower = cumulative, bound
+  return lower
+
+
+def snapshot(result) -> Snapshot:
+  """Reads the job's metrics from a (running or finished) PipelineResult."""
+  found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+  counters: Dict[str, int] = {}
+  for counter in found['counters']:
+    value = counter.committed if counter.committed is not None else counter.attempted
+    counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + (value or 0)
+  gauges, stamps = {}, {}
+  for gauge in found['gauges']:
+    data = gauge.committed if gauge.committed is not None else gauge.attempted
+    name = gauge.key.metric.name
+    if data is not None and data.value is not None and (
+        name not in stamps or data.timestamp >= stamps[name]):
+      gauges[name], stamps[name] = data.value, data.timestamp
+  return Snapshot(time.time(), counters, gauges)
+
+
+def families(snap: Snapshot):
+  """The Prometheus metric families of one snapshot."""
+  from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                      HistogramMetricFamily)
+  counters = dict(snap.counters)
+  yield CounterMetricFamily(PREFIX + 'records_read', 'Records read from the source.',
+                            counters.pop('records_read', 0))
+  yield CounterMetricFamily(PREFIX + 'rows_written', 'Enriched rows written (Parquet).',
+                            counters.pop('enriched_rows', 0))
+  dead = CounterMetricFamily(PREFIX + 'deadletters', 'Dead letters written, by reason.',
+                             labels=['reason'])
+  by_reason = dict.fromkeys(REASONS, 0)
+  by_reason.update(snap.deadletters_by_reason())
+  for reason, value in sorted(by_reason.items()):
+    dead.add_metric([reason], value)
+  yield dead
+  for name, spec in HISTOGRAMS.items():
+    buckets, total = snap.histogram(name)
+    yield HistogramMetricFamily(
+        PREFIX + name, spec.help, sum_value=total,
+        buckets=[('+Inf' if b == float('inf') else repr(float(b)), n) for b, n in buckets])
+  watermark_ms = snap.gauges.get(SOURCE_WATERMARK_MS)
+  if watermark_ms is not None:
+    yield GaugeMetricFamily(PREFIX + 'watermark_lag_seconds',
+                            "Processing clock minus the source's watermark.",
+                            snap.taken_at - watermark_ms / 1000)
+  for name, help_text in GAUGES.items():
+    if name in snap.gauges:
+      yield GaugeMetricFamily(PREFIX + name, help_text, snap.gauges[name])
+  ratio = snap.cache_hit_ratio()
+  if ratio is not None:
+    yield GaugeMetricFamily(PREFIX + 'embedding_cache_hit_ratio',
+                            'Embedding cache hits over lookups since the start.', ratio)
+  # Every other counter of the job, e.g. embedding_cache_hits, events_embedded.
+  histogram_parts = tuple(f'{name}_' for name in HISTOGRAMS)
+  for name, value in sorted(counters.items()):
+    if name not in RENAMED and not name.startswith(histogram_parts + (DEADLETTERS_BY_REASON,)):
+      yield CounterMetricFamily(PREFIX + name, f'Beam counter {NAMESPACE}/{name}.', value)
+
+
+class _BeamCollector:
+  """A prometheus_client collector that reads the watched PipelineResult on each scrape."""
+
+  def __init__(self):
+    self.result = None
+
+  def collect(self):
+    snap = EMPTY._replace(taken_at=time.time())
+    if self.result is not None:
+      try:
+        snap = snapshot(self.result)
+      except Exception:  # pylint: disable=broad-except
+        logging.exception('could not read the job metrics')
+    yield from families(snap)
+
+
+class RunMonitor:
+  """Serves /metrics (with --metrics_port) and samples the metrics each second for the report."""
+
+  def __init__(self, port: Optional[int] = None, address: str = '127.0.0.1',
+               sample_every_s: float = 1.0):
+    self.samples: List[Snapshot] = []
+    self._collector = _BeamCollector()
+    self._every_s = sample_every_s
+    self._stop = threading.Event()
+    self._sampler = None
+    self._server = None
+    self.url = None
+    if port is not None:
+      self._serve(port, address)
+
+  @classmethod
+  def from_options(cls, options: PipelineOptions) -> 'RunMonitor':
+    opts = options.view_as(MonitoringOptions)
+    if opts.metrics_port is not None and not 0 <= opts.metrics_port <= 65535:
+      raise ConfigError(f'--metrics_port {opts.metrics_port} is not a port (0-65535)')
+    return cls(opts.metrics_port, opts.metrics_address)
+
+  def _serve(self, port: int, address: str) -> None:
+    from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(self._collector)
+    ProcessCollector(registry=registry)
+    try:
+      self._server, _ = start_http_server(port, address, registry=registry)
+    except OSError as e:
+      raise ConfigError(f'--metrics_port {port}: cannot listen on {address}: '
+                        f'{e.strerror or e}') from None
+    host, bound = self._server.server_address[:2]
+    self.url = f'http://{host}:{bound}/metrics'
+    logging.info('Prometheus metrics at %s', self.url)
+
+  def watch(self, result) -> None:
+    """Reads metrics from `result` from now on (scrapes, and a sample each second)."""
+    self._collector.result = result
+    self._sampler = threading.Thread(target=self._sample_loop, name='metrics-sampler',
+                                     daemon=True)
+    self._sampler.start()
+
+  def _sample_loop(self):
+    while not self._stop.wait(self._every_s):
+      self._take_sample()
+
+  def _take_sample(self):
+    try:
+      self.samples.append(snapshot(self._collector.result))
+    except Exception:  # pylint: disable=broad-except
+      logging.debug('metrics sample failed', exc_info=True)
+
+  def stop(self) -> Optional[Snapshot]:
+    """Stops sampling and serving; returns the final snapshot (None when nothing was watched)."""
+    self._stop.set()
+    if self._sampler is not None:
+      self._sampler.join(timeout=5)
+    if self._server is not None:
+      self._server.shutdown()
+      self._server.server_close()
+    if self._collector.result is None:
+      return None
+    final = snapshot(self._collector.result)
+    self.samples.append(final)
+    return final
+
+
+def monitor_for(options: PipelineOptions) -> RunMonitor:
+  """The run's monitor; refuses --metrics_port where metrics exist only at the end."""
+  from apache_beam.options.pipeline_options import StandardOptions
+  opts = options.view_as(MonitoringOptions)
+  runner = (options.view_as(StandardOptions).runner or '').lower()
+  if opts.metrics_port is not None and runner == 'fnapirunner':
+    raise ConfigError('--metrics_port serves live jobs (python -m pipelines.stream): the batch '
+                      "runner reports metrics only at the end; see the run's report.html")
+  return RunMonitor.from_options(options)
