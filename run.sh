@@ -48,8 +48,8 @@ browser() {
     return 0
   fi
   echo "Installing chromium for the report screenshot test (best effort) ..." >&2
-  if ! (timeout 900 apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-        timeout 900 apt-get install -y -qq chromium) >/dev/null 2>&1; then
+  if ! (timeout 240 apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        timeout 240 apt-get install -y -qq chromium) >/dev/null 2>&1; then
     echo "chromium could not be installed; the screenshot test will be skipped" >&2
   fi
 }
