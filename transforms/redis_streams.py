@@ -12,7 +12,8 @@ import apache_beam as beam
 
 from transforms.live_sources import Reader
 from transforms.records import RawRecord, decoded_record
-from transforms.sinks import WindowRows, enriched_records, record_json
+from transforms.formats import enriched_records, record_json
+from transforms.records import WindowRows
 from transforms.uri_query import uri_query
 
 

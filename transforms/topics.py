@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from models.vectors import unit_rows
-from transforms.sinks import (TIMESTAMP as _TS, WindowRows, embedding_matrix, window_part_path,
-                              write_parquet)
+from transforms.records import WindowRows
+from transforms.sinks import TIMESTAMP as _TS, embedding_matrix, window_part_path, write_parquet
 
 WINDOWS_DIR = 'windows'
 TOPIC_TYPE = pa.struct([
