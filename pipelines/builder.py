@@ -50,19 +50,21 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
   events, unparsable = raw_records | 'Parse events' >> ParseEvents(
       config.mapping, config.time_parser)
   on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
-  timed = on_time | 'Assign event time' >> AssignEventTime()
   if streaming:
     # Batches must stay inside windows while the watermark moves: a batch of
     # the global window is emitted at its end, which no watermark hold covers.
-    windowed, failed = (timed
+    windowed, failed = (on_time
+                        | 'Assign event time' >> AssignEventTime()
                         | 'Window events' >> WindowEvents(config.window)
                         | 'Embed events' >> EmbedEvents(handler))
-  else:
+  elif per_stream(config, streaming):
     # Bounded input: batch across windows, so batches fill even when windows
-    # are small, and a sliding window's copies share one inference.
-    embedded, failed = timed | 'Embed events' >> EmbedEvents(handler)
-    windowed = embedded if per_stream(config, streaming) else (
-        embedded | 'Window events' >> WindowEvents(config.window))
+    # are small, and a sliding window's copies share one inference. Batching
+    # drops timestamps; the per-stream collector windows rows by event time.
+    windowed, failed = on_time | 'Embed events' >> EmbedEvents(handler, stamp=False)
+  else:
+    embedded, failed = on_time | 'Embed events' >> EmbedEvents(handler)
+    windowed = embedded | 'Window events' >> WindowEvents(config.window)
   deadletters = (unparsable, late, failed) | 'Collect dead letters' >> CollectDeadLetters()
   return EnrichmentOutputs(windowed, deadletters)
 
