@@ -22,6 +22,7 @@ SUMMARY_SCHEMA = pa.schema([
     ('window_start', _TS),
     ('window_end', _TS),
     ('pane', pa.int32()),
+    ('part', pa.string()),  # the enriched file summarised: DIR/enriched/window=START/PART
     ('events', pa.int32()),
     ('deadletters', pa.int32()),  # with an event time in the window, late ones excepted
     ('duplicates', pa.int32()),
@@ -90,10 +91,12 @@ class _SummarizeFn(beam.DoFn):
                 if row.event.event_time_us >= batch.start_us - self._horizon_us]
       earlier = embedding_matrix(recent) if recent else np.zeros((0, 1), np.float32)
     topics = window_topics(texts, embeddings, labels, self._distance, earlier=earlier)
+    path = window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch)
     summary = pa.table([
         pa.array([batch.start_us], pa.int64()).cast(_TS),
         pa.array([batch.end_us], pa.int64()).cast(_TS),
         pa.array([batch.pane], pa.int32()),
+        pa.array([path.rsplit('/', 1)[1]], pa.string()),
         pa.array([len(batch.rows)], pa.int32()),
         pa.array([batch.deadletters], pa.int32()),
         pa.array([sum(d is not None for d in extras.get('duplicate_of', ()))], pa.int32()),
@@ -101,12 +104,18 @@ class _SummarizeFn(beam.DoFn):
         pa.array([topics], pa.list_(TOPIC_TYPE)),
         pa.array([sum(t['new'] for t in topics) if earlier is not None else None], pa.int32()),
     ], schema=SUMMARY_SCHEMA)
-    write_parquet(summary, window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch))
+    write_parquet(summary, path)
     yield batch
 
 
 class SummarizeWindows(beam.PTransform):
-  """Writes one summary per window firing to DIR/windows/window=START/part-PANE.parquet."""
+  """Writes one summary per window file to DIR/windows/window=START/PART, named as the
+  enriched file it summarises (DIR/enriched/window=START/PART).
+
+  With several writers of one output (consumers of one group), a window holds one
+  enriched file per writer and so one summary per writer: each is partial, over
+  that writer's rows; counts add up across a window's summaries, topics do not merge.
+  """
 
   def __init__(self, output_dir: str, distance: float, horizon_s: float = 0.0):
     super().__init__()
