@@ -95,6 +95,7 @@ def main(argv=None):
   parser.add_argument('--replay', action='store_true', help='replay memory instead of live')
   parser.add_argument('--sizes', default='10000,0', help='replay: events per run, 0 = all')
   parser.add_argument('--input', default=None, help='replay: the archive (default: shared)')
+  parser.add_argument('--results', default=None, help='folder for the JSON (default: results/)')
   parser.add_argument('--tree', action='append', default=[],
                       help='replay: also measure another checkout (benchmarks.plumbing)')
   parser.add_argument('--generate', type=int, default=0,
@@ -102,9 +103,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.replay:
     result = replay_memory(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    folder = pathlib.Path(args.results) if args.results else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
     name = f'memory-replay{"-" + str(args.generate) if args.generate else ""}.json'
-    (RESULTS / name).write_text(json.dumps(result, indent=2) + '\n')
+    (folder / name).write_text(json.dumps(result, indent=2) + '\n')
     return
   with tempfile.TemporaryDirectory() as folder:
     job = subprocess.Popen(

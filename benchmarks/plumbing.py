@@ -142,6 +142,7 @@ def _parse(argv):
   parser.add_argument('--tree', action='append', default=[],
                       help='another checkout to run side by side (repeatable)')
   parser.add_argument('--label', default='')
+  parser.add_argument('--results', default=None, help='folder for the JSON (default: results/)')
   parser.add_argument('--profile', default=None, help='cProfile the job into this file')
   parser.add_argument('--check', action='store_true',
                       help='also compare the rows each tree writes (all columns, file names aside)')
@@ -189,9 +190,10 @@ def main(argv=None):
             f'first {args.limit} lines of {args.input or DEFAULT_INPUT}',
             'dimensions': args.dimensions, 'flags': args.flags, 'rounds': args.rounds,
             'results': table, 'identical_rows': identical, 'runs': runs}
-  RESULTS.mkdir(parents=True, exist_ok=True)
+  folder = pathlib.Path(args.results) if args.results else RESULTS
+  folder.mkdir(parents=True, exist_ok=True)
   name = f'plumbing{"-" + args.label if args.label else ""}.json'
-  (RESULTS / name).write_text(json.dumps(result, indent=2) + '\n')
+  (folder / name).write_text(json.dumps(result, indent=2) + '\n')
 
 
 def _same_rows(trees, archive, common, folder) -> bool:
