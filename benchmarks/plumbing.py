@@ -92,14 +92,18 @@ def _worker(args) -> dict:
     pipeline = beam.Pipeline(options=options)
     build(pipeline | 'Read records' >> ReadArchive(args.input), config,
           ZeroCostHandler(config.model))
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    result.wait_until_finish()
     seconds = time.perf_counter() - started
+    # The job's own peak, before anything reads its output back.
+    peak_rss_mb = _peak_rss_mb()
     if profiler is not None:
       profiler.disable()
       profiler.dump_stats(args.profile)
-    import pyarrow.dataset as ds
-    rows = ds.dataset(f'{out}/enriched', format='parquet', partitioning='hive').count_rows()
-  return {'events': rows, 'seconds': seconds, 'peak_rss_mb': _peak_rss_mb()}
+    from apache_beam.metrics.metric import MetricsFilter
+    rows = sum(c.committed or 0 for c in result.metrics().query(
+        MetricsFilter().with_namespace('enrichment').with_name('enriched_rows'))['counters'])
+  return {'events': rows, 'seconds': seconds, 'peak_rss_mb': peak_rss_mb}
 
 
 def _texts(path: str) -> list:
