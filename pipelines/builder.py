@@ -15,16 +15,19 @@ from pipelines.options import JobConfig
 from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents
-from transforms.records import LATE
-from transforms.sinks import (CollectDeadLetters, DeadLetterMark, GroupDeadLetters,
-                              GroupWindows, WriteDeadLetters, WriteEnrichedParquet)
+from transforms.grouping import collect_windows, per_stream
+from transforms.records import LATE, DeadLetterMark
+from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, WriteDeadLetters,
+                              WriteEnrichedParquet)
 from transforms.topics import SummarizeWindows
 from transforms.uris import sink
 from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
 
 
 class EnrichmentOutputs(NamedTuple):
-  enriched: beam.PCollection  # Embedded, windowed by event time
+  # Embedded, windowed by event time; on bounded input collected per stream
+  # (transforms.grouping.per_stream), only timestamped: the collector windows them.
+  enriched: beam.PCollection
   deadletters: beam.PCollection  # DeadLetter, global window
 
 
@@ -43,20 +46,24 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
     model_handler: replaces the sentence-transformers handler (tests use a fake).
   """
   handler = model_handler or SentenceTransformerHandler(config.model)
+  streaming = raw_records.pipeline.options.view_as(StandardOptions).streaming
   events, unparsable = raw_records | 'Parse events' >> ParseEvents(
       config.mapping, config.time_parser)
   on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
-  timed = on_time | 'Assign event time' >> AssignEventTime()
-  if raw_records.pipeline.options.view_as(StandardOptions).streaming:
+  if streaming:
     # Batches must stay inside windows while the watermark moves: a batch of
     # the global window is emitted at its end, which no watermark hold covers.
-    windowed, failed = (timed
+    windowed, failed = (on_time
+                        | 'Assign event time' >> AssignEventTime()
                         | 'Window events' >> WindowEvents(config.window)
                         | 'Embed events' >> EmbedEvents(handler))
-  else:
+  elif per_stream(config, streaming):
     # Bounded input: batch across windows, so batches fill even when windows
-    # are small, and a sliding window's copies share one inference.
-    embedded, failed = timed | 'Embed events' >> EmbedEvents(handler)
+    # are small, and a sliding window's copies share one inference. Batching
+    # drops timestamps; the per-stream collector windows rows by event time.
+    windowed, failed = on_time | 'Embed events' >> EmbedEvents(handler, stamp=False)
+  else:
+    embedded, failed = on_time | 'Embed events' >> EmbedEvents(handler)
     windowed = embedded | 'Window events' >> WindowEvents(config.window)
   deadletters = (unparsable, late, failed) | 'Collect dead letters' >> CollectDeadLetters()
   return EnrichmentOutputs(windowed, deadletters)
@@ -75,8 +82,8 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
              | 'Mark dead letters' >> beam.Map(
                  lambda d: TimestampedValue(DeadLetterMark(d.reason), d.event_time_us / 1e6))
              | 'Window dead letters' >> WindowEvents(config.window))
-  windows = outputs.enriched | 'Group windows' >> GroupWindows(
-      derive.lookback_s, WindowEvents(config.window), marks)
+  streaming = outputs.enriched.pipeline.options.view_as(StandardOptions).streaming
+  windows = collect_windows(outputs.enriched, config, marks, streaming)
   if derive.label_index is not None or derive.dedup_threshold is not None:
     windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()

@@ -175,6 +175,9 @@ def _write_report(job: JobResult, config: JobConfig, streaming: bool, started_at
         kind, command, started_at, time.time(), job.records_read, job.enriched_rows,
         job.deadletters, job.check, job.balanced, config, final, samples,
         [call for call in list(CALLS) if call[0] >= started_at]))
+  except OSError as e:  # a full disk or a read-only folder: the run's own error says more
+    logging.warning('could not write the run report: %s', e)
+    return None
   except Exception:  # pylint: disable=broad-except
     # A report is a by-product: the job's output is written and counted already.
     logging.exception('could not write the run report')

@@ -46,7 +46,10 @@ def _read_times(folder: str, columns: List[str]) -> Optional[Dict[str, np.ndarra
   import pyarrow.dataset as ds
   if not os.path.isdir(folder) or not any(os.scandir(folder)):
     return None
-  table = ds.dataset(folder, format='parquet', partitioning='hive').to_table(columns=columns)
+  dataset = ds.dataset(folder, format='parquet', partitioning='hive')
+  if not set(columns) <= set(dataset.schema.names):
+    return None  # folders but no file yet (e.g. a run stopped by a full disk)
+  table = dataset.to_table(columns=columns)
   out = {}
   for name in columns:
     column = table.column(name)

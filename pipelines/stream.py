@@ -32,7 +32,7 @@ from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
 from transforms.live_sources import DRAIN, EventTimeOf
 from transforms.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
-from transforms.sinks import WindowRows
+from transforms.records import WindowRows
 from transforms.uris import acknowledged_stream, live_source, watermark_slack_s
 
 _STREAM_DEFAULTS = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',

@@ -25,3 +25,29 @@ def test_throughput_benchmark_writes_ratios_and_the_machine(tmp_path):
   assert results['bare@fp32']['e2e_ratio'] == 1.0
   assert all(r['e2e_events_per_s'] > 0 and 'steady_ratio' in r for r in results.values())
   assert 'cores' in record['machine'] and record['machine'].count(',') >= 3  # CPU and its units
+
+
+def test_plumbing_benchmark_compares_trees_and_their_rows(tmp_path):
+  # This checkout against itself: the comparison path runs, and its rows must agree.
+  done = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.plumbing', '--input', str(ARCHIVE), '--limit', '300',
+       '--rounds', '1', '--tree', str(ROOT), '--check', '--results', str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = json.loads((tmp_path / 'plumbing.json').read_text())
+  assert record['identical_rows'] is True and record['dimensions'] == 384
+  assert set(record['results']) == {'this tree', str(ROOT), 'bare encode'}
+  assert all(r['events'] == 300 and r['events_per_s'] > 0 for r in record['results'].values())
+  assert record['machine'].count(',') >= 3  # the CPU and its vector units
+
+
+def test_replay_memory_benchmark_reports_growth_per_event(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.memory', '--replay', '--input', str(ARCHIVE),
+       '--sizes', '100,300', '--results', str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = json.loads((tmp_path / 'memory-replay.json').read_text())
+  runs = record['trees']['this tree']['runs']
+  assert [run['events'] for run in runs] == [100, 300] and all(r['peak_rss_mb'] > 0 for r in runs)
+  assert 'growth_kb_per_event' in record['trees']['this tree']

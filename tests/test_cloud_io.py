@@ -25,7 +25,9 @@ from transforms.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, ReadKafka
                                  pubsub_messages)
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
-from transforms.sinks import GroupWindows, WindowRows, enriched_records
+from transforms.formats import enriched_records
+from transforms.grouping import GroupWindows
+from transforms.records import WindowRows
 from transforms.uris import live_source, sink, watermark_slack_s
 from transforms.windowing import WindowSpec
 

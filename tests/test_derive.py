@@ -13,7 +13,7 @@ from pipelines.options import DEFAULT_DEDUP_THRESHOLD
 from tests.runners import batch_pipeline
 from transforms.derive import DeriveFromEmbeddings, DeriveSpec, near_duplicates
 from transforms.records import Embedded, Event
-from transforms.sinks import WindowRows
+from transforms.records import WindowRows
 
 DATA = pathlib.Path(__file__).parent / 'data'
 

@@ -30,7 +30,7 @@ def server():
 def wiki_lines(tmp_path_factory, wiki_archive):
   path = tmp_path_factory.mktemp('events') / 'wiki.jsonl'
   with gzip.open(wiki_archive, 'rt', encoding='utf-8') as source:
-    path.write_text(''.join(itertools.islice(source, 2000)))
+    path.write_text(''.join(itertools.islice(source, 2400)))  # a minute at 40/s
   return path
 
 
@@ -191,3 +191,59 @@ def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_pa
   assert len(results[0][0]) == 8
   assert len(results[0][2]) == 5  # five windows hold on-time events
   assert [row for row in results[0][0] if row[3]] == [('e1', 0.0, 'payments', 'e0')]
+
+
+def _run_consumers(url, lines, out, tmp_path, jobs, seconds, rate=40):
+  """`jobs` live jobs in one consumer group write one output folder while a producer
+  sends `rate` events/s for `seconds`; returns the produced entry ids and the job logs."""
+  logs = [tmp_path / f'c{n}.log' for n in range(1, jobs + 1)]
+  running = []
+  try:
+    for n, log_path in enumerate(logs, start=1):
+      with open(log_path, 'w') as log:
+        running.append(python('pipelines.stream', '--source',
+                              f'{url}?stream=events&group=enrich&consumer=c{n}',
+                              '--output', str(out), '--topics', *WIKI, log=log))
+    produce(url, lines, '--rate', str(rate), '--retime', '--limit', str(rate * seconds))
+    client = redis.Redis.from_url(url)
+    wait_for(lambda: client.xpending('events', 'enrich')['pending'] == 0 and
+             _consumer_caught_up(client) and _written(out) >= client.xlen('events'),
+             300, 'every entry to be written and acknowledged')
+    for job, log_path in zip(running, logs):
+      stop(job, log_path)
+  finally:
+    for job in running:
+      if job.poll() is None:
+        job.kill()
+  return entry_ids(url), [log.read_text() for log in logs]
+
+
+def test_consumers_of_one_group_share_one_output_without_loss(server, wiki_lines, tmp_path):
+  """Two jobs (MULTI_WRITER_JOBS), 40 events/s for 30 s (MULTI_WRITER_SECONDS)."""
+  jobs = int(os.environ.get('MULTI_WRITER_JOBS', '2'))
+  seconds = int(os.environ.get('MULTI_WRITER_SECONDS', '30'))
+  out = tmp_path / 'out'
+  produced, logs = _run_consumers(server, wiki_lines, out, tmp_path, jobs, seconds)
+  rows = column(out, 'enriched', 'source')
+  letters = column(out, 'deadletter', 'source')
+  written = [s.rpartition(':')[2] for s in rows + letters]
+  lost, duplicated = set(produced) - set(written), len(written) - len(set(written))
+  print(f'{jobs} jobs, {len(produced)} produced: {len(rows)} rows, {len(letters)} dead '
+        f'letters, {len(lost)} lost, {duplicated} duplicated')
+  assert (len(lost), duplicated) == (0, 0)
+  assert set(written) == set(produced)
+  for log in logs:  # each job did its share and accounted for it
+    assert 'every record accounted for' in log and 'Read 0 records' not in log, log[-2000:]
+  # Windows written by several jobs hold one file per job, and one partial summary each,
+  # named as the file it summarises; their counts add up to the window's rows.
+  enriched, summaries = read(out, 'enriched'), read(out, 'windows')
+  per_part = {}
+  for row in enriched.select(['window', 'id']).to_pylist():
+    per_part[row['window']] = per_part.get(row['window'], 0) + 1
+  counted = {}
+  for summary in summaries.to_pylist():
+    counted[summary['window']] = counted.get(summary['window'], 0) + summary['events']
+    assert (out / 'enriched' / f'window={summary["window"]}' / summary['part']).exists()
+  assert counted == per_part
+  shared = [w for w in (out / 'enriched').iterdir() if len(list(w.glob('*.parquet'))) > 1]
+  assert shared, 'no window was written by more than one job'

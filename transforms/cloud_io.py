@@ -16,7 +16,8 @@ import apache_beam as beam
 import pyarrow as pa
 
 from transforms.records import RawRecord, decoded_record
-from transforms.sinks import EXTRA_TYPES, enriched_records, enriched_schema, record_json
+from transforms.formats import enriched_records, record_json
+from transforms.sinks import EXTRA_TYPES, enriched_schema
 from transforms.uri_query import uri_query
 
 _MICROS = 1_000_000

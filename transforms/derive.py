@@ -7,7 +7,8 @@ from apache_beam.metrics import Metrics
 
 from models.vectors import unit_rows
 
-from transforms.sinks import WindowRows, embedding_matrix
+from transforms.records import WindowRows
+from transforms.sinks import embedding_matrix
 
 
 def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float,

@@ -12,7 +12,8 @@ from transforms.parse import DEADLETTER
 class _SplitResultsFn(beam.DoFn):
   """Pairs events with their vectors and dead-letters failures."""
 
-  def __init__(self):
+  def __init__(self, stamp: bool = True):
+    self._stamp = stamp
     self._embedded = Metrics.counter('enrichment', 'events_embedded')
 
   def process(self, keyed_result):
@@ -23,9 +24,12 @@ class _SplitResultsFn(beam.DoFn):
           id=event.id, event_time_us=event.event_time_us))
     else:
       self._embedded.inc()
-      # Batching loses element timestamps; each row gets its event time back.
-      yield window.TimestampedValue(r.Embedded(event, result.inference),
-                                    event.event_time_us / 1_000_000)
+      if self._stamp:
+        # Batching loses element timestamps; each row gets its event time back.
+        yield window.TimestampedValue(r.Embedded(event, result.inference),
+                                      event.event_time_us / 1_000_000)
+      else:
+        yield r.Embedded(event, result.inference)
 
 
 class EmbedEvents(beam.PTransform):
@@ -38,17 +42,20 @@ class EmbedEvents(beam.PTransform):
   Args:
     model_handler: a ModelHandler from texts to PredictionResults whose
       inference is a vector or an InferenceFailure.
+    stamp: give each output its event time as timestamp (not needed where
+      windows are computed from the event time itself, transforms.grouping).
   """
 
-  def __init__(self, model_handler: ModelHandler):
+  def __init__(self, model_handler: ModelHandler, stamp: bool = True):
     super().__init__()
     self._model_handler = model_handler
+    self._stamp = stamp
 
   def expand(self, events):
     outputs = (
         events
         | 'Key by event' >> beam.Map(lambda event: (event, event.text))
         | 'Embed text' >> RunInference(MeasuredKeyedHandler(self._model_handler))
-        | 'Split failures' >> beam.ParDo(_SplitResultsFn()).with_outputs(
+        | 'Split failures' >> beam.ParDo(_SplitResultsFn(self._stamp)).with_outputs(
             DEADLETTER, main='embedded'))
     return outputs.embedded, outputs[DEADLETTER]

@@ -57,7 +57,14 @@ _CALLS_LOCK = threading.Lock()
 
 
 class MeasuredKeyedHandler(KeyedModelHandler):
-  """KeyedModelHandler that records each RunInference call's size and duration."""
+  """KeyedModelHandler that records each RunInference call's size and duration.
+
+  It also sizes batches by their texts: Beam's default pickles every key (a
+  whole Event) and text of each batch only to count bytes for a metric.
+  """
+
+  def get_num_bytes(self, batch) -> int:
+    return sum(len(text) for _, text in batch)
 
   def run_inference(self, batch, model, inference_args=None):
     started = time.perf_counter()

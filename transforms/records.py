@@ -76,3 +76,35 @@ class Embedded(NamedTuple):
   """An event with its embedding (float32)."""
   event: Event
   embedding: Any  # numpy.ndarray, float32
+
+
+class WindowRows(NamedTuple):
+  """Rows of one window written as one file: its bounds, pane index and rows (Embedded,
+  sorted by event time, id). A whole window firing, or on bounded input one stream's
+  part of a window (transforms.grouping).
+
+  extras: derived columns, name -> values aligned with rows.
+  """
+  start_us: int
+  end_us: int
+  pane: int
+  rows: list
+  extras: Optional[dict] = None
+  context: tuple = ()  # rows of earlier windows within the look-back, sorted, not written
+  deadletters: int = 0  # dead letters with an event time in this window (not late ones)
+
+
+class DeadLetterBatch(NamedTuple):
+  """Dead letters of one reason, written as one file."""
+  reason: str
+  letters: list
+
+
+class DeadLetterMark(NamedTuple):
+  """Stands for one dead letter in its event-time window, to be counted there."""
+  reason: str
+
+
+class Lookback(NamedTuple):
+  """An earlier window's row, offered to a later window as context (never written there)."""
+  row: object

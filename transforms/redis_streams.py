@@ -14,8 +14,9 @@ import apache_beam as beam
 from transforms import faults
 from transforms.live_sources import Reader
 from transforms.records import RawRecord, decoded_record
+from transforms.formats import enriched_records, record_json
+from transforms.records import WindowRows
 from transforms.redis_urls import RedisStreamAddress
-from transforms.sinks import WindowRows, enriched_records, record_json
 
 
 def _outages():

@@ -9,8 +9,8 @@ import pyarrow as pa
 
 from models.vectors import unit_rows
 from transforms import faults
-from transforms.sinks import (TIMESTAMP as _TS, WindowRows, embedding_matrix, window_part_path,
-                              write_parquet)
+from transforms.records import WindowRows
+from transforms.sinks import TIMESTAMP as _TS, embedding_matrix, window_part_path, write_parquet
 
 WINDOWS_DIR = 'windows'
 TOPIC_TYPE = pa.struct([
@@ -23,6 +23,7 @@ SUMMARY_SCHEMA = pa.schema([
     ('window_start', _TS),
     ('window_end', _TS),
     ('pane', pa.int32()),
+    ('part', pa.string()),  # the enriched file summarised: DIR/enriched/window=START/PART
     ('events', pa.int32()),
     ('deadletters', pa.int32()),  # with an event time in the window, late ones excepted
     ('duplicates', pa.int32()),
@@ -91,10 +92,12 @@ class _SummarizeFn(beam.DoFn):
                 if row.event.event_time_us >= batch.start_us - self._horizon_us]
       earlier = embedding_matrix(recent) if recent else np.zeros((0, 1), np.float32)
     topics = window_topics(texts, embeddings, labels, self._distance, earlier=earlier)
+    path = window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch)
     summary = pa.table([
         pa.array([batch.start_us], pa.int64()).cast(_TS),
         pa.array([batch.end_us], pa.int64()).cast(_TS),
         pa.array([batch.pane], pa.int32()),
+        pa.array([path.rsplit('/', 1)[1]], pa.string()),
         pa.array([len(batch.rows)], pa.int32()),
         pa.array([batch.deadletters], pa.int32()),
         pa.array([sum(d is not None for d in extras.get('duplicate_of', ()))], pa.int32()),
@@ -103,7 +106,7 @@ class _SummarizeFn(beam.DoFn):
         pa.array([sum(t['new'] for t in topics) if earlier is not None else None], pa.int32()),
     ], schema=SUMMARY_SCHEMA)
     try:
-      write_parquet(summary, window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch))
+      write_parquet(summary, path)
     except faults.WriteAbandoned:
       pass  # the job is stopping; not passed on, so never acknowledged
     else:
@@ -111,7 +114,13 @@ class _SummarizeFn(beam.DoFn):
 
 
 class SummarizeWindows(beam.PTransform):
-  """Writes one summary per window firing to DIR/windows/window=START/part-PANE.parquet."""
+  """Writes one summary per window file to DIR/windows/window=START/PART, named as the
+  enriched file it summarises (DIR/enriched/window=START/PART).
+
+  With several writers of one output (consumers of one group), a window holds one
+  enriched file per writer and so one summary per writer: each is partial, over
+  that writer's rows; counts add up across a window's summaries, topics do not merge.
+  """
 
   def __init__(self, output_dir: str, distance: float, horizon_s: float = 0.0):
     super().__init__()

@@ -12,7 +12,8 @@ import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 import pyarrow as pa
 
-from transforms.sinks import TIMESTAMP as _TS, WindowRows, enriched_table
+from transforms.records import WindowRows
+from transforms.sinks import TIMESTAMP as _TS, enriched_table
 
 TABLE = 'events'
 VECTORS_DIR = 'vectors'

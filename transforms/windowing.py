@@ -55,6 +55,13 @@ class WindowSpec(NamedTuple):
       return window.SlidingWindows(self.size_s, self.period_s)
     return window.FixedWindows(self.size_s)
 
+  def window_starts_us(self, event_time_us: int) -> range:
+    """The starts of the fixed or sliding windows an event falls in, latest first (as
+    Beam's FixedWindows and SlidingWindows assign them)."""
+    step = round((self.period_s or self.size_s) * _MICROS)
+    latest = event_time_us - event_time_us % step
+    return range(latest, event_time_us - round(self.size_s * _MICROS), -step)
+
   def last_window_end_us(self, event_time_us: int) -> int:
     """The end of the latest window an event belongs to (before any session merge)."""
     if self.kind == 'sessions':
