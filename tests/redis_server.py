@@ -29,27 +29,39 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def start_redis(port: int, folder: str, appendonly: bool = False) -> subprocess.Popen:
+  """Starts redis-server on `port` with its files in `folder`; returns once it answers.
+
+  With `appendonly` every write goes to the append-only file, so a server
+  restarted on the same folder comes back with its streams and groups.
+  """
+  import redis
+  process = subprocess.Popen(
+      [redis_server_binary(), '--port', str(port), '--bind', '127.0.0.1', '--save', '',
+       '--appendonly', 'yes' if appendonly else 'no', '--dir', folder, '--daemonize', 'no'],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  client = redis.Redis(port=port)
+  deadline = time.monotonic() + 10
+  while True:
+    try:
+      client.ping()
+      return process
+    except (redis.ConnectionError, redis.BusyLoadingError):
+      if time.monotonic() > deadline or process.poll() is not None:
+        process.kill()
+        raise RuntimeError('the test Redis server did not start') from None
+      time.sleep(0.05)
+    finally:
+      client.close()
+
+
 @contextlib.contextmanager
 def redis_server():
   """Yields the redis:// base URL of a fresh, empty server; stops it afterwards."""
-  import redis
   port = free_port()
   with tempfile.TemporaryDirectory() as folder:
-    process = subprocess.Popen(
-        [redis_server_binary(), '--port', str(port), '--bind', '127.0.0.1', '--save', '',
-         '--appendonly', 'no', '--dir', folder, '--daemonize', 'no'],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_redis(port, folder)
     try:
-      client = redis.Redis(port=port)
-      deadline = time.monotonic() + 10
-      while True:
-        try:
-          client.ping()
-          break
-        except redis.ConnectionError:
-          if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError('the test Redis server did not start')
-          time.sleep(0.05)
       yield f'redis://127.0.0.1:{port}/0'
     finally:
       process.terminate()

@@ -2,6 +2,7 @@
 import datetime
 import math
 import re
+import time
 from typing import Any, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -85,3 +86,12 @@ def format_micros(micros: int) -> str:
   """ISO-8601 UTC text for epoch microseconds, for messages and logs."""
   moment = _EPOCH + datetime.timedelta(microseconds=micros)
   return moment.isoformat().replace('+00:00', 'Z')
+
+
+def is_future(event_time_us: int, max_future_skew_s: float, now_us: Optional[int] = None) -> bool:
+  """Whether an event time lies more than `max_future_skew_s` ahead of the
+  processing clock (0: never). Live and replay judge by the same clock."""
+  if not max_future_skew_s:
+    return False
+  now_us = time.time_ns() // 1000 if now_us is None else now_us
+  return event_time_us - now_us > max_future_skew_s * 1_000_000

@@ -78,6 +78,7 @@ class RedisStreamReader(Reader):
     self._client = None
     self._phase = 'own'
     self._cursor = '0-0'
+    self._own = set()  # entry ids re-read in the 'own' phase, still in flight
 
   def open(self):
     import redis
@@ -88,7 +89,7 @@ class RedisStreamReader(Reader):
     except redis.ResponseError as e:
       if 'BUSYGROUP' not in str(e):
         raise
-    self._phase, self._cursor = 'own', '0-0'
+    self._phase, self._cursor, self._own = 'own', '0-0', set()
 
   def poll(self, max_records):
     address = self._address
@@ -99,15 +100,20 @@ class RedisStreamReader(Reader):
       entries = reply[0][1] if reply else []
       if entries:
         self._cursor = entries[-1][0]
+        self._own.update(entry_id for entry_id, _ in entries)
         return self._records(entries)
       self._phase, self._cursor = 'claim', '0-0'
     if self._phase == 'claim':
       reply = self._client.xautoclaim(address.stream, address.group, consumer,
                                       min_idle_time=self._claim_idle_ms,
                                       start_id=self._cursor, count=max_records)
-      self._cursor, entries = reply[0], reply[1]
+      self._cursor = reply[0]
+      # XAUTOCLAIM also returns this consumer's own entries once they idle
+      # past claim_idle_ms, e.g. those re-read above whose windows are still
+      # open: emitting them again would duplicate them (and make them late).
+      entries = [entry for entry in reply[1] if entry[0] not in self._own]
       if self._cursor in (b'0-0', '0-0'):
-        self._phase = 'new'
+        self._phase, self._own = 'new', set()
       if entries:
         return self._records(entries)
     reply = self._client.xreadgroup(address.group, consumer, {address.stream: '>'},
