@@ -151,24 +151,14 @@ def _reasons(folder: pathlib.Path):
   return dict(collections.Counter(table.column('reason').to_pylist()))
 
 
-def _caught_up(port: int) -> bool:
-  client = redis.Redis(port=port, socket_timeout=2)
-  try:
-    pending = client.xpending(_STREAM, _GROUP)['pending']
-    lag = [g.get('lag') for g in client.xinfo_groups(_STREAM)]
-    return pending == 0 and all(value in (0, None) for value in lag)
-  except redis.RedisError:
-    return False
-  finally:
-    client.close()
-
-
 def _backlog(port: int):
-  """Entries not yet acknowledged (pending plus not yet read), None while unreachable."""
+  """Entries not yet acknowledged (pending, plus 1 while unread ones remain); None when
+  Redis does not answer."""
   client = redis.Redis(port=port, socket_timeout=2)
   try:
     group = client.xinfo_groups(_STREAM)[0]
-    return group['pending'] + (group.get('lag') or 0)
+    last = client.xinfo_stream(_STREAM)['last-generated-id']
+    return group['pending'] + (group['last-delivered-id'] != last)
   except (redis.RedisError, IndexError):
     return None
   finally:
@@ -215,13 +205,13 @@ def run(seconds: float, rate: float, kills: int, redis_restarts: int, redis_down
   produced_for = time.monotonic() - started
   # The job may trail the producer on a busy host: wait while it makes progress.
   pending, progress_at = None, time.monotonic()
-  while not _caught_up(port) and time.monotonic() - progress_at < 120:
+  while _backlog(port) != 0 and time.monotonic() - progress_at < 120:
     supervisor.check()
     time.sleep(0.5)
     now_pending = _backlog(port)
     if now_pending != pending:
       pending, progress_at = now_pending, time.monotonic()
-  caught_up = _caught_up(port)
+  caught_up = _backlog(port) == 0
   caught_up_after = time.monotonic() - started - produced_for
   drain_status = supervisor.drain()
   server.terminate()

@@ -11,6 +11,7 @@ _NUMERIC = re.compile(r'^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$')
 # Epoch values at or above this magnitude are read as milliseconds: as seconds
 # they would lie beyond the year 5000, as milliseconds they are after 1973.
 _MILLIS_THRESHOLD = 1e11
+_OUT_OF_RANGE = 2**64  # any value the range check below refuses
 
 
 class TimeParser:
@@ -65,7 +66,10 @@ class TimeParser:
   def _from_datetime(self, moment: datetime.datetime) -> int:
     if moment.tzinfo is None:
       moment = moment.replace(tzinfo=self._zone)
-    delta = moment - _EPOCH
+    try:
+      delta = moment - _EPOCH
+    except OverflowError:  # a zone's offset pushes it past year 1 or 9999
+      raise ValueError(f'time {moment.isoformat()} is outside years 1-9999') from None
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
   @staticmethod
@@ -75,8 +79,10 @@ class TimeParser:
     in_millis = abs(number) >= _MILLIS_THRESHOLD
     if isinstance(number, int):
       micros = number * (1000 if in_millis else 1_000_000)
-    else:
+    elif abs(number) < 1e20:  # beyond, the product may overflow to inf
       micros = round(number * (1000 if in_millis else 1_000_000))
+    else:
+      micros = _OUT_OF_RANGE
     if not -62_135_596_800_000_000 <= micros <= 253_402_300_799_999_999:
       raise ValueError(f'time value {number!r} is outside years 1-9999')
     return micros
