@@ -24,7 +24,7 @@ setuptools.setup(
         'redis>=5',  # Redis Streams source and sink (XAUTOCLAIM needs a 6.2+ server)
     ],
     extras_require={
-        'test': ['pytest>=8'],
+        'test': ['pytest>=8', 'hypothesis>=6.100'],  # hypothesis: tests/test_fuzz.py
         'bench': ['matplotlib>=3.8', 'qdrant-client>=1.12'],
         'vectors': ['lancedb>=0.20'],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.2'],

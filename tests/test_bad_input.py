@@ -150,3 +150,22 @@ def test_a_damaged_file_among_good_ones_through_the_pipeline(tmp_path):
     assert_that(dead | beam.Map(lambda d: d.reason)
                 | beam.Filter(lambda reason: reason == r.DAMAGED_FILE)
                 | beam.combiners.Count.Globally(), equal_to([1]))
+
+
+def test_a_stream_that_jumps_far_backwards_is_late_until_it_catches_up():
+  """What README documents: watermarks never move back, so after a jump back of an hour the
+  events are `late` dead letters (kept whole) until their times pass the old watermark."""
+  start = 1_442_016_000
+  times = ([start + n for n in range(50)] + [start - 3600 + n for n in range(50)]
+           + [start + 60 + n for n in range(50)])
+  raw = [json.dumps({'id': f'e{n}', 'time': t, 'text': f'event {n}'})
+         for n, t in enumerate(times)]
+  records = [r.RawRecord(line, 'f.jsonl', n) for n, line in enumerate(raw, start=1)]
+  with batch_pipeline() as p:
+    events, _ = p | beam.Create(records, reshuffle=False) | ParseEvents(MAPPING, TimeParser())
+    on_time, dead = events | FlagLateEvents(WindowSpec(10, max_out_of_orderness_s=2))
+    assert_that(on_time | 'ids' >> beam.Map(lambda e: e.id),
+                equal_to([f'e{n}' for n in list(range(50)) + list(range(100, 150))]),
+                label='on time')
+    assert_that(dead | 'reasons' >> beam.Map(lambda d: d.reason),
+                equal_to([r.LATE] * 50), label='late')
