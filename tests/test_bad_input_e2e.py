@@ -45,8 +45,10 @@ def live_far_future(folder, count=200, rate=40.0):
         return len(column(out, 'enriched', 'id')) + len(column(out, 'deadletter', 'id')) >= count
       except (OSError, ValueError):
         return False
-    wait_for(done, 120 + count / rate, 'every event written or dead-lettered')
-    stop(job, log_path)
+    try:
+      wait_for(done, 300 + count / rate, 'every event written or dead-lettered')
+    finally:
+      stop(job, log_path)
   letters = dict(zip(column(out, 'deadletter', 'id'), column(out, 'deadletter', 'reason')))
   return column(out, 'enriched', 'id'), letters
 
