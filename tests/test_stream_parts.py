@@ -106,9 +106,12 @@ def test_a_restarted_reader_does_not_claim_back_its_own_entries_in_flight():
     again = RedisStreamReader(address, block_ms=10, claim_idle_ms=0)
     again.open()
     seen = []
-    for _ in range(4):
-      seen += [r.position for r in again.poll(10)]
-    assert len(seen) == len(set(seen)) == 5
+    for n in range(20):  # one entry per poll: the claim scan spans polls
+      seen += [r.position for r in again.poll(1)]
+      if n == 6:  # new entries read while the scan goes on must not be claimed back either
+        client.xadd('events', {'event': json.dumps({'n': 5})})
+        client.xadd('events', {'event': json.dumps({'n': 6})})
+    assert len(seen) == len(set(seen)) == 7
 
 
 def test_stream_refuses_stateful_batching_locally(tmp_path):

@@ -78,7 +78,7 @@ class RedisStreamReader(Reader):
     self._client = None
     self._phase = 'own'
     self._cursor = '0-0'
-    self._own = set()  # entry ids re-read in the 'own' phase, still in flight
+    self._seen = set()  # entry ids emitted before the claim scan ends, still in flight
 
   def open(self):
     import redis
@@ -89,7 +89,7 @@ class RedisStreamReader(Reader):
     except redis.ResponseError as e:
       if 'BUSYGROUP' not in str(e):
         raise
-    self._phase, self._cursor, self._own = 'own', '0-0', set()
+    self._phase, self._cursor, self._seen = 'own', '0-0', set()
 
   def poll(self, max_records):
     address = self._address
@@ -100,7 +100,6 @@ class RedisStreamReader(Reader):
       entries = reply[0][1] if reply else []
       if entries:
         self._cursor = entries[-1][0]
-        self._own.update(entry_id for entry_id, _ in entries)
         return self._records(entries)
       self._phase, self._cursor = 'claim', '0-0'
     if self._phase == 'claim':
@@ -109,11 +108,12 @@ class RedisStreamReader(Reader):
                                       start_id=self._cursor, count=max_records)
       self._cursor = reply[0]
       # XAUTOCLAIM also returns this consumer's own entries once they idle
-      # past claim_idle_ms, e.g. those re-read above whose windows are still
-      # open: emitting them again would duplicate them (and make them late).
-      entries = [entry for entry in reply[1] if entry[0] not in self._own]
+      # past claim_idle_ms: those re-read above, or read new while the scan
+      # goes on, whose windows are still open. Emitting them again would
+      # duplicate them (and make them late).
+      entries = [entry for entry in reply[1] if entry[0] not in self._seen]
       if self._cursor in (b'0-0', '0-0'):
-        self._phase, self._own = 'new', set()
+        self._phase, self._seen = 'new', set()
       if entries:
         return self._records(entries)
     reply = self._client.xreadgroup(address.group, consumer, {address.stream: '>'},
@@ -121,6 +121,8 @@ class RedisStreamReader(Reader):
     return self._records(reply[0][1]) if reply else []
 
   def _records(self, entries) -> List[RawRecord]:
+    if self._phase != 'new':
+      self._seen.update(entry_id for entry_id, _ in entries)
     field = self._address.field.encode()
     records = []
     for entry_id, fields in entries:
