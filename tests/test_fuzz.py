@@ -39,8 +39,8 @@ HUGE_INTS = st.integers(4300, 6000).map(lambda digits: -(10**digits))
 JSON = st.recursive(st.none() | st.booleans() | NUMBERS | TEXT,
                     lambda children: st.lists(children, max_size=4)
                     | st.dictionaries(st.sampled_from(['id', 'time', 'text', 'a', '0']) | TEXT,
-                                      children, max_size=5),
-                    max_leaves=20)
+                                      children, max_size=4),
+                    max_leaves=10)
 RECORDS = st.fixed_dictionaries({}, optional={'id': JSON, 'time': JSON, 'text': JSON,
                                               'payload': JSON})
 MAPPINGS = [FieldMapping.from_flags(None, 'time', 'text'),
@@ -55,10 +55,16 @@ def _writable(value) -> bool:
                                                       value.encode('utf-8') is not None)
 
 
+PARSE_FNS = {}
+
+
 def judged(record: r.RawRecord, mapping=MAPPINGS[1], parser=PARSERS[0]):
   """Runs the parse step and the late flag as the pipeline does; returns the one outcome."""
   outcomes = []
-  for parsed in _ParseFn(mapping, parser).process(record):
+  parse = PARSE_FNS.get((mapping, id(parser)))
+  if parse is None:
+    parse = PARSE_FNS[(mapping, id(parser))] = _ParseFn(mapping, parser)
+  for parsed in parse.process(record):
     if isinstance(parsed, beam.pvalue.TaggedOutput):
       outcomes.append(parsed.value)
     else:
