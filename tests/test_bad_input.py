@@ -169,3 +169,12 @@ def test_a_stream_that_jumps_far_backwards_is_late_until_it_catches_up():
                 label='on time')
     assert_that(dead | 'reasons' >> beam.Map(lambda d: d.reason),
                 equal_to([r.LATE] * 50), label='late')
+
+
+def test_a_local_time_pushed_past_year_9999_by_its_zone_is_a_bad_time():
+  with pytest.raises(ValueError, match='outside years 1-9999'):
+    TimeParser(None, 'America/New_York').parse('9999-12-31T23:00:00')
+  letter = parse_record(r.RawRecord('{"id": "a", "time": "9999-12-31T23:00:00-05:00", '
+                                    '"text": "x"}', 'f', 1), MAPPING, TimeParser())
+  assert letter.reason == r.BAD_TIME
+  assert TimeParser(None, 'America/New_York').parse('9999-12-31T18:00:00') > 0

@@ -12,6 +12,8 @@ _NUMERIC = re.compile(r'^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$')
 # they would lie beyond the year 5000, as milliseconds they are after 1973.
 _MILLIS_THRESHOLD = 1e11
 _OUT_OF_RANGE = 2**64  # any value the range check below refuses
+# Years 1 to 9999 in UTC, what datetime (and so every message and file) can show.
+_MIN_US, _MAX_US = -62_135_596_800_000_000, 253_402_300_799_999_999
 
 
 class TimeParser:
@@ -70,7 +72,10 @@ class TimeParser:
       delta = moment - _EPOCH
     except OverflowError:  # a zone's offset pushes it past year 1 or 9999
       raise ValueError(f'time {moment.isoformat()} is outside years 1-9999') from None
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if not _MIN_US <= micros <= _MAX_US:  # e.g. 9999-12-31T23:00 in New York
+      raise ValueError(f'time {moment.isoformat()} is outside years 1-9999 in UTC')
+    return micros
 
   @staticmethod
   def _from_epoch(number) -> int:
@@ -83,7 +88,7 @@ class TimeParser:
       micros = round(number * (1000 if in_millis else 1_000_000))
     else:
       micros = _OUT_OF_RANGE
-    if not -62_135_596_800_000_000 <= micros <= 253_402_300_799_999_999:
+    if not _MIN_US <= micros <= _MAX_US:
       raise ValueError(f'time value {number!r} is outside years 1-9999')
     return micros
 
