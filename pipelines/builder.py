@@ -16,7 +16,7 @@ from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents
 from transforms.grouping import collect_windows, per_stream
-from transforms.records import LATE, DeadLetterMark
+from transforms.records import FUTURE_TIME, LATE, DeadLetterMark
 from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, WriteDeadLetters,
                               WriteEnrichedParquet)
 from transforms.topics import SummarizeWindows
@@ -75,10 +75,11 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
   marks = None
   if derive.topic_distance is not None:
     # Window summaries count the dead letters of their window. Late ones are
-    # left out: live, their window has already fired.
+    # left out: live, their window has already fired; so are future ones,
+    # whose time is not believed.
     marks = (outputs.deadletters
              | 'Keep timed dead letters' >> beam.Filter(
-                 lambda d: d.event_time_us is not None and d.reason != LATE)
+                 lambda d: d.event_time_us is not None and d.reason not in (LATE, FUTURE_TIME))
              | 'Mark dead letters' >> beam.Map(
                  lambda d: TimestampedValue(DeadLetterMark(d.reason), d.event_time_us / 1e6))
              | 'Window dead letters' >> WindowEvents(config.window))

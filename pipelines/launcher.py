@@ -1,5 +1,4 @@
 """Running a built job: runner defaults, counts from metrics, a summary, clean errors."""
-import json
 import logging
 import os
 import sys
@@ -16,6 +15,7 @@ from pipelines.report import RunFacts, invocation, write_report
 from pipelines.options import ConfigError, JobConfig
 from transforms import faults
 from transforms.fields import MISSING, format_path, resolve
+from transforms.records import Undecodable, decode_object
 from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.sources import format_of, read_archive
 from transforms.cloud_io import UnavailableIO
@@ -211,13 +211,9 @@ def check_archive(pattern: Optional[str], declared_format: Optional[str], config
     format_of(first, declared_format)
     sample = []
     for record in read_archive(first, declared_format, csv_delimiter):
-      if record.row is not None:
-        sample.append(record.row)
-      elif record.decode_error is None:
-        try:
-          sample.append(json.loads(record.raw))
-        except ValueError:
-          pass
+      obj = decode_object(record)  # a record the parse step would dead-letter is skipped
+      if not isinstance(obj, Undecodable):
+        sample.append(obj)
       if len(sample) >= _SAMPLE_RECORDS:
         break
   except ValueError as e:

@@ -71,6 +71,10 @@ class WindowOptions(PipelineOptions):
                         help='Seconds a window stays open after the watermark passes it.')
     parser.add_argument('--max_out_of_orderness', type=float, default=10.0,
                         help='Seconds the watermark trails the newest event time.')
+    parser.add_argument('--max_future_skew', type=float, default=300.0,
+                        help='Seconds an event time may lie ahead of the processing clock; '
+                        'beyond, the event is a future_time dead letter and moves no '
+                        'watermark. 0: no limit.')
 
 
 class ModelOptions(PipelineOptions):
@@ -178,7 +182,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
     time_parser = TimeParser(mapping_opts.time_format, mapping_opts.timezone)
     window = WindowSpec(window_opts.window_size, window_opts.window_period,
                         window_opts.session_gap, window_opts.allowed_lateness,
-                        window_opts.max_out_of_orderness)
+                        window_opts.max_out_of_orderness,
+                        max_future_skew_s=window_opts.max_future_skew)
     window.validate()
     model = ModelConfig(model_opts.model, model_opts.device, model_opts.precision,
                         model_opts.normalize, model_opts.min_batch_size,

@@ -17,6 +17,7 @@ import time
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.fields import assign, parse_path
+from transforms.records import decode_object
 from transforms.redis_streams import RedisStreamAddress
 from transforms.sources import read_archive
 from transforms.uri_query import redacted
@@ -46,8 +47,8 @@ def produce(pattern: str, target: RedisStreamAddress, rate: float = 0.0, retime:
         break
       raw = record.raw
       if retime:
-        obj = record.row if record.row is not None else _loads(raw)
-        if isinstance(obj, dict):
+        obj = decode_object(record)
+        if isinstance(obj, dict):  # else it is sent as it is: the job dead-letters it
           assign(obj, time_path, now_iso())
           raw = json.dumps(obj, ensure_ascii=False, default=str)
       pipe.xadd(target.stream, {target.field: raw.encode('utf-8', 'surrogateescape')})
@@ -61,13 +62,6 @@ def produce(pattern: str, target: RedisStreamAddress, rate: float = 0.0, retime:
         pipe.execute()
   pipe.execute()
   return sent
-
-
-def _loads(raw: str):
-  try:
-    return json.loads(raw)
-  except ValueError:
-    return None  # sent as it is: the job dead-letters it
 
 
 def main(argv=None) -> None:

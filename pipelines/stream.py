@@ -116,7 +116,8 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
     raise ConfigError('--max_batch_duration_secs loses buffered events on the local streaming '
                       'runner; leave it out locally (batches follow the source polls)')
   try:
-    read = live_source(stream.source, EventTimeOf(config.mapping, config.time_parser),
+    read = live_source(stream.source, EventTimeOf(config.mapping, config.time_parser,
+                                                  config.window.max_future_skew_s),
                        config.window.max_out_of_orderness_s, stream.poll_interval,
                        options.view_as(ArchiveOptions).input_format, csv_delimiter(options))
     acknowledged = acknowledged_stream(stream.source)

@@ -113,8 +113,9 @@ class RedisServer:
       try:
         client.ping()
         return self
-      except redis.ConnectionError:
+      except (redis.ConnectionError, redis.BusyLoadingError):  # loading its append-only file
         if time.monotonic() > deadline or self._process.poll() is not None:
+          self._process.kill()
           raise RuntimeError('the test Redis server did not start') from None
         time.sleep(0.05)
 

@@ -92,6 +92,28 @@ def test_redis_reader_rereads_its_own_pending_entries_then_claims_others():
     assert sorted(r.position for r in claimed) == sorted(r.position for r in rest)
 
 
+def test_a_restarted_reader_does_not_claim_back_its_own_entries_in_flight():
+  """Found by benchmarks.chaos: a restart slower than claim_idle_ms read every pending entry
+  twice (once re-read, once claimed from itself), duplicating rows and making them late."""
+  with redis_server() as url:
+    client = redis.Redis.from_url(url)
+    for n in range(5):
+      client.xadd('events', {'event': json.dumps({'n': n})})
+    address = RedisStreamAddress.parse(f'{url}?stream=events&group=g&consumer=me')
+    first = RedisStreamReader(address, block_ms=10)
+    first.open()
+    assert len(first.poll(10)) == 5
+    again = RedisStreamReader(address, block_ms=10, claim_idle_ms=0)
+    again.open()
+    seen = []
+    for n in range(20):  # one entry per poll: the claim scan spans polls
+      seen += [r.position for r in again.poll(1)]
+      if n == 6:  # new entries read while the scan goes on must not be claimed back either
+        client.xadd('events', {'event': json.dumps({'n': 5})})
+        client.xadd('events', {'event': json.dumps({'n': 6})})
+    assert len(seen) == len(set(seen)) == 7
+
+
 def test_stream_refuses_stateful_batching_locally(tmp_path):
   with pytest.raises(ConfigError, match='max_batch_duration_secs'):
     stream.run(['--max_batch_duration_secs', '1', '--output', str(tmp_path)])

@@ -2,6 +2,7 @@
 import datetime
 import math
 import re
+import time
 from typing import Any, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -10,6 +11,9 @@ _NUMERIC = re.compile(r'^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$')
 # Epoch values at or above this magnitude are read as milliseconds: as seconds
 # they would lie beyond the year 5000, as milliseconds they are after 1973.
 _MILLIS_THRESHOLD = 1e11
+_OUT_OF_RANGE = 2**64  # any value the range check below refuses
+# Years 1 to 9999 in UTC, what datetime (and so every message and file) can show.
+_MIN_US, _MAX_US = -62_135_596_800_000_000, 253_402_300_799_999_999
 
 
 class TimeParser:
@@ -64,8 +68,14 @@ class TimeParser:
   def _from_datetime(self, moment: datetime.datetime) -> int:
     if moment.tzinfo is None:
       moment = moment.replace(tzinfo=self._zone)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    try:
+      delta = moment - _EPOCH
+    except OverflowError:  # a zone's offset pushes it past year 1 or 9999
+      raise ValueError(f'time {moment.isoformat()} is outside years 1-9999') from None
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if not _MIN_US <= micros <= _MAX_US:  # e.g. 9999-12-31T23:00 in New York
+      raise ValueError(f'time {moment.isoformat()} is outside years 1-9999 in UTC')
+    return micros
 
   @staticmethod
   def _from_epoch(number) -> int:
@@ -74,9 +84,11 @@ class TimeParser:
     in_millis = abs(number) >= _MILLIS_THRESHOLD
     if isinstance(number, int):
       micros = number * (1000 if in_millis else 1_000_000)
-    else:
+    elif abs(number) < 1e20:  # beyond, the product may overflow to inf
       micros = round(number * (1000 if in_millis else 1_000_000))
-    if not -62_135_596_800_000_000 <= micros <= 253_402_300_799_999_999:
+    else:
+      micros = _OUT_OF_RANGE
+    if not _MIN_US <= micros <= _MAX_US:
       raise ValueError(f'time value {number!r} is outside years 1-9999')
     return micros
 
@@ -85,3 +97,12 @@ def format_micros(micros: int) -> str:
   """ISO-8601 UTC text for epoch microseconds, for messages and logs."""
   moment = _EPOCH + datetime.timedelta(microseconds=micros)
   return moment.isoformat().replace('+00:00', 'Z')
+
+
+def is_future(event_time_us: int, max_future_skew_s: float, now_us: Optional[int] = None) -> bool:
+  """Whether an event time lies more than `max_future_skew_s` ahead of the
+  processing clock (0: never). Live and replay judge by the same clock."""
+  if not max_future_skew_s:
+    return False
+  now_us = time.time_ns() // 1000 if now_us is None else now_us
+  return event_time_us - now_us > max_future_skew_s * 1_000_000

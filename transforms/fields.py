@@ -174,7 +174,8 @@ def derive_id(stream: str, position: int, raw: str) -> str:
   """
   base = stream.replace('\\', '/').rsplit('/', 1)[-1]
   digest = hashlib.blake2b(digest_size=16)
-  digest.update(f'{base}\0{position}\0'.encode('utf-8'))
+  # surrogatepass: a file name with undecodable bytes reaches Python as surrogates.
+  digest.update(f'{base}\0{position}\0'.encode('utf-8', 'surrogatepass'))
   digest.update(raw.encode('utf-8', 'surrogatepass'))
   return digest.hexdigest()
 

@@ -10,7 +10,6 @@ record with the watermark it has reported so far, and moves the watermark:
     ends the stream cleanly: the runner then closes every open window.
 """
 import itertools
-import json
 import threading
 import time
 from typing import Callable, List, Optional
@@ -21,8 +20,9 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
+from transforms.eventtime import is_future
 from transforms.instruments import SourceGauges
-from transforms.records import RawRecord
+from transforms.records import RawRecord, Undecodable, decode_object
 
 _ENDLESS = 2**62
 
@@ -185,25 +185,27 @@ class ReadLive(beam.PTransform):
 
 
 class EventTimeOf:
-  """A record's event time from the job's field mapping, or None when unreadable."""
+  """A record's event time from the job's field mapping, or None when it should
+  not move the watermark: unreadable (the parse step dead-letters it with the
+  same decoder) or further ahead of the clock than `max_future_skew_s` (the
+  late flag makes it a `future_time` dead letter)."""
 
-  def __init__(self, mapping, time_parser):
+  def __init__(self, mapping, time_parser, max_future_skew_s: float = 0.0):
     self._mapping = mapping
     self._time_parser = time_parser
+    self._max_future_skew_s = max_future_skew_s
 
   def __call__(self, record: RawRecord) -> Optional[int]:
-    obj = record.row
-    if obj is None:
-      try:
-        obj = json.loads(record.raw)
-      except ValueError:
-        return None
-    if not isinstance(obj, dict):
+    obj = decode_object(record)
+    if isinstance(obj, Undecodable) or not isinstance(obj, dict):
       return None
     try:
-      return self._time_parser.parse(self._mapping.time_of(obj))
+      event_time_us = self._time_parser.parse(self._mapping.time_of(obj))
     except ValueError:
       return None
+    if is_future(event_time_us, self._max_future_skew_s):
+      return None
+    return event_time_us
 
 
 class ArchiveReader(Reader):

@@ -1,5 +1,4 @@
 """Parsing: raw records to events, with every failure sent to dead letters."""
-import json
 from typing import Union
 
 import apache_beam as beam
@@ -19,24 +18,17 @@ def parse_record(record: r.RawRecord, mapping: FieldMapping,
   def dead(reason, error, **kwargs):
     return r.DeadLetter(record.raw, reason, error, record.source, **kwargs)
 
-  if record.decode_error is not None:
-    return dead(r.INVALID_UTF8, record.decode_error)
-  if record.row is not None:
-    obj = record.row
-  else:
-    if not record.raw.strip():
-      return dead(r.EMPTY_RECORD, 'the record is empty')
-    try:
-      obj = json.loads(record.raw)
-    except (ValueError, RecursionError) as e:
-      return dead(r.INVALID_JSON, f'invalid JSON: {e}')
-    if not isinstance(obj, dict):
-      return dead(r.NOT_AN_OBJECT, f'expected a JSON object, got {type(obj).__name__}')
+  obj = r.decode_object(record)
+  if isinstance(obj, r.Undecodable):
+    return dead(obj.reason, obj.error)
 
   event_id = None
   if mapping.id_path is not None:
     value = resolve(obj, mapping.id_path)
     if isinstance(value, str) and value:
+      if not _encodable(value):
+        return dead(r.BAD_ID, f'{format_path(mapping.id_path)} holds a lone surrogate '
+                    '(not encodable as UTF-8)')
       event_id = value
     elif isinstance(value, int) and not isinstance(value, bool):
       event_id = str(value)
@@ -58,8 +50,20 @@ def parse_record(record: r.RawRecord, mapping: FieldMapping,
   if text is None:
     return dead(r.NO_TEXT, f'no non-blank string at {mapping.describe_text()}',
                 id=event_id, event_time_us=event_time_us)
+  if not _encodable(text):
+    # JSON may escape a lone surrogate (\ud800); no UTF-8 file or model can hold it.
+    return dead(r.INVALID_UTF8, 'the text holds a lone surrogate (not encodable as UTF-8)',
+                id=event_id, event_time_us=event_time_us)
   return r.Event(event_id, event_time_us, text, record.source, record.stream, record.raw,
                  record.watermark_us)
+
+
+def _encodable(text: str) -> bool:
+  try:
+    text.encode('utf-8')
+    return True
+  except UnicodeEncodeError:
+    return False
 
 
 class _ParseFn(beam.DoFn):

@@ -2,6 +2,7 @@
 
 NamedTuples keep them cheap to pickle and easy to read in tests.
 """
+import json
 from typing import Any, NamedTuple, Optional, Union
 
 
@@ -16,6 +17,8 @@ class RawRecord(NamedTuple):
     decode_error: why the bytes could not be decoded as UTF-8, if they could not.
     watermark_us: a live source's watermark when it read the record; None
       for archives, whose lateness is judged from the file's own order.
+    file_error: set on the one record that stands for the unreadable rest of
+      a damaged archive (truncated or corrupt compressed data).
   """
   raw: str
   stream: str
@@ -23,6 +26,7 @@ class RawRecord(NamedTuple):
   row: Optional[dict] = None
   decode_error: Optional[str] = None
   watermark_us: Optional[int] = None
+  file_error: Optional[str] = None
 
   @property
   def source(self) -> str:
@@ -69,7 +73,43 @@ NO_TIME = 'no_time'
 BAD_TIME = 'bad_time'
 BAD_ID = 'bad_id'
 LATE = 'late'
+FUTURE_TIME = 'future_time'
+DAMAGED_FILE = 'damaged_file'
 INFERENCE_ERROR = 'inference_error'
+
+# Everything json.loads raises on bad input: JSONDecodeError, the integer digit
+# limit and surrogate errors are ValueErrors; deep nesting is a RecursionError.
+DECODE_ERRORS = (ValueError, RecursionError)
+
+
+class Undecodable(NamedTuple):
+  """Why a record holds no JSON object: a dead-letter reason and a readable error."""
+  reason: str
+  error: str
+
+
+def decode_object(record: RawRecord) -> Union[dict, Undecodable]:
+  """The record as a JSON object, or why it is none.
+
+  The one decoder of the job: the parse step, the live source's event-time
+  peek, the pre-start field check and the producer all call it, so a record
+  is judged the same way wherever it is read.
+  """
+  if record.file_error is not None:
+    return Undecodable(DAMAGED_FILE, record.file_error)
+  if record.decode_error is not None:
+    return Undecodable(INVALID_UTF8, record.decode_error)
+  if record.row is not None:
+    return record.row
+  if not record.raw.strip():
+    return Undecodable(EMPTY_RECORD, 'the record is empty')
+  try:
+    obj = json.loads(record.raw)
+  except DECODE_ERRORS as e:
+    return Undecodable(INVALID_JSON, f'invalid JSON: {e}')
+  if not isinstance(obj, dict):
+    return Undecodable(NOT_AN_OBJECT, f'expected a JSON object, got {type(obj).__name__}')
+  return obj
 
 
 class Embedded(NamedTuple):

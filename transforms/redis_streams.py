@@ -45,14 +45,14 @@ class RedisStreamReader(Reader):
     self._client = None
     self._phase = 'own'
     self._cursor = '0-0'
+    self._seen = set()  # entry ids emitted before the claim scan ends, still in flight
 
   def open(self):
     self._client = self._address.client()
     self._health = faults.Dependency.named(f'source {self._address.server()}')
     self._backoff, self._retry_at = faults.Backoff(), 0.0
     self._has_group = False
-    self._phase, self._cursor = 'own', '0-0'
-    self._reread = set()  # entry ids re-read in the 'own' phase
+    self._phase, self._cursor, self._seen = 'own', '0-0', set()
 
   def stalled(self) -> bool:
     return self._health.down_since is not None
@@ -79,7 +79,7 @@ class RedisStreamReader(Reader):
       logging.warning('%s: consumer group %s is gone; creating it again',
                       self._address.describe(), self._address.group)
       self._has_group, self._phase, self._cursor = False, 'own', '0-0'
-      self._reread = set()
+      self._seen = set()
       return []
     self._health.ok()
     self._backoff.reset()
@@ -94,7 +94,6 @@ class RedisStreamReader(Reader):
       entries = reply[0][1] if reply else []
       if entries:
         self._cursor = entries[-1][0]
-        self._reread.update(entry_id for entry_id, _ in entries)
         return self._records(entries)
       self._phase, self._cursor = 'claim', '0-0'
     if self._phase == 'claim':
@@ -102,11 +101,13 @@ class RedisStreamReader(Reader):
                                       min_idle_time=self._claim_idle_ms,
                                       start_id=self._cursor, count=max_records)
       self._cursor = reply[0]
-      # Re-reading its own pending entries does not reset their idle time, so
-      # XAUTOCLAIM hands them to this consumer a second time: skip those.
-      entries = [entry for entry in reply[1] if entry[0] not in self._reread]
+      # XAUTOCLAIM also returns this consumer's own entries once they idle
+      # past claim_idle_ms: those re-read above (re-reading does not reset their
+      # idle time), or read new while the scan goes on, whose windows are still
+      # open. Emitting them again would duplicate them (and make them late).
+      entries = [entry for entry in reply[1] if entry[0] not in self._seen]
       if self._cursor in (b'0-0', '0-0'):
-        self._phase, self._reread = 'new', set()
+        self._phase, self._seen = 'new', set()
       if entries:
         return self._records(entries)
     reply = self._client.xreadgroup(address.group, consumer, {address.stream: '>'},
@@ -114,6 +115,8 @@ class RedisStreamReader(Reader):
     return self._records(reply[0][1]) if reply else []
 
   def _records(self, entries) -> List[RawRecord]:
+    if self._phase != 'new':
+      self._seen.update(entry_id for entry_id, _ in entries)
     field = self._address.field.encode()
     records = []
     for entry_id, fields in entries:

@@ -6,11 +6,14 @@ stream order. Compression (.gz, .bz2, ...) follows the file extension.
 """
 import csv
 import json
+import logging
+import lzma
+import zlib
 from typing import Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import RawRecord, decoded_record
@@ -21,6 +24,8 @@ _EXTENSIONS = {
     'parquet': 'parquet', 'pq': 'parquet',
     'csv': 'csv',
 }
+# Compressed bytes per read (Beam's default, 16 MiB, would lose up to that much before damage).
+_READ_SIZE = 256 * 1024
 _COMPRESSIONS = {'gz', 'gzip', 'bz2', 'zst', 'zstd', 'deflate', 'lzma', 'xz'}
 
 
@@ -88,15 +93,55 @@ def read_archive(path: str, declared_format: Optional[str] = None,
                  csv_delimiter: str = ',') -> Iterator[RawRecord]:
   """Yields every record of one archive file, in order."""
   archive_format = format_of(path, declared_format)
-  # Parquet compresses inside the file; everything else decompresses by extension.
-  compression = (CompressionTypes.UNCOMPRESSED if archive_format == 'parquet'
-                 else CompressionTypes.AUTO)
   reader = _READERS[archive_format]
-  with FileSystems.open(path, compression_type=compression) as stream:
-    if archive_format == 'csv':
-      yield from read_csv(stream, path, csv_delimiter)
-    else:
-      yield from reader(stream, path)
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+    # Parquet compresses inside the file; everything else decompresses by
+    # extension, in small reads, so the records before a corrupt block are kept.
+    compression = CompressionTypes.detect_compression_type(path)
+    if archive_format != 'parquet' and compression != CompressionTypes.UNCOMPRESSED:
+      stream = CompressedFile(stream, compression, read_size=_READ_SIZE)
+    position = 0
+    try:
+      records = (read_csv(stream, path, csv_delimiter) if archive_format == 'csv'
+                 else reader(stream, path))
+      for record in records:
+        position = record.position
+        yield record
+      error = _truncation(stream)
+    except _DAMAGE_ERRORS as e:
+      error = f'{type(e).__name__}: {e}'
+  if error is not None:
+    # One dead letter (and one warning) names the file; the records before the damage stand.
+    message = (f'{path} is damaged after record {position} ({error}); the records '
+               'before were read, the rest of the file is lost')
+    logging.warning('%s', message)
+    yield RawRecord('', path, position + 1, file_error=message)
+
+
+def _damage_errors():
+  errors = [OSError, EOFError, ValueError, zlib.error, lzma.LZMAError]
+  try:
+    import zstandard
+    errors.append(zstandard.ZstdError)
+  except ImportError:
+    pass
+  return tuple(errors)
+
+
+# What a corrupt compressed stream (or Parquet file: ArrowInvalid is a ValueError) raises.
+_DAMAGE_ERRORS = _damage_errors()
+
+
+def _truncation(stream) -> Optional[str]:
+  """Why a compressed stream read to its end is incomplete, or None.
+
+  Beam 2.77's CompressedFile ends quietly where a truncated file ends; its
+  decompressor (zlib, bz2, zstandard) knows whether the stream's end marker came.
+  """
+  decompressor = getattr(stream, '_decompressor', None)
+  if decompressor is not None and not getattr(decompressor, 'eof', True):
+    return 'compressed data ended before its end-of-stream marker: the file is truncated'
+  return None
 
 
 class _ReadFileFn(beam.DoFn):

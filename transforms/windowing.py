@@ -1,11 +1,12 @@
 """Event time, windows and lateness."""
+import time
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
 
 from transforms import records as r
-from transforms.eventtime import format_micros
+from transforms.eventtime import format_micros, is_future
 from transforms.parse import DEADLETTER
 
 _MICROS = 1_000_000
@@ -21,6 +22,9 @@ class WindowSpec(NamedTuple):
   `source_slack_s`: how much longer the runner keeps windows open, for sources
   whose runner watermark may lead the one the late flag judges by
   (transforms.uris.watermark_slack_s).
+  `max_future_skew_s`: an event time further than this ahead of the processing
+  clock is not believed (a producer with a broken clock): the event is a
+  `future_time` dead letter and moves no watermark. 0 turns the guard off.
   """
   size_s: float = 60.0
   period_s: Optional[float] = None
@@ -28,6 +32,7 @@ class WindowSpec(NamedTuple):
   allowed_lateness_s: float = 0.0
   max_out_of_orderness_s: float = 10.0
   source_slack_s: float = 0.0
+  max_future_skew_s: float = 300.0
 
   @property
   def kind(self) -> str:
@@ -47,6 +52,8 @@ class WindowSpec(NamedTuple):
       raise ValueError('--window_period must not exceed --window_size')
     if min(self.allowed_lateness_s, self.max_out_of_orderness_s, self.source_slack_s) < 0:
       raise ValueError('lateness and out-of-orderness must not be negative')
+    if not self.max_future_skew_s >= 0:  # also refuses nan
+      raise ValueError('--max_future_skew must not be negative (0 turns the guard off)')
 
   def window_fn(self) -> window.WindowFn:
     if self.kind == 'sessions':
@@ -117,13 +124,21 @@ class AssignEventTime(beam.PTransform):
 
 class _FlagLateFn(beam.DoFn):
   """Judges archive records by their stream's own order (it runs fused behind
-  the reader); live records by the watermark their source stamped on them."""
+  the reader); live records by the watermark their source stamped on them.
+  An event from the far future is split off first, so it moves no watermark."""
 
   def __init__(self, spec: WindowSpec):
     self._spec = spec
     self._trackers = {}
 
   def process(self, event: r.Event):
+    if is_future(event.event_time_us, self._spec.max_future_skew_s):
+      yield beam.pvalue.TaggedOutput(DEADLETTER, self._dead(
+          event, r.FUTURE_TIME,
+          f'event time {format_micros(event.event_time_us)} is more than '
+          f'{self._spec.max_future_skew_s:g}s ahead of the clock '
+          f'({format_micros(time.time_ns() // 1000)})'))
+      return
     tracker = self._trackers.get(event.stream)
     if tracker is None:
       tracker = self._trackers[event.stream] = LatenessTracker(self._spec)
@@ -136,16 +151,21 @@ class _FlagLateFn(beam.DoFn):
     if not late:
       yield event
     else:
-      yield beam.pvalue.TaggedOutput(DEADLETTER, r.DeadLetter(
-          raw=event.raw, reason=r.LATE,
-          error=(f'event time {format_micros(event.event_time_us)} is behind the '
-                 f'watermark {format_micros(watermark_us)} by more than the '
-                 f'allowed lateness of {self._spec.allowed_lateness_s:g}s'),
-          source=event.source, id=event.id, event_time_us=event.event_time_us))
+      yield beam.pvalue.TaggedOutput(DEADLETTER, self._dead(
+          event, r.LATE,
+          f'event time {format_micros(event.event_time_us)} is behind the '
+          f'watermark {format_micros(watermark_us)} by more than the '
+          f'allowed lateness of {self._spec.allowed_lateness_s:g}s'))
+
+  @staticmethod
+  def _dead(event: r.Event, reason: str, error: str) -> r.DeadLetter:
+    return r.DeadLetter(raw=event.raw, reason=reason, error=error, source=event.source,
+                        id=event.id, event_time_us=event.event_time_us)
 
 
 class FlagLateEvents(beam.PTransform):
-  """Splits off events that arrive after their windows closed; returns (events, late)."""
+  """Splits off events that arrive after their windows closed, or from the far
+  future; returns (events, dead letters)."""
 
   def __init__(self, spec: WindowSpec):
     super().__init__()
