@@ -149,7 +149,7 @@ def load_sentence_transformer(config: ModelConfig):
     model = model.to(torch.bfloat16)
   model.eval()
   if config.backend == 'onnx':
-    from models.onnx_backend import load_onnx
+    from models.onnx_backend import load_onnx  # ONNX Runtime: an optional extra
     encoder = load_onnx(model, source, config.quantize)
     logging.info('Loaded %s from %s with ONNX Runtime (quantize: %s)', config.model, source,
                  config.quantize)

@@ -20,7 +20,7 @@ from transforms.records import FUTURE_TIME, LATE, DeadLetterMark
 from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, WriteDeadLetters,
                               WriteEnrichedParquet)
 from transforms.topics import SummarizeWindows
-from transforms.uris import sink
+from transforms.uris import sink, sink_label
 from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
 
 
@@ -89,9 +89,9 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
     windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
   written = windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model)
-  for n, uri in enumerate(config.sinks):
-    written = written | f'Write sink {n}' >> sink(uri, config.output, config.model.model,
-                                                     derive.extra_columns)
+  for uri in config.sinks:
+    written = written | sink_label(uri) >> sink(uri, config.output, config.model.model,
+                                                   derive.extra_columns)
   if derive.topic_distance is not None:
     written = written | 'Summarize windows' >> SummarizeWindows(
         config.output, derive.topic_distance, derive.topic_horizon_s)

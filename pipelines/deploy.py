@@ -13,6 +13,8 @@ import shlex
 import sys
 from typing import List
 
+from transforms.uri_query import redacted
+
 JOBS = {'stream': 'pipelines.stream', 'replay': 'pipelines.replay'}
 
 
@@ -103,7 +105,6 @@ def main(argv=None) -> None:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if '--print' in argv:
-    from transforms.uri_query import redacted
     print(redacted(shlex.join(full)))  # a shown command keeps no password
     return
   import os

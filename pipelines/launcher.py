@@ -13,6 +13,7 @@ from models.loading import ModelConfig, threads_per_worker
 from pipelines import monitoring
 from pipelines.report import RunFacts, invocation, write_report
 from pipelines.options import ConfigError, JobConfig
+from pipelines.preflight import runs_locally
 from transforms import faults
 from transforms.fields import MISSING, format_path, resolve
 from transforms.records import Undecodable, decode_object
@@ -125,7 +126,6 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
   if test_pipeline is None:
     logging.info('Running on %s', choose_local_runner(options))
     config = config._replace(model=share_cores(options, config.model))
-    from pipelines.preflight import runs_locally
     local = runs_locally(options)
   faults.reset(local, config.write_retry_s)
   streaming = options.view_as(StandardOptions).streaming

@@ -3,12 +3,14 @@ from typing import NamedTuple, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models.labels import LabelIndex, read_label_file
 from models.loading import DEFAULT_MODEL, DEVICES, PRECISIONS, ModelConfig
 from transforms.eventtime import TimeParser
 from transforms.faults import DEFAULT_WRITE_RETRY_S
 from transforms.derive import DeriveSpec
 from transforms.fields import FieldMapping
 from transforms.sources import FORMATS
+from transforms.uris import check_sink
 from transforms.windowing import WindowSpec
 
 
@@ -215,7 +217,8 @@ def csv_delimiter(options: PipelineOptions) -> str:
 
 def parse_sinks(flag: str) -> Tuple[str, ...]:
   sinks = tuple(s.strip() for s in flag.split(',') if s.strip())
-  from transforms.uris import check_sink
+  if len(set(sinks)) < len(sinks):
+    raise ConfigError('--sink names the same sink twice')
   for sink in sinks:
     try:
       check_sink(sink)
@@ -233,7 +236,6 @@ def derive_spec(derive: DeriveOptions, model: ModelConfig, window: WindowSpec) -
     raise ConfigError('--dedup_threshold is a cosine, between -1 and 1')
   index = None
   if derive.label_file:
-    from models.labels import LabelIndex, read_label_file
     try:
       index = LabelIndex.build(read_label_file(derive.label_file), model)
     except (OSError, ValueError, KeyError) as e:

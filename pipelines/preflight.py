@@ -11,7 +11,9 @@ from typing import Iterable, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from models.loading import ModelConfig
 from pipelines.options import ConfigError, JobConfig
+from transforms.redis_streams import ensure_group
 from transforms.redis_urls import RedisStreamAddress
 from transforms.uris import is_redis
 
@@ -82,7 +84,6 @@ def check_device(device: str) -> None:
 
 def check_model(model: str) -> None:
   """With the hub offline, a model must be a local folder or in the Hugging Face cache."""
-  from models.loading import ModelConfig
   if ModelConfig(model).is_packaged_default() or os.path.isdir(os.path.expanduser(model)):
     return
   if os.environ.get('HF_HUB_OFFLINE', '').lower() not in ('1', 'true', 'yes', 'on'):
@@ -105,7 +106,6 @@ def check_redis(address: RedisStreamAddress, role: str) -> None:
   import redis
   from redis.backoff import NoBackoff
   from redis.retry import Retry
-  from transforms.redis_streams import ensure_group
   client = address.client(socket_connect_timeout=_CONNECT_TIMEOUT_S,
                           socket_timeout=_CONNECT_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
   try:

@@ -20,8 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from models.loading import DEFAULT_MODEL, ModelConfig, load_sentence_transformer
 from models.vectors import unit_rows
 from transforms.eventtime import TimeParser, format_micros
+from transforms.vector_store import open_table
 
 _PAYLOAD = ('event_time', 'window_start', 'window_end', 'label', 'duplicate_of', 'source')
 
@@ -52,7 +54,6 @@ def open_rows(store: str, since: Optional[str], until: Optional[str],
 
 def embed_queries(queries: List[str], model_name: str) -> np.ndarray:
   """Unit-length query embeddings from the model that embedded the rows."""
-  from models.loading import ModelConfig, load_sentence_transformer
   model = load_sentence_transformer(ModelConfig(model=model_name, device='auto'))
   vectors = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
   return np.asarray(vectors, np.float32)
@@ -88,8 +89,6 @@ def vector_store_uri(store: str) -> Optional[str]:
 def search_vector_store(uri: str, queries: List[str], k: int, since, until, label,
                         model_name: Optional[str]):
   """Yields (query, rank, score, row dict) from the LanceDB store."""
-  from models.loading import DEFAULT_MODEL
-  from transforms.vector_store import open_table
   table = open_table(uri)
   clauses = []
   parser = TimeParser()

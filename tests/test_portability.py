@@ -70,7 +70,7 @@ def test_handler_and_steps_pickle_and_translate_with_unique_labels(tmp_path):
   labels = [t.unique_name for t in proto.components.transforms.values()]
   assert len(labels) == len(set(labels))
   assert {'Parse events', 'Embed events', 'Window events', 'Write enriched',
-          'Write dead letters', 'Write sink 0', 'Summarize windows'} <= {
+          'Write dead letters', 'Write vectors', 'Summarize windows'} <= {
               label.split('/')[0] for label in labels}
 
 
@@ -87,7 +87,25 @@ def test_a_cloud_streaming_job_translates_with_unique_labels(tmp_path):
   labels = [t.unique_name for t in pipeline.to_runner_api().components.transforms.values()]
   assert len(labels) == len(set(labels))
   steps = {label.split('/')[0] for label in labels}
-  assert {'Read records', 'Write sink 0', 'Write sink 1'} <= steps
+  assert {'Read records', 'Write bq: my-project.analytics.enriched',
+          'Write pubsub: projects my-project topics enriched'} <= steps
+
+
+def test_sink_labels_stay_when_the_sinks_are_reordered(tmp_path):
+  sinks = ('vectors', 'redis://:secret@127.0.0.1:6379/0?stream=enriched',
+           'pubsub://projects/my-project/topics/enriched')
+
+  def labels(order):
+    pipeline = beam.Pipeline(runner='FnApiRunner', options=PipelineOptions(['--streaming']))
+    build(pipeline | 'Read records' >> beam.Create(RECORDS),
+          config(str(tmp_path))._replace(sinks=order), SentenceTransformerHandler(ModelConfig()))
+    return {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+
+  first, reordered = labels(sinks), labels(tuple(reversed(sinks)))
+  assert first == reordered
+  assert {'Write vectors', 'Write redis: :***@127.0.0.1:6379 0?stream=enriched'} <= {
+      label.split('/')[0] for label in first}
+  assert not any('secret' in label for label in first)
 
 
 def _rows(folder):

@@ -5,6 +5,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from models.labels import assign_labels
 from models.vectors import unit_rows
 
 from transforms.records import WindowRows
@@ -83,7 +84,6 @@ class _DeriveFn(beam.DoFn):
     embeddings = embedding_matrix(batch.rows)
     extras = dict(batch.extras or {})
     if self._spec.label_index is not None:
-      from models.labels import assign_labels
       extras.update(assign_labels(self._spec.label_index, embeddings,
                                   self._spec.label_threshold, self._spec.label_top_k))
     if self._spec.dedup_threshold is not None:

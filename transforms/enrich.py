@@ -7,7 +7,7 @@ from apache_beam.transforms import window
 from models.handler import InferenceFailure
 from transforms.instruments import MeasuredKeyedHandler
 from transforms import records as r
-from transforms.parse import DEADLETTER
+from transforms.records import DEADLETTER
 
 class _SplitResultsFn(beam.DoFn):
   """Pairs events with their vectors and dead-letters failures."""

@@ -93,7 +93,7 @@ class FieldMapping(NamedTuple):
     if text_template is not None:
       if text_field is not None:
         raise ValueError('--text_template and --text_field exclude each other; give one')
-      from transforms.template import TextTemplate
+      from transforms.template import TextTemplate  # it imports this module
       template = TextTemplate.parse(text_template)
       text_paths = template.paths
     else:

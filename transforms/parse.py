@@ -8,7 +8,6 @@ from transforms import records as r
 from transforms.eventtime import TimeParser
 from transforms.fields import MISSING, FieldMapping, format_path, derive_id, resolve
 
-DEADLETTER = 'deadletter'
 
 
 def parse_record(record: r.RawRecord, mapping: FieldMapping,
@@ -79,7 +78,7 @@ class _ParseFn(beam.DoFn):
     if isinstance(parsed, r.Event):
       yield parsed
     else:
-      yield beam.pvalue.TaggedOutput(DEADLETTER, parsed)
+      yield beam.pvalue.TaggedOutput(r.DEADLETTER, parsed)
 
 
 class ParseEvents(beam.PTransform):
@@ -92,5 +91,5 @@ class ParseEvents(beam.PTransform):
 
   def expand(self, raw_records):
     outputs = raw_records | 'Parse' >> beam.ParDo(
-        _ParseFn(self._mapping, self._time_parser)).with_outputs(DEADLETTER, main='events')
-    return outputs.events, outputs[DEADLETTER]
+        _ParseFn(self._mapping, self._time_parser)).with_outputs(r.DEADLETTER, main='events')
+    return outputs.events, outputs[r.DEADLETTER]

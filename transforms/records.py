@@ -3,7 +3,7 @@
 NamedTuples keep them cheap to pickle and easy to read in tests.
 """
 import json
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 
 class RawRecord(NamedTuple):
@@ -65,6 +65,9 @@ class DeadLetter(NamedTuple):
 
 # Reason codes written in the dead letters' `reason` column.
 INVALID_UTF8 = 'invalid_utf8'
+# The tagged output on which steps emit their DeadLetters.
+DEADLETTER = 'deadletter'
+
 INVALID_JSON = 'invalid_json'
 NOT_AN_OBJECT = 'not_an_object'
 EMPTY_RECORD = 'empty_record'
@@ -128,16 +131,16 @@ class WindowRows(NamedTuple):
   start_us: int
   end_us: int
   pane: int
-  rows: list
-  extras: Optional[dict] = None
-  context: tuple = ()  # rows of earlier windows within the look-back, sorted, not written
+  rows: List[Embedded]
+  extras: Optional[Dict[str, list]] = None
+  context: Tuple[Embedded, ...] = ()  # rows of earlier windows within the look-back, sorted, not written
   deadletters: int = 0  # dead letters with an event time in this window (not late ones)
 
 
 class DeadLetterBatch(NamedTuple):
   """Dead letters of one reason, written as one file."""
   reason: str
-  letters: list
+  letters: List[DeadLetter]
 
 
 class DeadLetterMark(NamedTuple):
@@ -147,4 +150,4 @@ class DeadLetterMark(NamedTuple):
 
 class Lookback(NamedTuple):
   """An earlier window's row, offered to a later window as context (never written there)."""
-  row: object
+  row: Embedded

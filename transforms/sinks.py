@@ -25,11 +25,11 @@ from transforms.records import DeadLetterBatch, WindowRows
 
 ENRICHED_DIR = 'enriched'
 DEADLETTER_DIR = 'deadletter'
-TIMESTAMP = _TS = pa.timestamp('us', tz='UTC')
+TIMESTAMP = pa.timestamp('us', tz='UTC')
 
 DEADLETTER_SCHEMA = pa.schema([
     ('id', pa.string()),
-    ('event_time', _TS),
+    ('event_time', TIMESTAMP),
     ('reason', pa.string()),
     ('error', pa.string()),
     ('source', pa.string()),
@@ -50,9 +50,9 @@ EXTRA_TYPES = {
 def enriched_schema(dimensions: int) -> pa.Schema:
   return pa.schema([
       ('id', pa.string()),
-      ('event_time', _TS),
-      ('window_start', _TS),
-      ('window_end', _TS),
+      ('event_time', TIMESTAMP),
+      ('window_start', TIMESTAMP),
+      ('window_end', TIMESTAMP),
       ('text', pa.string()),
       ('embedding', pa.list_(pa.float32(), dimensions)),
       ('model', pa.string()),
@@ -148,9 +148,9 @@ def enriched_table(rows, window_start_us: int, window_end_us: int, model: str,
   events = [row.event for row in rows]
   table = pa.table([
       pa.array([event.id for event in events], pa.string()),
-      pa.array([event.event_time_us for event in events], _TS),
-      pa.array(np.full(n, window_start_us, np.int64), _TS),
-      pa.array(np.full(n, window_end_us, np.int64), _TS),
+      pa.array([event.event_time_us for event in events], TIMESTAMP),
+      pa.array(np.full(n, window_start_us, np.int64), TIMESTAMP),
+      pa.array(np.full(n, window_end_us, np.int64), TIMESTAMP),
       pa.array([event.text for event in events], pa.string()),
       pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dimensions),
       pa.array([model] * n, pa.string()),
@@ -165,7 +165,7 @@ def deadletter_table(letters) -> pa.Table:
   letters = sorted(letters, key=lambda d: (d.source, d.reason))
   return pa.table([
       pa.array([d.id for d in letters], pa.string()),
-      pa.array([d.event_time_us for d in letters], pa.int64()).cast(_TS),
+      pa.array([d.event_time_us for d in letters], pa.int64()).cast(TIMESTAMP),
       pa.array([d.reason for d in letters], pa.string()),
       pa.array([d.error for d in letters], pa.string()),
       pa.array([d.source for d in letters], pa.string()),

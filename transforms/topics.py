@@ -10,7 +10,7 @@ import pyarrow as pa
 from models.vectors import unit_rows
 from transforms import faults
 from transforms.records import WindowRows
-from transforms.sinks import TIMESTAMP as _TS, embedding_matrix, window_part_path, write_parquet
+from transforms.sinks import TIMESTAMP, embedding_matrix, window_part_path, write_parquet
 
 WINDOWS_DIR = 'windows'
 TOPIC_TYPE = pa.struct([
@@ -20,8 +20,8 @@ TOPIC_TYPE = pa.struct([
     ('labels', pa.string()),  # JSON: label -> count
 ])
 SUMMARY_SCHEMA = pa.schema([
-    ('window_start', _TS),
-    ('window_end', _TS),
+    ('window_start', TIMESTAMP),
+    ('window_end', TIMESTAMP),
     ('pane', pa.int32()),
     ('part', pa.string()),  # the enriched file summarised: DIR/enriched/window=START/PART
     ('events', pa.int32()),
@@ -94,8 +94,8 @@ class _SummarizeFn(beam.DoFn):
     topics = window_topics(texts, embeddings, labels, self._distance, earlier=earlier)
     path = window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch)
     summary = pa.table([
-        pa.array([batch.start_us], pa.int64()).cast(_TS),
-        pa.array([batch.end_us], pa.int64()).cast(_TS),
+        pa.array([batch.start_us], pa.int64()).cast(TIMESTAMP),
+        pa.array([batch.end_us], pa.int64()).cast(TIMESTAMP),
         pa.array([batch.pane], pa.int32()),
         pa.array([path.rsplit('/', 1)[1]], pa.string()),
         pa.array([len(batch.rows)], pa.int32()),

@@ -8,6 +8,7 @@ Sinks beside Parquet: vectors (a LanceDB store under the output), lancedb:URI,
 redis://HOST:PORT/DB?stream=NAME, pubsub://projects/P/topics/T, kafka://BROKERS/TOPIC,
 bq://PROJECT.DATASET.TABLE.
 """
+import re
 from typing import Callable, Optional
 
 import apache_beam as beam
@@ -74,6 +75,13 @@ def watermark_slack_s(uri: str, max_out_of_orderness_s: float) -> float:
 def acknowledged_stream(uri: str) -> Optional[RedisStreamAddress]:
   """The stream whose entries must be acknowledged after writing, if the source has one."""
   return RedisStreamAddress.parse(uri) if is_redis(uri) else None
+
+
+def sink_label(uri: str) -> str:
+  """The step label of a sink, from what it writes to (scheme and target), so that
+  reordering --sink keeps every label (Dataflow --update and Flink savepoints match
+  steps by label). No '/' (Beam's label separator) and no password."""
+  return 'Write ' + re.sub(r'/+', ' ', redacted(uri)).strip()
 
 
 def check_sink(uri: str) -> None:

@@ -13,7 +13,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 import pyarrow as pa
 
 from transforms.records import WindowRows
-from transforms.sinks import TIMESTAMP as _TS, enriched_table
+from transforms.sinks import TIMESTAMP, enriched_table
 
 TABLE = 'events'
 VECTORS_DIR = 'vectors'
@@ -23,9 +23,9 @@ def vector_schema(dimensions: int) -> pa.Schema:
   return pa.schema([
       ('id', pa.string()),
       ('vector', pa.list_(pa.float32(), dimensions)),
-      ('event_time', _TS),
-      ('window_start', _TS),
-      ('window_end', _TS),
+      ('event_time', TIMESTAMP),
+      ('window_start', TIMESTAMP),
+      ('window_end', TIMESTAMP),
       ('text', pa.string()),
       ('label', pa.string()),
       ('duplicate_of', pa.string()),

@@ -7,7 +7,7 @@ from apache_beam.transforms import trigger, window
 
 from transforms import records as r
 from transforms.eventtime import format_micros, is_future
-from transforms.parse import DEADLETTER
+from transforms.records import DEADLETTER
 
 _MICROS = 1_000_000
 
