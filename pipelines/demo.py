@@ -10,7 +10,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launcher import JobResult, launch, main
+from pipelines.launcher import JobResult, build_job, main, run_job
 from pipelines.options import job_config
 from pipelines.preflight import check_start
 from transforms.synthetic import GenerateSyntheticEvents
@@ -41,9 +41,8 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   config = job_config(options)
   if test_pipeline is None:
     check_start(options, config)
-  return launch(options, config,
-                GenerateSyntheticEvents(synthetic.num_events, synthetic.rate, synthetic.seed),
-                test_pipeline)
+  read = GenerateSyntheticEvents(synthetic.num_events, synthetic.rate, synthetic.seed)
+  return run_job(build_job(options, config, read, test_pipeline))
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from models.loading import ModelConfig, threads_per_worker
 from pipelines import monitoring
+from pipelines.builder import WrittenFiles, build
 from pipelines.report import RunFacts, invocation, write_report
 from pipelines.options import ConfigError, JobConfig
 from pipelines.preflight import runs_locally
@@ -109,18 +110,20 @@ def share_cores(options: PipelineOptions, model: ModelConfig) -> ModelConfig:
 _RERUN = 'a rerun writes what is missing and replaces the files it wrote'
 
 
-def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
-           test_pipeline: Optional[beam.Pipeline] = None,
-           after_write: Optional[Callable] = None, resume: str = _RERUN) -> JobResult:
-  """Builds the job behind `read`, runs it to the end and returns its counts.
+class Job(NamedTuple):
+  """A built job, not yet run: the entry point may add its own steps behind `written`."""
+  pipeline: beam.Pipeline
+  written: WrittenFiles
+  config: JobConfig
+  streaming: bool
+  monitor: monitoring.RunMonitor
+  started: float  # time.monotonic() when building began
+  started_at: float  # time.time() then
 
-  Args:
-    after_write: adds steps behind the Parquet writes (more sinks, acknowledgements),
-      given the builder's WrittenFiles.
-    resume: what happens to unwritten records after a stop, for the stop line.
-  """
-  # Imported here, after the start checks: it pulls in torch, seconds of start-up.
-  from pipelines.builder import WrittenFiles, build
+
+def build_job(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
+              test_pipeline: Optional[beam.Pipeline] = None) -> Job:
+  """Builds the whole job behind `read` (runner defaults, the builder, the metrics steps)."""
   started, started_at = time.monotonic(), time.time()
   local = False
   if test_pipeline is None:
@@ -130,29 +133,36 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
   faults.reset(local, config.write_retry_s)
   streaming = options.view_as(StandardOptions).streaming
   monitor = monitoring.monitor_for(options)
+  pipeline = test_pipeline or beam.Pipeline(options=options)
+  written = build(pipeline | 'Read records' >> read, config)
+  written = WrittenFiles(
+      written.enriched | 'Measure latency' >> MeasureLatency() if streaming
+      else written.enriched,
+      written.deadletters | 'Count dead letters' >> CountByReason())
+  return Job(pipeline, written, config, streaming, monitor, started, started_at)
+
+
+def run_job(job: Job, resume: str = _RERUN) -> JobResult:
+  """Runs a built job to the end and returns its counts (and writes its report).
+
+  Args:
+    resume: what happens to unwritten records after a stop, for the stop line.
+  """
+  _make_output_folders(job.config.output)
   try:
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    raw_records = pipeline | 'Read records' >> read
-    written = build(raw_records, config)
-    written = WrittenFiles(
-        written.enriched | 'Measure latency' >> MeasureLatency() if streaming
-        else written.enriched,
-        written.deadletters | 'Count dead letters' >> CountByReason())
-    if after_write is not None:
-      after_write(written)
-    _make_output_folders(config.output)
-    result = pipeline.run()
-    monitor.watch(result)
+    result = job.pipeline.run()
+    job.monitor.watch(result)
     result.wait_until_finish()
   finally:
-    final = monitor.stop()
+    final = job.monitor.stop()
   counts = final.counters
   records_read = counts.get('records_read', 0)
-  job = JobResult(records_read, counts.get('enriched_rows', 0),
-                  counts.get('deadletters', 0), time.monotonic() - started, config.output,
-                  config.window.kind, _failure(records_read, resume))
-  return job._replace(report=_write_report(job, config, streaming, started_at, final,
-                                           monitor.samples))
+  outcome = JobResult(records_read, counts.get('enriched_rows', 0),
+                      counts.get('deadletters', 0), time.monotonic() - job.started,
+                      job.config.output, job.config.window.kind,
+                      _failure(records_read, resume))
+  return outcome._replace(report=_write_report(outcome, job.config, job.streaming,
+                                               job.started_at, final, job.monitor.samples))
 
 
 def _failure(records_read: int, resume: str) -> Optional[str]:

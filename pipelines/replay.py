@@ -13,7 +13,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launcher import JobResult, check_archive, launch, main
+from pipelines.launcher import JobResult, build_job, check_archive, main, run_job
 from pipelines.options import ArchiveOptions, csv_delimiter, job_config
 from pipelines.preflight import check_start
 from transforms.sources import ReadArchive
@@ -27,8 +27,9 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   check_archive(archive.input, archive.input_format, config, delimiter)
   if test_pipeline is None:
     check_start(options, config)
-  return launch(options, config, ReadArchive(archive.input, archive.input_format, delimiter),
-                test_pipeline)
+  return run_job(build_job(options, config,
+                           ReadArchive(archive.input, archive.input_format, delimiter),
+                           test_pipeline))
 
 
 if __name__ == '__main__':

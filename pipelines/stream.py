@@ -26,34 +26,18 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.launcher import JobResult, launch, main
-from pipelines.options import ArchiveOptions, ConfigError, csv_delimiter, job_config
+from pipelines.launcher import JobResult, build_job, main, run_job
+from pipelines.options import (ArchiveOptions, ConfigError, StreamOptions, csv_delimiter,
+                               stream_config)
 from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
 from transforms.live_sources import DRAIN, EventTimeOf
 from transforms.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
 from transforms.records import WindowRows
-from transforms.uris import acknowledged_stream, live_source, watermark_slack_s
+from transforms.uris import acknowledged_stream, live_source
 
 _STREAM_DEFAULTS = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',
                     '--min_batch_size', '1', '--max_batch_size', '1024']
-
-
-class StreamOptions(PipelineOptions):
-  """Where a live job reads and how long it runs."""
-
-  @classmethod
-  def _add_argparse_args(cls, parser):
-    parser.add_argument('--source', default='synthetic://?rate=20',
-                        help='synthetic://?rate=N, redis://[[USER]:PASSWORD@]HOST:PORT/DB?'
-                        'stream=S&group=G (or rediss://, unix://), '
-                        'file://GLOB, pubsub://projects/P/subscriptions/S or '
-                        'kafka://BROKERS/TOPIC?group=G.')
-    parser.add_argument('--duration', type=float, default=0,
-                        help='Drain and stop after this many seconds; 0 runs until '
-                        'SIGINT/SIGTERM (or the end of a file:// source).')
-    parser.add_argument('--poll_interval', type=float, default=0.2,
-                        help='Seconds between polls of an idle source.')
 
 
 class _ReportWindowFn(beam.DoFn):
@@ -76,17 +60,6 @@ class _ReportWindowFn(beam.DoFn):
     yield batch
 
 
-def _extra_steps(source: Optional[RedisStreamAddress]):
-
-  def after_write(written):
-    windows = written.enriched | 'Report windows' >> beam.ParDo(_ReportWindowFn())
-    if source is not None:
-      windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(source)
-      written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(source)
-
-  return after_write
-
-
 def _drain_on_signals(duration_s: float) -> None:
   def drain(signum, _frame):
     logging.info('%s: draining (stop reading, close windows, write, acknowledge)',
@@ -106,15 +79,7 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
   options = PipelineOptions(_STREAM_DEFAULTS + list(argv or []))
   options.view_as(StandardOptions).streaming = True
   stream = options.view_as(StreamOptions)
-  config = job_config(options)
-  config = config._replace(window=config.window._replace(source_slack_s=watermark_slack_s(
-      stream.source, config.window.max_out_of_orderness_s)))
-  runner = (options.view_as(StandardOptions).runner or 'DirectRunner').lower()
-  if config.model.max_batch_duration_secs and runner in ('directrunner', 'direct'):
-    # Measured: with Beam's stateful batching, a drained local run wrote 415 of
-    # 488 events. Batches already follow the source's polls here.
-    raise ConfigError('--max_batch_duration_secs loses buffered events on the local streaming '
-                      'runner; leave it out locally (batches follow the source polls)')
+  config = stream_config(options)
   try:
     read = live_source(stream.source, EventTimeOf(config.mapping, config.time_parser,
                                                   config.window.max_future_skew_s),
@@ -127,8 +92,13 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
     check_start(options, config, stream.source)
   DRAIN.clear()
   _drain_on_signals(stream.duration)
-  return launch(options, config, read, test_pipeline, _extra_steps(acknowledged),
-                _resume(stream.source, acknowledged))
+  job = build_job(options, config, read, test_pipeline)
+  windows = job.written.enriched | 'Report windows' >> beam.ParDo(_ReportWindowFn())
+  if acknowledged is not None:
+    # Only what is written reaches these steps: nothing is acknowledged before that.
+    windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(acknowledged)
+    job.written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(acknowledged)
+  return run_job(job, _resume(stream.source, acknowledged))
 
 
 def _resume(source: str, acknowledged: Optional[RedisStreamAddress]) -> str:

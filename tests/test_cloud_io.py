@@ -19,9 +19,9 @@ from pipelines.options import JobConfig, parse_sinks, ConfigError
 from tests.fakes import HashingModelHandler
 from tests.runners import streaming_pipeline
 from transforms import records as r
+from transforms.bigquery import WriteBigQuery, bigquery_schema, bigquery_table
 from transforms.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, ReadKafka, ReadPubSub,
-                                 UnavailableIO, WriteBigQuery, WriteKafka, _StampedRawFn,
-                                 bigquery_schema, bigquery_table, kafka_records,
+                                 UnavailableIO, WriteKafka, _StampedRawFn, kafka_records,
                                  pubsub_messages)
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping

@@ -1,4 +1,5 @@
-"""Pub/Sub, Kafka and BigQuery through Beam's own IO, for jobs on Flink and Dataflow.
+"""Pub/Sub and Kafka through Beam's own IO, for jobs on Flink and Dataflow (BigQuery:
+transforms.bigquery).
 
 Sources hand on RawRecords stamped with a watermark: the source's timestamp
 for the record (Pub/Sub: publish time or the timestamp attribute; Kafka: the
@@ -7,17 +8,15 @@ it, as it does for its own live sources, and the windows stay open that much
 longer in the runner (WindowSpec.source_slack_s), so an event the flag lets
 through is never dropped silently by the runner's window grouping.
 
-Sinks take WindowRows, write each row as one record (JSON for Pub/Sub and
-Kafka, a table row for BigQuery) on a side branch, and pass the WindowRows on.
+Sinks take WindowRows, write each row as one record (JSON) on a side branch, and
+pass the WindowRows on.
 """
 import urllib.parse
 
 import apache_beam as beam
-import pyarrow as pa
 
 from transforms.records import RawRecord, decoded_record
 from transforms.formats import enriched_records, record_json
-from transforms.sinks import EXTRA_TYPES, enriched_schema
 from transforms.uri_query import uri_query
 
 _MICROS = 1_000_000
@@ -27,7 +26,7 @@ class UnavailableIO(RuntimeError):
   """A source or sink whose runtime pieces are missing here (a jar, a client library)."""
 
 
-def _need_gcp_client(library: str, uri: str) -> None:
+def need_gcp_client(library: str, uri: str) -> None:
   """Raises UnavailableIO when google-cloud-LIBRARY (apache-beam[gcp]) is not installed."""
   import importlib
   try:
@@ -102,7 +101,7 @@ class ReadPubSub(beam.PTransform):
     self._disorder_s = max_out_of_orderness_s
 
   def expand(self, pbegin):
-    _need_gcp_client('pubsub', f'pubsub://{self._subscription}')
+    need_gcp_client('pubsub', f'pubsub://{self._subscription}')
     from apache_beam.io.gcp.pubsub import ReadFromPubSub
     return (pbegin
             | 'Read Pub/Sub' >> ReadFromPubSub(
@@ -191,7 +190,7 @@ class WritePubSub(beam.PTransform):
     self._model = model
 
   def expand(self, windows):
-    _need_gcp_client('pubsub', f'pubsub://{self._topic}')
+    need_gcp_client('pubsub', f'pubsub://{self._topic}')
     from apache_beam.io.gcp.pubsub import WriteToPubSub
     _ = (windows
          | 'As messages' >> beam.FlatMap(pubsub_messages, self._model)
@@ -230,77 +229,3 @@ class WriteKafka(beam.PTransform):
     except RuntimeError as e:
       raise _expansion_error(self._uri, e) from None
     return windows
-
-
-_BIGQUERY_TYPES = {'string': 'STRING', 'float': 'FLOAT', 'double': 'FLOAT',
-                   'timestamp[us, tz=UTC]': 'TIMESTAMP'}
-
-
-def bigquery_schema(extra_columns=()) -> dict:
-  """The BigQuery schema of enriched rows: the Parquet columns, then the derived ones."""
-  fields = list(enriched_schema(1)) + [pa.field(name, EXTRA_TYPES[name]) for name in extra_columns]
-  out = []
-  for field in fields:
-    kind, mode = field.type, 'NULLABLE'
-    if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
-      kind, mode = kind.value_type, 'REPEATED'
-    out.append({'name': field.name, 'type': _BIGQUERY_TYPES[str(kind)], 'mode': mode})
-  return {'fields': out}
-
-
-def bigquery_table(uri: str) -> str:
-  """PROJECT:DATASET.TABLE from bq://PROJECT.DATASET.TABLE (or bq://PROJECT:DATASET.TABLE)."""
-  name = uri[len('bq://'):].split('?')[0]
-  parts = name.replace(':', '.', 1).split('.')
-  if len(parts) != 3 or not all(parts):
-    raise ValueError(f'{uri}: expected bq://PROJECT.DATASET.TABLE')
-  return f'{parts[0]}:{parts[1]}.{parts[2]}'
-
-
-BIGQUERY_METHODS = ('STREAMING_INSERTS', 'FILE_LOADS', 'STORAGE_WRITE_API')
-
-
-class WriteBigQuery(beam.PTransform):
-  """Appends enriched rows to bq://PROJECT.DATASET.TABLE through Beam's WriteToBigQuery.
-
-  The table is created when missing, partitioned by day of event_time. Method:
-  ?method=..., by default STREAMING_INSERTS for streaming jobs and FILE_LOADS
-  (through --temp_location) for replays; STORAGE_WRITE_API runs in Java.
-  A streaming job's FILE_LOADS or STORAGE_WRITE_API commit every
-  ?triggering_frequency=S seconds (60).
-  Passes WindowRows on.
-  """
-
-  def __init__(self, uri: str, model: str, extra_columns=()):
-    super().__init__()
-    self._table = bigquery_table(uri)
-    query = uri_query(uri)
-    self._method = query.get('method')
-    if self._method is not None and self._method not in BIGQUERY_METHODS:
-      raise ValueError(f'{uri}: method is one of {", ".join(BIGQUERY_METHODS)}')
-    try:
-      self._every_s = float(query.get('triggering_frequency', 60))
-    except ValueError:
-      raise ValueError(f'{uri}: triggering_frequency is in seconds') from None
-    self._model = model
-    self._extra_columns = tuple(extra_columns)
-
-  def expand(self, windows):
-    _need_gcp_client('bigquery', f'bq://{self._table}')
-    from apache_beam.io.gcp.bigquery import WriteToBigQuery
-    from apache_beam.options.pipeline_options import StandardOptions
-    streaming = windows.pipeline.options.view_as(StandardOptions).streaming
-    method = self._method or ('STREAMING_INSERTS' if streaming else 'FILE_LOADS')
-    # A streaming job's load jobs (or Storage Write commits) run this often.
-    every_s = self._every_s if streaming and method != 'STREAMING_INSERTS' else None
-    _ = (windows
-         | 'As table rows' >> beam.FlatMap(enriched_records, self._model)
-         | 'Append rows' >> WriteToBigQuery(
-             self._table, schema=bigquery_schema(self._extra_columns), method=method,
-             triggering_frequency=every_s,
-             create_disposition='CREATE_IF_NEEDED', write_disposition='WRITE_APPEND',
-             additional_bq_parameters={'timePartitioning': {'type': 'DAY',
-                                                            'field': 'event_time'}}))
-    return windows
-
-

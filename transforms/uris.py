@@ -13,7 +13,8 @@ from typing import Callable, Optional
 
 import apache_beam as beam
 
-from transforms.cloud_io import ReadKafka, ReadPubSub, WriteBigQuery, WriteKafka, WritePubSub
+from transforms.bigquery import WriteBigQuery
+from transforms.cloud_io import ReadKafka, ReadPubSub, WriteKafka, WritePubSub
 from transforms.live_sources import ArchiveReader, ReadLive, Reader
 from transforms.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
 from transforms.redis_urls import SCHEMES as _REDIS_SCHEMES
