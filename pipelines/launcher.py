@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from models.embedding_cache import hit_rate
 from models.loading import ModelConfig, threads_per_worker
 from pipelines.builder import WrittenFiles, build
 from pipelines.options import ConfigError, JobConfig
@@ -29,6 +30,8 @@ class JobResult(NamedTuple):
   seconds: float
   output: str
   window_kind: str
+  cache_hits: int = 0  # texts served by the exact-repeat embedding cache
+  cache_misses: int = 0  # texts the model encoded (with the cache on)
 
   @property
   def balanced(self) -> bool:
@@ -42,10 +45,14 @@ class JobResult(NamedTuple):
       check = 'sliding windows write an event once per window it falls in'
     else:
       check = 'MISMATCH: records read differ from rows plus dead letters'
+    lookups = self.cache_hits + self.cache_misses
+    cache = (f' Embedding cache: {self.cache_hits} of {lookups} texts were repeats served '
+             f'from it ({hit_rate(self.cache_hits, self.cache_misses):.0%} hit rate).'
+             if lookups else '')
     return '\n'.join([
         f'Read {self.records_read} records: {self.enriched_rows} enriched rows, '
         f'{self.deadletters} dead letters ({check}).',
-        f'Took {self.seconds:.1f} s, {rate:.1f} events/s end to end.',
+        f'Took {self.seconds:.1f} s, {rate:.1f} events/s end to end.{cache}',
         f'Enriched rows: {self.output.rstrip("/")}/enriched/   '
         f'dead letters: {self.output.rstrip("/")}/deadletter/',
     ])
@@ -122,7 +129,8 @@ def launch(options: PipelineOptions, config: JobConfig, read: beam.PTransform,
   result.wait_until_finish()
   return JobResult(_counter(result, 'records_read'), _counter(result, 'enriched_rows'),
                    _counter(result, 'deadletters'), time.monotonic() - started, config.output,
-                   config.window.kind)
+                   config.window.kind, _counter(result, 'embedding_cache_hits'),
+                   _counter(result, 'embedding_cache_misses'))
 
 
 def _make_output_folders(output: str) -> None:
