@@ -18,17 +18,7 @@ _UNITS = (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX512-BF16'), ('avx512f', 'AVX5
 
 def describe() -> str:
   """e.g. 'x86_64, 2 cores, AMD EPYC, AVX2' (from /proc/cpuinfo where there is one)."""
-  model, flags = platform.processor() or 'cpu', set()
-  try:
-    with open('/proc/cpuinfo') as info:
-      for line in info:
-        key, _, value = line.partition(':')
-        if key.strip() == 'model name':
-          model = value.strip()
-        elif key.strip() == 'flags':
-          flags = set(value.split())
-          break
-  except OSError:
-    pass
+  from models.loading import cpu_info
+  model, flags = cpu_info()
   units = '/'.join(name for flag, name in _UNITS if flag in flags) or 'no AVX2'
-  return f'{platform.machine()}, {os.cpu_count()} cores, {model}, {units}'
+  return f'{platform.machine()}, {os.cpu_count()} cores, {model or platform.processor() or "cpu"}, {units}'

@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
+from models.embedding_cache import hit_rate
 
 VARIANTS = ('bare', 'bare-tuned', 'pipeline', 'mltransform')
 ST_DEFAULT_BATCH = 32  # SentenceTransformer.encode's batch_size
@@ -56,19 +57,20 @@ def setting_config(setting: str, device: str):
 BASELINE = 'bare@fp32'
 
 
-def write_slice(source: pathlib.Path, text_field: str, limit: int, folder: str) -> str:
-  """Copies the first `limit` records with a non-blank text into a JSON Lines file."""
+def write_slice(source: pathlib.Path, text_field: str, limit: int, folder: str,
+                distinct: bool = False) -> str:
+  """Copies the first `limit` records with a non-blank text (each text once if `distinct`)."""
   opener = gzip.open if source.suffix == '.gz' else open
   path = os.path.join(folder, 'slice.jsonl')
+  seen = set()
   with opener(source, 'rt', encoding='utf-8') as lines, open(path, 'w') as out:
-    kept = 0
     for line in lines:
-      if kept == limit:
+      if len(seen) == limit:
         break
       text = json.loads(line).get(text_field)
-      if isinstance(text, str) and text.strip():
+      if isinstance(text, str) and text.strip() and not (distinct and text in seen):
         out.write(line if line.endswith('\n') else line + '\n')
-        kept += 1
+        seen.add(text if distinct else len(seen))
   return path
 
 
@@ -101,7 +103,7 @@ def child_bare(args, tuned=False):
   model = load_sentence_transformer(config)
   encode()
   e2e = time.time() - args.spawned_at
-  measured = {'e2e_s': e2e, 'steady_s': encode()}
+  measured = {'e2e_s': e2e, 'steady_s': None if args.e2e_only else encode()}
   if args.accuracy and args.precision != 'fp32':
     measured.update(accuracy_against_fp32(model, texts, args.device))
   return measured
@@ -126,6 +128,7 @@ def _timed_replay(args, slice_path, output):
                        '--text_field', args.text_field, '--device', args.device,
                        *SETTINGS[args.precision], *args.pipeline_args])
   assert result.enriched_rows == result.records_read, result
+  args.cache_counts = {'cache_hits': result.cache_hits, 'cache_misses': result.cache_misses}
   return time.perf_counter() - started
 
 
@@ -152,12 +155,15 @@ def _pipeline_child(run_once):
     with tempfile.TemporaryDirectory() as folder:
       run_once(args, args.slice, os.path.join(folder, 'first'))
       e2e = time.time() - args.spawned_at
+      first_counts = getattr(args, 'cache_counts', {})
+      if args.e2e_only:
+        return {'e2e_s': e2e, 'steady_s': None, **first_counts}
       small_slice = os.path.join(folder, 'small.jsonl')
       with open(args.slice) as lines, open(small_slice, 'w') as out:
         out.writelines(itertools.islice(lines, SMALL))
       small = run_once(args, small_slice, os.path.join(folder, 'small'))
       full = run_once(args, args.slice, os.path.join(folder, 'full'))
-    return {'e2e_s': e2e, 'steady_s': full - small, 'steady_n_offset': SMALL}
+    return {'e2e_s': e2e, 'steady_s': full - small, 'steady_n_offset': SMALL, **first_counts}
 
   return child
 
@@ -173,6 +179,7 @@ def run_child(args, variant, accuracy=False):
              '--spawned_at', repr(time.time()),
              '--slice', args.slice, '--text_field', args.text_field, '--device', args.device,
              '--precision', precision, *(['--accuracy'] if accuracy else []),
+             *(['--e2e_only'] if args.e2e_only else []),
              '--', *args.pipeline_args]
   done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                         env=dict(os.environ, HF_HUB_OFFLINE='1'))
@@ -185,7 +192,8 @@ def summarize(runs, n):
   summary = {}
   for variant, measured in runs.items():
     e2e = statistics.median(m['e2e_s'] for m in measured)
-    steady = statistics.median(m['steady_s'] for m in measured)
+    steadies = [m['steady_s'] for m in measured if m['steady_s'] is not None]
+    steady = statistics.median(steadies) if steadies else float('inf')
     steady_n = n - measured[0].get('steady_n_offset', 0)
     summary[variant] = {
         'e2e_events_per_s': n / e2e,
@@ -193,13 +201,17 @@ def summarize(runs, n):
         'peak_rss_mb': max(m['peak_rss_mb'] for m in measured),
         'e2e_s': [round(m['e2e_s'], 2) for m in measured],
     }
-    for key in ('min_cosine', 'mean_cosine'):
+    for key in ('min_cosine', 'mean_cosine', 'cache_hits', 'cache_misses'):
       if key in measured[0]:
         summary[variant][key] = measured[0][key]
+    if 'cache_hits' in measured[0]:  # of the first full run in the first round
+      summary[variant]['cache_hit_rate'] = hit_rate(measured[0]['cache_hits'],
+                                                    measured[0]['cache_misses'])
   bare = summary[BASELINE]
   for variant in summary.values():
     variant['e2e_ratio'] = variant['e2e_events_per_s'] / bare['e2e_events_per_s']
-    variant['steady_ratio'] = variant['steady_events_per_s'] / bare['steady_events_per_s']
+    variant['steady_ratio'] = (variant['steady_events_per_s'] / bare['steady_events_per_s']
+                               if bare['steady_events_per_s'] else 0.0)
   return summary
 
 
@@ -223,11 +235,30 @@ def chart(summary, path, title):
   fig.savefig(path, dpi=110)
 
 
+def _gpu_name(device: str):
+  if not device.startswith('cuda'):
+    return None
+  import torch
+  return torch.cuda.get_device_name(0)
+
+
+def _cache_setting(pipeline_args) -> int:
+  """The pipelines' --embedding_cache (vectors held per model copy; 0: off)."""
+  from pipelines.options import ModelOptions
+  return ModelOptions(list(pipeline_args)).embedding_cache
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--input', default=str(DEFAULT_INPUT), help='JSON Lines archive (.gz ok).')
   parser.add_argument('--text_field', default='comment')
   parser.add_argument('--limit', type=int, default=3000)
+  parser.add_argument('--skip_accuracy', action='store_true',
+                      help='Leave out the cosines to fp32 (they encode every text twice more).')
+  parser.add_argument('--e2e_only', action='store_true',
+                      help='Only the end-to-end pass (steady state shows as 0).')
+  parser.add_argument('--distinct', action='store_true',
+                      help='Each text once: the first `limit` distinct texts (no cache hits).')
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--variants', default=','.join(VARIANTS))
   parser.add_argument('--device', default='cpu')
@@ -257,33 +288,41 @@ def main(argv=None):
                            and (kind != 'mltransform' or precision == 'fp32')
                            and (kind != 'bare-tuned' or precision in ('fp32', 'bf16'))]
   with tempfile.TemporaryDirectory() as folder:
-    args.slice = write_slice(pathlib.Path(args.input), args.text_field, args.limit, folder)
+    load_before = os.getloadavg()[0]
+    args.slice = write_slice(pathlib.Path(args.input), args.text_field, args.limit, folder,
+                             args.distinct)
     n = len(read_texts(args.slice, args.text_field))
     runs = {v: [] for v in variants}
     for round_number in range(args.rounds):
       order = variants if round_number % 2 == 0 else list(reversed(variants))
       for variant in order:
-        measured = run_child(args, variant, accuracy=round_number == 0)
+        measured = run_child(args, variant,
+                             accuracy=round_number == 0 and not args.skip_accuracy)
         runs[variant].append(measured)
         print(f'round {round_number + 1} {variant}: {measured["e2e_s"]:.1f} s end to end',
               flush=True)
   summary = summarize(runs, n)
   machine = describe()
-  print(f'\n{n} texts on {args.device}, median of {args.rounds} rounds, ratios to bare fp32; '
-        f'{machine}')
+  print(f'\n{n} {"distinct " if args.distinct else ""}texts on {args.device}, median of '
+        f'{args.rounds} rounds, ratios to bare fp32, pipeline --embedding_cache '
+        f'{_cache_setting(args.pipeline_args)}; {machine}')
   print(f'{"variant":<18} {"e2e ev/s":>9} {"ratio":>6} {"steady ev/s":>12} {"ratio":>6} '
-        f'{"peak RSS MB":>12} {"min/mean cos to fp32":>21}')
+        f'{"peak RSS MB":>12} {"min/mean cos to fp32":>21} {"cache hits":>10}')
   for variant, s in summary.items():
     accuracy = (f'{s["min_cosine"]:.4f}/{s["mean_cosine"]:.4f}' if 'min_cosine' in s
                 else '-')
     print(f'{variant:<18} {s["e2e_events_per_s"]:>9.1f} {s["e2e_ratio"]:>6.2f} '
           f'{s["steady_events_per_s"]:>12.1f} {s["steady_ratio"]:>6.2f} '
-          f'{s["peak_rss_mb"]:>12.0f} {accuracy:>21}')
+          f'{s["peak_rss_mb"]:>12.0f} {accuracy:>21} '
+          f'{s["cache_hit_rate"] if "cache_hit_rate" in s else "-":>10.3}')
   results = pathlib.Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
   stem = f'throughput-{args.device}-{"-".join(precisions)}{"-" + args.label if args.label else ""}'
-  record = {'texts': n, 'device': args.device, 'precisions': precisions,
-            'rounds': args.rounds, 'machine': machine, 'pipeline_args': args.pipeline_args,
+  record = {'texts': n, 'distinct': args.distinct, 'device': args.device,
+            'precisions': precisions, 'rounds': args.rounds, 'machine': machine,
+            'gpu': _gpu_name(args.device), 'pipeline_args': args.pipeline_args,
+            'embedding_cache': _cache_setting(args.pipeline_args),
+            'load_average_before_after': [load_before, os.getloadavg()[0]],
             'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': summary}
   (results / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
   chart(summary, results / f'{stem}.png', f'{n} texts, {args.device}, {machine}')

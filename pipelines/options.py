@@ -4,7 +4,8 @@ from typing import NamedTuple, Tuple
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from models.labels import LabelIndex, read_label_file
-from models.loading import DEFAULT_MODEL, DEVICES, PRECISIONS, ModelConfig
+from models.loading import (DEFAULT_EMBEDDING_CACHE, DEFAULT_MODEL, DEVICES, PRECISIONS,
+                            ModelConfig)
 from transforms.eventtime import TimeParser
 from transforms.faults import DEFAULT_WRITE_RETRY_S
 from transforms.derive import DeriveSpec
@@ -98,10 +99,16 @@ class ModelOptions(PipelineOptions):
                         help='Most texts Beam hands the model at once.')
     parser.add_argument('--encode_batch_size', type=int, default=0,
                         help='Texts per forward pass; encode sorts each call by length. '
-                        '0: 16 on CPUs, 32 on GPUs.')
+                        '0: chosen by device, precision and CPU (measured; README Performance).')
     parser.add_argument('--torch_threads', type=int, default=0,
                         help="torch threads per worker process; 0: torch's default (one per "
                         'core), divided among --direct_num_workers on the local batch runner.')
+    parser.add_argument('--embedding_cache', type=int, default=DEFAULT_EMBEDDING_CACHE,
+                        help='Vectors kept per model copy so that exact repeats of a text are '
+                        'embedded once (about 1.7 KB each at 384 dimensions); 0: off.')
+    parser.add_argument('--share_model', default='auto',
+                        help='One model copy for all worker processes of a machine: auto (on '
+                        'a GPU), always or never.')
     parser.add_argument('--backend', default='torch',
                         help='torch, or onnx (ONNX Runtime on the CPU, exported once from the '
                         'local weights).')
@@ -208,7 +215,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
                         model_opts.normalize, model_opts.min_batch_size,
                         model_opts.max_batch_size, model_opts.max_batch_duration_secs,
                         model_opts.encode_batch_size, model_opts.backend, model_opts.quantize,
-                        model_opts.torch_threads)
+                        model_opts.torch_threads, model_opts.embedding_cache,
+                        model_opts.share_model)
     model.validate()
   except ValueError as e:
     raise ConfigError(str(e)) from None

@@ -26,6 +26,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from models import embedding_cache
 from pipelines.launcher import JobResult, build_job, main, run_job
 from pipelines.options import (ArchiveOptions, ConfigError, StreamOptions, csv_delimiter,
                                stream_config)
@@ -52,11 +53,13 @@ class _ReportWindowFn(beam.DoFn):
     latencies = sorted((now_us - row.event.event_time_us) / 1e6 for row in batch.rows)
     self._rows += len(batch.rows)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    hits, misses = embedding_cache.process_totals()  # this process's, since it started
     logging.info('window %s..%s pane %d: %d events, latency p50 %.2f s p99 %.2f s, '
-                 '%.1f events/s so far', format_micros(batch.start_us)[11:],
-                 format_micros(batch.end_us)[11:], batch.pane, len(batch.rows),
-                 statistics.median(latencies), p99,
-                 self._rows / max(time.time() - self._started, 1e-9))
+                 '%.1f events/s so far, embedding cache hit rate %.0f%%',
+                 format_micros(batch.start_us)[11:], format_micros(batch.end_us)[11:],
+                 batch.pane, len(batch.rows), statistics.median(latencies), p99,
+                 self._rows / max(time.time() - self._started, 1e-9),
+                 100 * embedding_cache.hit_rate(hits, misses))
     yield batch
 
 

@@ -35,10 +35,10 @@ def hashed_vector(text: str) -> np.ndarray:
 
 
 class HashingModelHandler(SentenceTransformerHandler):
-  """The project's handler around HashingModel: real batching and retry logic, no weights."""
+  """The project's handler around HashingModel: real batching, cache and retry logic, no weights."""
 
   def __init__(self, config: ModelConfig = ModelConfig(min_batch_size=1, max_batch_size=16)):
     super().__init__(config)
 
   def load_model(self):
-    return HashingModel()
+    return self.wrap(HashingModel())

@@ -25,6 +25,8 @@ def test_throughput_benchmark_writes_ratios_and_the_machine(tmp_path):
   assert results['bare@fp32']['e2e_ratio'] == 1.0
   assert all(r['e2e_events_per_s'] > 0 and 'steady_ratio' in r for r in results.values())
   assert 'cores' in record['machine'] and record['machine'].count(',') >= 3  # CPU and its units
+  # The cache setting and the pipeline's hit rate (80 comments hold repeats).
+  assert record['embedding_cache'] > 0 and 0 < results['pipeline@fp32']['cache_hit_rate'] < 1
 
 
 def test_plumbing_benchmark_compares_trees_and_their_rows(tmp_path):
@@ -51,3 +53,16 @@ def test_replay_memory_benchmark_reports_growth_per_event(tmp_path):
   runs = record['trees']['this tree']['runs']
   assert [run['events'] for run in runs] == [100, 300] and all(r['peak_rss_mb'] > 0 for r in runs)
   assert 'growth_kb_per_event' in record['trees']['this tree']
+
+
+def test_forward_batch_benchmark_names_each_setting(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.forward_batch', '--input', str(ARCHIVE), '--limit', '40',
+       '--rounds', '1', '--batches', '8,16', '--precisions', 'fp32', '--label', 'smoke',
+       '--results', str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = json.loads((tmp_path / 'forward-batch-cpu-smoke.json').read_text())
+  assert record['texts'] == 40 and set(record['results']) == {'fp32@8', 'fp32@16'}
+  assert max(r['ratio_to_best'] for r in record['results'].values()) == 1.0
+  assert 'cores' in record['machine']

@@ -1,0 +1,104 @@
+"""Texts per forward pass (`encode`'s batch_size) at each precision, on this machine.
+
+  python -m benchmarks.forward_batch [--limit 1000] [--rounds 3] [--batches 8,16,32,64]
+      [--precisions fp32,bf16] [--device cpu]
+
+Encodes the first `limit` distinct comments of the shared Wikipedia edit stream
+in one `encode` call per setting (which sorts them by length, as the job's
+calls do), every (precision, batch) setting once per round, alternating the
+order between rounds, all in one process after a warm-up. Prints texts/s
+(median of the rounds) and each batch's ratio to the best at its precision;
+writes JSON to benchmarks/results/. The table in models/loading.py
+(FORWARD_BATCH) records what this measured.
+"""
+import argparse
+import gzip
+import json
+import os
+import pathlib
+import statistics
+import time
+
+from benchmarks.common import DEFAULT_INPUT, RESULTS, describe
+
+
+def distinct_texts(path, field: str, limit: int):
+  seen = {}
+  with gzip.open(path, 'rt', encoding='utf-8') as lines:
+    for line in lines:
+      text = json.loads(line).get(field)
+      if isinstance(text, str) and text.strip():
+        seen.setdefault(text, None)
+        if len(seen) == limit:
+          break
+  return list(seen)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--input', default=str(DEFAULT_INPUT))
+  parser.add_argument('--text_field', default='comment')
+  parser.add_argument('--limit', type=int, default=1000)
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--batches', default='8,16,32,64')
+  parser.add_argument('--precisions', default='fp32,bf16')
+  parser.add_argument('--device', default='cpu')
+  parser.add_argument('--torch_threads', type=int, default=0,
+                      help="torch threads (0: torch's default, one per core).")
+  parser.add_argument('--label', default='')
+  parser.add_argument('--results', default=str(RESULTS), help='Folder for the JSON.')
+  args = parser.parse_args(argv)
+  from models.loading import ModelConfig, load_sentence_transformer
+  load_before = os.getloadavg()
+  texts = distinct_texts(args.input, args.text_field, args.limit)
+  batches = [int(b) for b in args.batches.split(',')]
+  precisions = args.precisions.split(',')
+  models = {p: load_sentence_transformer(ModelConfig(device=args.device, precision=p,
+                                                     torch_threads=args.torch_threads))
+            for p in precisions}
+  settings = [(p, b) for p in precisions for b in batches]
+  for precision in precisions:  # warm-up: first calls allocate and pick kernels
+    models[precision].encode(texts[:200], batch_size=32, show_progress_bar=False)
+  times = {s: [] for s in settings}
+  for round_number in range(args.rounds):
+    for precision, batch in settings if round_number % 2 == 0 else reversed(settings):
+      started = time.perf_counter()
+      models[precision].encode(texts, batch_size=batch, show_progress_bar=False,
+                               convert_to_tensor=True)
+      if args.device.startswith('cuda'):
+        import torch
+        torch.cuda.synchronize()
+      times[(precision, batch)].append(time.perf_counter() - started)
+      print(f'round {round_number + 1} {precision} batch {batch}: '
+            f'{times[(precision, batch)][-1]:.2f} s', flush=True)
+  machine = describe() if args.device == 'cpu' else _gpu_name()
+  rates = {s: len(texts) / statistics.median(t) for s, t in times.items()}
+  results = {}
+  print(f'\n{len(texts)} distinct texts on {args.device}, median of {args.rounds}; {machine}')
+  for precision in precisions:
+    best = max(rates[(precision, b)] for b in batches)
+    for batch in batches:
+      rate = rates[(precision, batch)]
+      results[f'{precision}@{batch}'] = {
+          'texts_per_s': rate, 'ratio_to_best': rate / best,
+          'seconds': [round(t, 3) for t in times[(precision, batch)]]}
+      print(f'{precision:<5} batch {batch:>3}: {rate:8.1f} texts/s  {rate / best:5.2f} of best')
+  folder = pathlib.Path(args.results)
+  folder.mkdir(parents=True, exist_ok=True)
+  stem = f'forward-batch-{args.device}{"-" + args.label if args.label else ""}'
+  record = {'texts': len(texts), 'device': args.device, 'machine': machine,
+            'rounds': args.rounds, 'torch_threads': args.torch_threads,
+            'load_average_before_after': [load_before[0], os.getloadavg()[0]],
+            'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+            'results': results}
+  (folder / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
+  print(f'Wrote {folder / stem}.json')
+
+
+def _gpu_name() -> str:
+  import torch
+  return torch.cuda.get_device_name(0)
+
+
+if __name__ == '__main__':
+  main()
