@@ -3,6 +3,9 @@
 This project's machines do not always land on the same CPU (bf16 is several
 times faster with AVX512-BF16 or AMX than without), so every result says which.
 """
+import gzip
+import itertools
+import json
 import os
 import pathlib
 import platform
@@ -22,3 +25,46 @@ def describe() -> str:
   model, flags = cpu_info()
   units = '/'.join(name for flag, name in _UNITS if flag in flags) or 'no AVX2'
   return f'{platform.machine()}, {os.cpu_count()} cores, {model or platform.processor() or "cpu"}, {units}'
+
+
+def write_slice(source: pathlib.Path, text_field: str, limit: int, folder: str,
+                distinct: bool = False) -> str:
+  """Copies the first `limit` records with a non-blank text (each text once if `distinct`)."""
+  opener = gzip.open if source.suffix == '.gz' else open
+  path = os.path.join(folder, 'slice.jsonl')
+  seen = set()
+  with opener(source, 'rt', encoding='utf-8') as lines, open(path, 'w') as out:
+    for line in lines:
+      if len(seen) == limit:
+        break
+      text = json.loads(line).get(text_field)
+      if isinstance(text, str) and text.strip() and not (distinct and text in seen):
+        out.write(line if line.endswith('\n') else line + '\n')
+        seen.add(text if distinct else len(seen))
+  return path
+
+
+def read_texts(path: str, text_field: str, limit=None):
+  with open(path) as lines:
+    return [json.loads(line)[text_field] for line in itertools.islice(lines, limit)]
+
+
+def bar_chart(summary, path, title):
+  """Events/s per variant, end to end and steady state, as a PNG."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  names = list(summary)
+  fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(names)), 3.5))
+  width = 0.38
+  for offset, key, label in ((-width / 2, 'e2e_events_per_s', 'end to end'),
+                             (width / 2, 'steady_events_per_s', 'steady state')):
+    values = [summary[n][key] for n in names]
+    bars = ax.bar([i + offset for i in range(len(names))], values, width, label=label)
+    ax.bar_label(bars, labels=[f'{v:.0f}' for v in values], fontsize=8)
+  ax.set_xticks(range(len(names)), names)
+  ax.set_ylabel('events/s')
+  ax.set_title(title, fontsize=9)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)

@@ -19,7 +19,6 @@ minimum and mean cosine of its embeddings to fp32 ones (first round).
 Prints events/s, ratios to bare fp32, peak RSS; writes JSON and PNG to benchmarks/results/.
 """
 import argparse
-import gzip
 import itertools
 import json
 import os
@@ -31,7 +30,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
+from benchmarks.common import (DEFAULT_INPUT, RESULTS, ROOT, bar_chart, describe, read_texts,
+                               write_slice)
 from models.embedding_cache import hit_rate
 
 VARIANTS = ('bare', 'bare-tuned', 'pipeline', 'mltransform')
@@ -55,28 +55,6 @@ def setting_config(setting: str, device: str):
                      backend=values.get('--backend', 'torch'),
                      quantize=values.get('--quantize', 'none'))
 BASELINE = 'bare@fp32'
-
-
-def write_slice(source: pathlib.Path, text_field: str, limit: int, folder: str,
-                distinct: bool = False) -> str:
-  """Copies the first `limit` records with a non-blank text (each text once if `distinct`)."""
-  opener = gzip.open if source.suffix == '.gz' else open
-  path = os.path.join(folder, 'slice.jsonl')
-  seen = set()
-  with opener(source, 'rt', encoding='utf-8') as lines, open(path, 'w') as out:
-    for line in lines:
-      if len(seen) == limit:
-        break
-      text = json.loads(line).get(text_field)
-      if isinstance(text, str) and text.strip() and not (distinct and text in seen):
-        out.write(line if line.endswith('\n') else line + '\n')
-        seen.add(text if distinct else len(seen))
-  return path
-
-
-def read_texts(path: str, text_field: str, limit=None):
-  with open(path) as lines:
-    return [json.loads(line)[text_field] for line in itertools.islice(lines, limit)]
 
 
 # --- children: each runs one variant in its own process and prints JSON ---
@@ -215,26 +193,6 @@ def summarize(runs, n):
   return summary
 
 
-def chart(summary, path, title):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  names = list(summary)
-  fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(names)), 3.5))
-  width = 0.38
-  for offset, key, label in ((-width / 2, 'e2e_events_per_s', 'end to end'),
-                             (width / 2, 'steady_events_per_s', 'steady state')):
-    values = [summary[n][key] for n in names]
-    bars = ax.bar([i + offset for i in range(len(names))], values, width, label=label)
-    ax.bar_label(bars, labels=[f'{v:.0f}' for v in values], fontsize=8)
-  ax.set_xticks(range(len(names)), names)
-  ax.set_ylabel('events/s')
-  ax.set_title(title, fontsize=9)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-
-
 def _gpu_name(device: str):
   if not device.startswith('cuda'):
     return None
@@ -325,7 +283,7 @@ def main(argv=None):
             'load_average_before_after': [load_before, os.getloadavg()[0]],
             'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': summary}
   (results / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
-  chart(summary, results / f'{stem}.png', f'{n} texts, {args.device}, {machine}')
+  bar_chart(summary, results / f'{stem}.png', f'{n} texts, {args.device}, {machine}')
   print(f'Wrote {results / stem}.json and .png')
 
 

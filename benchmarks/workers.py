@@ -25,7 +25,7 @@ import tempfile
 import time
 
 from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
-from benchmarks.throughput import write_slice
+from benchmarks.common import write_slice
 
 
 def tree_rss(pid: int) -> int:
