@@ -71,10 +71,6 @@ class JobResult(NamedTuple):
     return '\n'.join(lines)
 
 
-def _counter(result, name: str) -> int:
-  return monitoring.snapshot(result).counters.get(name, 0)
-
-
 def choose_local_runner(options: PipelineOptions) -> str:
   """Sets the runner when none (or plain DirectRunner) is named, and returns its name.
 
