@@ -21,7 +21,6 @@ writes it under benchmarks/results/.
 """
 import argparse
 import collections
-import gzip
 import json
 import os
 import pathlib
@@ -36,7 +35,7 @@ import time
 import pyarrow.dataset as ds
 import redis
 
-from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, archive_texts, describe
 from pipelines.produce import now_iso
 from tests.redis_server import RedisServer
 
@@ -45,14 +44,7 @@ _STREAM, _GROUP = 'events', 'chaos'
 
 def comments(archive: str, count: int):
   """Up to `count` non-blank comments of a JSON Lines archive, cycled to `count`."""
-  texts = []
-  with gzip.open(archive, 'rt', encoding='utf-8') as lines:
-    for line in lines:
-      text = json.loads(line).get('comment')
-      if isinstance(text, str) and text.strip():
-        texts.append(text)
-      if len(texts) >= count:
-        break
+  texts = archive_texts(archive, 'comment', count)
   return [texts[n % len(texts)] for n in range(count)]
 
 

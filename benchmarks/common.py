@@ -27,20 +27,33 @@ def describe() -> str:
   return f'{platform.machine()}, {os.cpu_count()} cores, {model or platform.processor() or "cpu"}, {units}'
 
 
+def records_with_text(source, text_field: str, limit=None, distinct: bool = False):
+  """(line, text) of the first `limit` records of a JSON Lines archive (.gz or plain) whose
+  `text_field` is a non-blank string; each text once if `distinct`."""
+  opener = gzip.open if str(source).endswith('.gz') else open
+  seen = set()
+  with opener(source, 'rt', encoding='utf-8') as lines:
+    for line in lines:
+      if len(seen) == limit:
+        return
+      text = json.loads(line).get(text_field)
+      if isinstance(text, str) and text.strip() and not (distinct and text in seen):
+        seen.add(text if distinct else len(seen))
+        yield line, text
+
+
+def archive_texts(source, text_field: str, limit=None, distinct: bool = False) -> list:
+  """The texts of records_with_text, in order."""
+  return [text for _, text in records_with_text(source, text_field, limit, distinct)]
+
+
 def write_slice(source: pathlib.Path, text_field: str, limit: int, folder: str,
                 distinct: bool = False) -> str:
   """Copies the first `limit` records with a non-blank text (each text once if `distinct`)."""
-  opener = gzip.open if source.suffix == '.gz' else open
   path = os.path.join(folder, 'slice.jsonl')
-  seen = set()
-  with opener(source, 'rt', encoding='utf-8') as lines, open(path, 'w') as out:
-    for line in lines:
-      if len(seen) == limit:
-        break
-      text = json.loads(line).get(text_field)
-      if isinstance(text, str) and text.strip() and not (distinct and text in seen):
-        out.write(line if line.endswith('\n') else line + '\n')
-        seen.add(text if distinct else len(seen))
+  with open(path, 'w') as out:
+    for line, _ in records_with_text(source, text_field, limit, distinct):
+      out.write(line if line.endswith('\n') else line + '\n')
   return path
 
 

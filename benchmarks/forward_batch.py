@@ -12,26 +12,13 @@ writes JSON to benchmarks/results/. The table in models/loading.py
 (FORWARD_BATCH) records what this measured.
 """
 import argparse
-import gzip
 import json
 import os
 import pathlib
 import statistics
 import time
 
-from benchmarks.common import DEFAULT_INPUT, RESULTS, describe
-
-
-def distinct_texts(path, field: str, limit: int):
-  seen = {}
-  with gzip.open(path, 'rt', encoding='utf-8') as lines:
-    for line in lines:
-      text = json.loads(line).get(field)
-      if isinstance(text, str) and text.strip():
-        seen.setdefault(text, None)
-        if len(seen) == limit:
-          break
-  return list(seen)
+from benchmarks.common import DEFAULT_INPUT, RESULTS, archive_texts, describe
 
 
 def main(argv=None):
@@ -50,7 +37,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   from models.loading import ModelConfig, load_sentence_transformer
   load_before = os.getloadavg()
-  texts = distinct_texts(args.input, args.text_field, args.limit)
+  texts = archive_texts(args.input, args.text_field, args.limit, distinct=True)
   batches = [int(b) for b in args.batches.split(',')]
   precisions = args.precisions.split(',')
   models = {p: load_sentence_transformer(ModelConfig(device=args.device, precision=p,
