@@ -92,19 +92,26 @@ def test_redis_reader_rereads_its_own_pending_entries_then_claims_others():
     assert sorted(r.position for r in claimed) == sorted(r.position for r in rest)
 
 
+def _restarted_after_delivering(url: str, entries: int):
+  """Adds `entries` events, delivers them to consumer `me` without acknowledging them (a
+  crash), and returns the client and a restarted reader that claims any idle entry."""
+  client = redis.Redis.from_url(url)
+  for n in range(entries):
+    client.xadd('events', {'event': json.dumps({'n': n})})
+  address = RedisStreamAddress.parse(f'{url}?stream=events&group=g&consumer=me')
+  first = RedisStreamReader(address, block_ms=10)
+  first.open()
+  assert len(first.poll(10)) == entries
+  restarted = RedisStreamReader(address, block_ms=10, claim_idle_ms=0)
+  restarted.open()
+  return client, restarted
+
+
 def test_a_restarted_reader_does_not_claim_back_its_own_entries_in_flight():
   """Found by benchmarks.chaos: a restart slower than claim_idle_ms read every pending entry
   twice (once re-read, once claimed from itself), duplicating rows and making them late."""
   with redis_server() as url:
-    client = redis.Redis.from_url(url)
-    for n in range(5):
-      client.xadd('events', {'event': json.dumps({'n': n})})
-    address = RedisStreamAddress.parse(f'{url}?stream=events&group=g&consumer=me')
-    first = RedisStreamReader(address, block_ms=10)
-    first.open()
-    assert len(first.poll(10)) == 5
-    again = RedisStreamReader(address, block_ms=10, claim_idle_ms=0)
-    again.open()
+    client, again = _restarted_after_delivering(url, 5)
     seen = []
     for n in range(20):  # one entry per poll: the claim scan spans polls
       seen += [r.position for r in again.poll(1)]
@@ -126,15 +133,7 @@ def test_stream_refuses_stateful_batching_locally(tmp_path):
 def test_redis_reader_does_not_claim_the_entries_it_re_read():
   """A restart later than the claim idle time: its own pending entries come once, not twice."""
   with redis_server() as url:
-    client = redis.Redis.from_url(url)
-    for n in range(3):
-      client.xadd('events', {'event': json.dumps({'n': n})})
-    address = RedisStreamAddress.parse(f'{url}?stream=events&group=g&consumer=me')
-    first = RedisStreamReader(address, block_ms=10)
-    first.open()
-    assert len(first.poll(10)) == 3  # delivered, never acknowledged (a crash)
-    restarted = RedisStreamReader(address, block_ms=10, claim_idle_ms=0)
-    restarted.open()
+    _, restarted = _restarted_after_delivering(url, 3)
     got = []
     for _ in range(4):  # own pending entries, then the claim phase, then new entries
       got += restarted.poll(10)
