@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Tuple, Type
 
+from transforms.live_sources import DRAIN
+
 # Seconds a write (Parquet file, Redis XADD or XACK) keeps being retried
 # before the job stops; --write_retry_timeout sets it for a local job.
 DEFAULT_WRITE_RETRY_S = 300.0
@@ -87,7 +89,6 @@ class _Stop:
   def stop(self, reason: str) -> None:
     if self.reason is None:
       self.reason = reason
-      from transforms.live_sources import DRAIN
       DRAIN.set()  # stop reading; what is open is flushed, and skipped, quickly
 
 

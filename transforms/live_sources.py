@@ -23,6 +23,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 from transforms.eventtime import is_future
 from transforms.instruments import SourceGauges
 from transforms.records import RawRecord, Undecodable, decode_object
+from transforms.sources import read_archive
 
 _ENDLESS = 2**62
 
@@ -221,7 +222,6 @@ class ArchiveReader(Reader):
 
   def open(self):
     from apache_beam.io.filesystems import FileSystems
-    from transforms.sources import read_archive
     paths = sorted(m.path for m in FileSystems.match([self._pattern])[0].metadata_list)
     self._records = (record for path in paths
                      for record in read_archive(path, self._input_format, self._csv_delimiter))
