@@ -14,6 +14,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models.embedding_cache import hit_rate
 from pipelines.options import ConfigError
 from transforms import records
 from transforms.instruments import (DEADLETTERS_BY_REASON, HISTOGRAMS, NAMESPACE,
@@ -64,10 +65,9 @@ class Snapshot(NamedTuple):
             if name.startswith(DEADLETTERS_BY_REASON)}
 
   def cache_hit_ratio(self) -> Optional[float]:
-    hits, misses = self.counters.get(CACHE_HITS), self.counters.get(CACHE_MISSES)
-    if hits is None and misses is None or not (hits or 0) + (misses or 0):
-      return None
-    return (hits or 0) / ((hits or 0) + (misses or 0))
+    """None until the cache was asked (or without a cache)."""
+    hits, misses = self.counters.get(CACHE_HITS, 0), self.counters.get(CACHE_MISSES, 0)
+    return hit_rate(hits, misses) if hits + misses else None
 
 
 EMPTY = Snapshot(0.0, {}, {})
