@@ -1,15 +1,18 @@
-"""Texts per forward pass (`encode`'s batch_size) at each precision, on this machine.
+"""The size of a forward pass at each precision, on this machine.
 
-  python -m benchmarks.forward_batch [--limit 1000] [--rounds 3] [--batches 8,16,32,64]
-      [--precisions fp32,bf16] [--device cpu]
+  python -m benchmarks.forward_batch [--limit 1000] [--rounds 3] [--batches 32]
+      [--budgets 1024,2048,3072,4096] [--precisions fp32,bf16] [--device cpu]
 
 Encodes the first `limit` distinct comments of the shared Wikipedia edit stream
-in one `encode` call per setting (which sorts them by length, as the job's
-calls do), every (precision, batch) setting once per round, alternating the
-order between rounds, all in one process after a warm-up. Prints texts/s
-(median of the rounds) and each batch's ratio to the best at its precision;
-writes JSON to benchmarks/results/. The table in models/loading.py
-(FORWARD_BATCH) records what this measured.
+with every setting once per round, alternating the order between rounds, all
+in one process after a warm-up:
+  batch N    one `encode(texts, batch_size=N)` call: sentence-transformers' own
+             passes of N texts in character order (N=32 is bare encode);
+  tokens N   the job's passes (models/forward_passes.py): texts sorted by token
+             count, each pass filled up to N padded tokens, one `encode` per pass.
+Prints texts/s (median of the rounds) and each setting's ratio to the best at its
+precision; writes JSON to benchmarks/results/. The table in models/loading.py
+(FORWARD_TOKENS) records what this measured.
 """
 import argparse
 import json
@@ -27,7 +30,10 @@ def main(argv=None):
   parser.add_argument('--text_field', default='comment')
   parser.add_argument('--limit', type=int, default=1000)
   parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--batches', default='8,16,32,64')
+  parser.add_argument('--batches', default='32',
+                      help="encode's own batch sizes to run (texts, character order).")
+  parser.add_argument('--budgets', default='1024,2048,3072,4096',
+                      help="the job's token budgets to run (padded tokens per pass).")
   parser.add_argument('--precisions', default='fp32,bf16')
   parser.add_argument('--device', default='cpu')
   parser.add_argument('--torch_threads', type=int, default=0,
@@ -35,10 +41,12 @@ def main(argv=None):
   parser.add_argument('--label', default='')
   parser.add_argument('--results', default=str(RESULTS), help='Folder for the JSON.')
   args = parser.parse_args(argv)
+  from models.embedding_cache import CachingEncoder
   from models.loading import ModelConfig, load_sentence_transformer
   load_before = os.getloadavg()
   texts = archive_texts(args.input, args.text_field, args.limit, distinct=True)
-  batches = [int(b) for b in args.batches.split(',')]
+  batches = [('batch', int(b)) for b in args.batches.split(',') if b]
+  batches += [('tokens', int(b)) for b in args.budgets.split(',') if b]
   precisions = args.precisions.split(',')
   models = {p: load_sentence_transformer(ModelConfig(device=args.device, precision=p,
                                                      torch_threads=args.torch_threads))
@@ -49,14 +57,18 @@ def main(argv=None):
   times = {s: [] for s in settings}
   for round_number in range(args.rounds):
     for precision, batch in settings if round_number % 2 == 0 else reversed(settings):
+      kind, size = batch
       started = time.perf_counter()
-      models[precision].encode(texts, batch_size=batch, show_progress_bar=False,
-                               convert_to_tensor=True)
+      if kind == 'batch':
+        models[precision].encode(texts, batch_size=size, show_progress_bar=False,
+                                 convert_to_tensor=True)
+      else:
+        CachingEncoder(models[precision], {}, None, token_budget=size).embed(texts)
       if args.device.startswith('cuda'):
         import torch
         torch.cuda.synchronize()
       times[(precision, batch)].append(time.perf_counter() - started)
-      print(f'round {round_number + 1} {precision} batch {batch}: '
+      print(f'round {round_number + 1} {precision} {kind} {size}: '
             f'{times[(precision, batch)][-1]:.2f} s', flush=True)
   machine = describe() if args.device == 'cpu' else _gpu_name()
   rates = {s: len(texts) / statistics.median(t) for s, t in times.items()}
@@ -66,10 +78,11 @@ def main(argv=None):
     best = max(rates[(precision, b)] for b in batches)
     for batch in batches:
       rate = rates[(precision, batch)]
-      results[f'{precision}@{batch}'] = {
+      name = f'{batch[0]} {batch[1]}'
+      results[f'{precision}@{name}'] = {
           'texts_per_s': rate, 'ratio_to_best': rate / best,
           'seconds': [round(t, 3) for t in times[(precision, batch)]]}
-      print(f'{precision:<5} batch {batch:>3}: {rate:8.1f} texts/s  {rate / best:5.2f} of best')
+      print(f'{precision:<5} {name:>11}: {rate:8.1f} texts/s  {rate / best:5.2f} of best')
   folder = pathlib.Path(args.results)
   folder.mkdir(parents=True, exist_ok=True)
   stem = f'forward-batch-{args.device}{"-" + args.label if args.label else ""}'

@@ -50,9 +50,11 @@ step 200 'bare vs pipeline, fp32 and fp16' "${BENCH[@]}" --precisions fp32,fp16 
 step 150 "pipeline fp16, $WORKERS workers" "${BENCH[@]}" --precisions fp16 \
     --variants pipeline --rounds 1 --label "gpu-${WORKERS}workers" -- \
     --direct_num_workers "$WORKERS" --direct_running_mode multi_processing
-# The forward batch at fp16 and fp32 (for the table in models/loading.py).
+# The forward pass at fp16 and fp32 (for the table in models/loading.py): encode's
+# own batches of 32 against the job's token budgets.
 step 60 'forward batch' "$PY" -m benchmarks.forward_batch --device cuda --limit 4000 \
-    --rounds 2 --batches 32,64,128,256 --precisions fp32,fp16 --label gpu
+    --rounds 2 --batches 32,128 --budgets 4096,8192,16384,32768 --precisions fp32,fp16 \
+    --label gpu
 if [[ -f benchmarks/plumbing.py ]]; then
   step 60 'plumbing' "$PY" -m benchmarks.plumbing
   cp benchmarks/results/plumbing*.json "$RESULTS"/ 2>/dev/null

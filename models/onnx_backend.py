@@ -28,8 +28,8 @@ class OnnxEncoder:
 
   def __init__(self, session, tokenizer, max_seq_length: int, normalize: bool):
     self._session = session
-    self._tokenizer = tokenizer
-    self._max_seq_length = max_seq_length
+    self.tokenizer = tokenizer  # public, as on SentenceTransformer: forward passes count tokens
+    self.max_seq_length = max_seq_length
     self._normalize = normalize
     self._inputs = [i.name for i in session.get_inputs()]
 
@@ -40,8 +40,8 @@ class OnnxEncoder:
     out = None
     for start in range(0, len(texts), batch_size):
       chosen = order[start:start + batch_size]
-      tokens = self._tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
-                               max_length=self._max_seq_length, return_tensors='np')
+      tokens = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
+                               max_length=self.max_seq_length, return_tensors='np')
       feed = {name: tokens[name].astype(np.int64) for name in self._inputs}
       vectors = self._session.run(None, feed)[0]
       if out is None:

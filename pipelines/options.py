@@ -97,9 +97,14 @@ class ModelOptions(PipelineOptions):
                         help='Fewest texts Beam hands the model at once.')
     parser.add_argument('--max_batch_size', type=int, default=4096,
                         help='Most texts Beam hands the model at once.')
+    parser.add_argument('--encode_batch_tokens', type=int, default=0,
+                        help='Padded tokens per forward pass: texts are sorted by token '
+                        'count and each pass filled up to this. 0: chosen by device, '
+                        'precision and CPU (measured; README Performance), unless '
+                        '--encode_batch_size is set.')
     parser.add_argument('--encode_batch_size', type=int, default=0,
-                        help='Texts per forward pass; encode sorts each call by length. '
-                        '0: chosen by device, precision and CPU (measured; README Performance).')
+                        help='Most texts per forward pass; set alone, passes are counted in '
+                        "texts as sentence-transformers' encode does. 0: no count limit.")
     parser.add_argument('--torch_threads', type=int, default=0,
                         help="torch threads per worker process; 0: torch's default (one per "
                         'core), divided among --direct_num_workers on the local batch runner.')
@@ -216,7 +221,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
                         model_opts.max_batch_size, model_opts.max_batch_duration_secs,
                         model_opts.encode_batch_size, model_opts.backend, model_opts.quantize,
                         model_opts.torch_threads, model_opts.embedding_cache,
-                        model_opts.share_model)
+                        model_opts.share_model,
+                        encode_batch_tokens=model_opts.encode_batch_tokens)
     model.validate()
   except ValueError as e:
     raise ConfigError(str(e)) from None

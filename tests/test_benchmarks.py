@@ -58,11 +58,13 @@ def test_replay_memory_benchmark_reports_growth_per_event(tmp_path):
 def test_forward_batch_benchmark_names_each_setting(tmp_path):
   done = subprocess.run(
       [sys.executable, '-m', 'benchmarks.forward_batch', '--input', str(ARCHIVE), '--limit', '40',
-       '--rounds', '1', '--batches', '8,16', '--precisions', 'fp32', '--label', 'smoke',
+       '--rounds', '1', '--batches', '8,16', '--budgets', '512', '--precisions', 'fp32',
+       '--label', 'smoke',
        '--results', str(tmp_path)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   record = json.loads((tmp_path / 'forward-batch-cpu-smoke.json').read_text())
-  assert record['texts'] == 40 and set(record['results']) == {'fp32@8', 'fp32@16'}
+  assert record['texts'] == 40 and set(record['results']) == {
+      'fp32@batch 8', 'fp32@batch 16', 'fp32@tokens 512'}
   assert max(r['ratio_to_best'] for r in record['results'].values()) == 1.0
   assert 'cores' in record['machine']

@@ -48,23 +48,29 @@ def test_model_config_validation():
 def test_forward_batches_and_threads_fit_the_hardware(monkeypatch):
   from apache_beam.options.pipeline_options import PipelineOptions
   from models import loading
-  from models.loading import FORWARD_BATCH, cpu_units, encode_batch_size, threads_per_worker
+  from models.loading import FORWARD_TOKENS, cpu_units, forward_pass_limits, threads_per_worker
   from pipelines.launcher import share_cores
-  here = FORWARD_BATCH[('cpu', 'fp32', cpu_units())]
-  assert encode_batch_size(ModelConfig(), None) == encode_batch_size(ModelConfig(), 'cpu') == here
-  assert encode_batch_size(ModelConfig(), 'cuda:0') == FORWARD_BATCH[('cuda', 'fp32', None)]
-  assert encode_batch_size(ModelConfig(precision='fp16'), 'cuda') == 32
-  assert encode_batch_size(ModelConfig(encode_batch_size=64), 'cpu') == 64
-  # The CPU's vector units pick the row: bf16 on AMX has its own measured batch.
+  here = FORWARD_TOKENS[('cpu', 'fp32', cpu_units())]
+  assert forward_pass_limits(ModelConfig(), None) == forward_pass_limits(ModelConfig(), 'cpu') \
+      == (here, 0)
+  assert forward_pass_limits(ModelConfig(), 'cuda:0') == (FORWARD_TOKENS[('cuda', 'fp32', None)], 0)
+  assert forward_pass_limits(ModelConfig(precision='fp16'), 'cuda') == (8192, 0)
+  # A count alone counts texts, as sentence-transformers does; with a budget it caps passes.
+  assert forward_pass_limits(ModelConfig(encode_batch_size=64), 'cpu') == (0, 64)
+  assert forward_pass_limits(ModelConfig(encode_batch_tokens=512), 'cpu') == (512, 0)
+  assert forward_pass_limits(ModelConfig(encode_batch_tokens=512, encode_batch_size=8),
+                             'cuda') == (512, 8)
+  # The CPU's vector units pick the row.
   for flags, units in (({'amx_bf16', 'avx512f'}, 'amx'), ({'avx512f'}, 'avx512'),
                        ({'avx2'}, 'avx2'), (set(), 'avx2')):
     monkeypatch.setattr(loading, 'cpu_info', lambda flags=flags: ('cpu', frozenset(flags)))
     assert cpu_units() == units
   monkeypatch.setattr(loading, 'cpu_info', lambda: ('cpu', frozenset({'amx_bf16'})))
-  assert encode_batch_size(ModelConfig(precision='bf16'), 'cpu') == FORWARD_BATCH[
-      ('cpu', 'bf16', 'amx')]
+  assert forward_pass_limits(ModelConfig(precision='bf16'), 'cpu') == (
+      FORWARD_TOKENS[('cpu', 'bf16', 'amx')], 0)
   monkeypatch.setattr(loading, 'cpu_info', lambda: ('cpu', frozenset({'avx2'})))
-  assert encode_batch_size(ModelConfig(precision='bf16'), 'cpu') == 16  # emulated: no entry
+  assert forward_pass_limits(ModelConfig(precision='bf16'), 'cpu') == (
+      loading.FALLBACK_TOKENS['cpu'], 0)  # emulated: no entry
   monkeypatch.undo()
   assert threads_per_worker(16, 4) == 4 and threads_per_worker(2, 4) == 1
   local = PipelineOptions(['--runner', 'FnApiRunner', '--direct_num_workers', '2'])

@@ -1,0 +1,119 @@
+"""Forward passes sized in tokens: every text once, within the budget, the model's own vectors."""
+import gzip
+import itertools
+import json
+
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from hypothesis import given, settings, strategies as st
+
+from models.embedding_cache import CachingEncoder
+from models.forward_passes import plan_passes, token_counts
+from models.handler import SentenceTransformerHandler
+from models.loading import COUNTED_BATCH, ModelConfig
+from pipelines.options import ConfigError, job_config
+from tests.fakes import HashingModel, hashed_vector
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(counts=st.lists(st.integers(1, 300), max_size=200),
+       budget=st.integers(0, 5000), max_texts=st.integers(0, 40))
+def test_every_text_runs_once_in_a_pass_within_its_limits(counts, budget, max_texts):
+  if not budget and not max_texts:
+    with pytest.raises(ValueError):
+      plan_passes(counts, budget, max_texts)
+    return
+  passes = plan_passes(counts, budget, max_texts)
+  assert sorted(itertools.chain.from_iterable(passes)) == list(range(len(counts)))
+  flat = [counts[i] for i in itertools.chain.from_iterable(passes)]
+  assert flat == sorted(flat, reverse=True)  # longest first: each pass pads to its first text
+  for chosen in passes:
+    assert chosen
+    if max_texts:
+      assert len(chosen) <= max_texts
+    if budget and len(chosen) > 1:
+      assert len(chosen) * counts[chosen[0]] <= budget
+  # Passes are as full as the limits allow: the next text would not have fitted.
+  for chosen, following in zip(passes, passes[1:]):
+    grown = len(chosen) + 1
+    assert (budget and grown * counts[chosen[0]] > budget) or (max_texts and grown > max_texts)
+
+
+def test_short_texts_share_a_pass_and_a_long_one_runs_alone():
+  counts = [10, 3, 500, 3, 10]
+  assert plan_passes(counts, 25) == [[2], [0, 4], [1, 3]]
+  assert plan_passes(counts, 0, 2) == [[2, 0], [4, 1], [3]]
+
+
+class PassRecordingModel(HashingModel):
+  """HashingModel with a whitespace 'tokenizer', recording each encode call's texts."""
+
+  max_seq_length = 4
+
+  def __init__(self):
+    self.calls = []
+
+  def tokenizer(self, texts, truncation=False, max_length=None, **_):
+    ids = [['[CLS]', *text.split(), '[SEP]'] for text in texts]
+    return {'input_ids': [one[:max_length] if truncation else one for one in ids]}
+
+  def encode(self, texts, **kwargs):
+    self.calls.append((list(texts), kwargs.get('batch_size')))
+    return super().encode(texts, **kwargs)
+
+
+def test_the_encoder_runs_one_encode_per_pass_and_keeps_the_order():
+  model = PassRecordingModel()
+  texts = ['a b c d e f', 'a', 'a b', 'b', 'c d']
+  assert token_counts(model, texts) == [4, 3, 4, 3, 4]  # truncated at max_seq_length
+  vectors, _, _ = CachingEncoder(model, {}, None, token_budget=8).embed(texts)
+  assert [call for call, _ in model.calls] == [['a b c d e f', 'a b'], ['c d', 'a'], ['b']]
+  assert all(size == len(call) for call, size in model.calls)
+  assert np.array_equal(vectors, np.stack([hashed_vector(t) for t in texts]))
+
+
+def test_a_model_without_a_tokenizer_or_a_chosen_batch_is_batched_by_encode():
+  model = PassRecordingModel()
+  CachingEncoder(model, {}, None, token_budget=8).embed(['a', 'b'], {'batch_size': 1})
+  assert model.calls == [(['a', 'b'], 1)]  # the caller's batch is kept
+  plain = HashingModel()
+  assert token_counts(plain, ['a']) is None
+  calls = []
+  plain.encode = lambda texts, **kwargs: calls.append(kwargs['batch_size']) or \
+      HashingModel.encode(plain, texts, **kwargs)
+  CachingEncoder(plain, {}, None, token_budget=8).embed(['a', 'b'])
+  assert calls == [COUNTED_BATCH]
+
+
+def test_the_flag_sets_the_budget_and_refuses_negatives():
+  assert job_config(PipelineOptions(['--encode_batch_tokens', '512'])).model \
+      .encode_batch_tokens == 512
+  assert job_config(PipelineOptions([])).model.encode_batch_tokens == 0  # by device
+  with pytest.raises(ConfigError, match='encode_batch_tokens'):
+    job_config(PipelineOptions(['--encode_batch_tokens', '-1']))
+
+
+def _first_distinct_texts(archive, limit):
+  with gzip.open(archive, 'rt', encoding='utf-8') as lines:
+    texts = (json.loads(line).get('comment') for line in lines)
+    seen = dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip())
+    return list(itertools.islice(seen, limit))
+
+
+@pytest.mark.real_model
+def test_token_passes_give_the_vectors_of_plain_encode_on_the_archive(real_model, wiki_archive):
+  # 600 distinct comments of the shared archive (Korean, IPv6 addresses, wiki
+  # markup: character counts order them badly) through the job's passes against
+  # sentence-transformers' own encode with its defaults.
+  texts = _first_distinct_texts(wiki_archive, 600)
+  counts = token_counts(real_model, texts)
+  # What the forward pass sees: sentence-transformers' own tokenization, unpadded.
+  assert counts == real_model.tokenize(texts)['attention_mask'].sum(1).tolist()
+  encoder = SentenceTransformerHandler(ModelConfig(device='cpu', embedding_cache=0)).wrap(real_model)
+  ours, _, _ = encoder.embed(texts)
+  plain = real_model.encode(texts, convert_to_numpy=True)
+  cosines = np.sum(ours * plain, axis=1) / (
+      np.linalg.norm(ours, axis=1) * np.linalg.norm(plain, axis=1))
+  assert cosines.min() >= 0.99999, cosines.min()
+  assert np.abs(ours - plain).max() < 1e-4
