@@ -9,7 +9,8 @@ texts too small to keep the cores busy. So the job counts each text's tokens
 with the model's own tokenizer and fills each pass up to a budget of padded
 tokens (longest text x texts), then calls `encode` once per pass. The vectors
 are the model's own: a text's embedding does not depend on its neighbours in
-a pass beyond float rounding (tests compare with plain `encode`).
+a pass beyond float rounding (tests compare with plain `encode`). A model's
+default prompt, which `encode` prepends, is not counted: a few tokens per text.
 """
 from typing import List, Optional, Sequence
 
