@@ -143,6 +143,8 @@ class CachingEncoder:
     return np.stack([found[key] for key in keys]), len(texts) - len(missing), len(missing)
 
   def _encode(self, texts: List[str], inference_args: Optional[dict]) -> np.ndarray:
+    if not texts:  # tokenizers refuse an empty list
+      return np.zeros((0, 0), np.float32)
     kwargs = dict(self._kwargs, **(inference_args or {}))
     counts = None
     if (self._token_budget or self._max_texts) and 'batch_size' not in kwargs:
@@ -157,7 +159,7 @@ class CachingEncoder:
       if out is None:
         out = np.empty((len(texts), vectors.shape[1]), np.float32)
       out[chosen] = vectors
-    return out if out is not None else np.zeros((0, 0), np.float32)
+    return out
 
 
 def _float_rows(tensor) -> np.ndarray:

@@ -112,6 +112,7 @@ def test_token_passes_give_the_vectors_of_plain_encode_on_the_archive(real_model
   assert counts == real_model.tokenize(texts)['attention_mask'].sum(1).tolist()
   encoder = SentenceTransformerHandler(ModelConfig(device='cpu', embedding_cache=0)).wrap(real_model)
   ours, _, _ = encoder.embed(texts)
+  assert encoder.embed([])[0].shape[0] == 0  # the tokenizer is not asked about nothing
   plain = real_model.encode(texts, convert_to_numpy=True)
   cosines = np.sum(ours * plain, axis=1) / (
       np.linalg.norm(ours, axis=1) * np.linalg.norm(plain, axis=1))
