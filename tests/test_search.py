@@ -3,11 +3,13 @@ import json
 import os
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pyarrow as pa
 import pytest
 
 from models.loading import DEFAULT_MODEL
+from pipelines.search import main as search_main
 from tests.conftest import ROOT
 from transforms.records import Embedded, Event
 from transforms.sinks import enriched_table, write_parquet
@@ -52,7 +54,7 @@ def vector_store(store, tmp_path_factory):
   return uri
 
 
-def test_vector_store_search_agrees_with_exact_search(store, vector_store):
+def test_vector_store_search_agrees_with_exact_search(store, vector_store, search):
   exact = search('water is dripping from the fridge', '--store', str(store), '-k', '3', '--json')
   stored = search('water is dripping from the fridge', '--store', f'lancedb:{vector_store}',
                   '-k', '3', '--json')
@@ -66,14 +68,43 @@ def test_vector_store_search_agrees_with_exact_search(store, vector_store):
   assert [json.loads(l)['id'] for l in labelled.stdout.splitlines()] == ['id-5']
 
 
-def search(*args):
-  done = subprocess.run([sys.executable, '-m', 'pipelines.search', *args], cwd=ROOT,
+class Searched(NamedTuple):
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+@pytest.fixture
+def search(capsys):
+  """Runs `pipelines.search` in this process (the model's import is paid once per session;
+  one test below runs the command itself)."""
+
+  def run(*args) -> Searched:
+    capsys.readouterr()
+    try:
+      search_main(list(args))
+      code = 0
+    except SystemExit as e:
+      code = e.code
+    out = capsys.readouterr()
+    return Searched(code, out.out, out.err)
+
+  return run
+
+
+def test_the_command_answers_and_refuses_a_missing_query(store):
+  done = subprocess.run([sys.executable, '-m', 'pipelines.search', 'water leak', '--store',
+                         str(store), '-k', '1', '--json'], cwd=ROOT,
                         env=dict(os.environ, HF_HUB_OFFLINE='1'), capture_output=True,
                         text=True, timeout=300)
-  return done
+  assert done.returncode == 0, done.stderr
+  assert json.loads(done.stdout)['id'] == 'id-5'
+  done = subprocess.run([sys.executable, '-m', 'pipelines.search', '--store', str(store)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and done.stderr.startswith('error:')
 
 
-def test_search_finds_the_planted_neighbour_with_filters_and_json(store, tmp_path):
+def test_search_finds_the_planted_neighbour_with_filters_and_json(store, tmp_path, search):
   queries = tmp_path / 'queries.txt'
   queries.write_text('water is dripping from the fridge\nwhen does my train leave\n')
   done = search('--store', str(store), '--queries', str(queries), '-k', '2', '--json')
