@@ -92,10 +92,10 @@ def test_windows_are_written_while_running_and_sigterm_drains(server, wiki_lines
     producer = python('pipelines.produce', '--input', str(wiki_lines), '--target',
                       f'{server}?stream=events', '--rate', '40', '--retime', '--limit', '400',
                       log=log)
+    # Windows come out while the job runs, not when it is stopped. No tighter
+    # wall-clock bound than wait_for's: two test workers share two cores, and a
+    # slow start can see the whole 10 s stream arrive before the first window.
     wait_for(lambda: window_files(out), 60, 'the first window file')
-    # Windows come out while the stream still runs, not at its end (no wall-clock
-    # bound beyond wait_for's: the tests share two cores between two workers).
-    written_at_first_window = _written(out)
     assert job.poll() is None, 'the job must keep running after writing a window'
     assert producer.wait(60) == 0
     # The source is idle now; its watermark follows the clock, so the last
@@ -103,7 +103,6 @@ def test_windows_are_written_while_running_and_sigterm_drains(server, wiki_lines
     wait_for(lambda: _written(out) == 400, 30, 'the last window of the idle stream')
     assert job.poll() is None
     stop(job, log_path)
-  assert written_at_first_window < 400, written_at_first_window
   sources = column(out, 'enriched', 'source') + column(out, 'deadletter', 'source')
   assert len(sources) == len(set(sources)) == 400
   assert {s.rpartition(':')[2] for s in sources} == set(entry_ids(server))
