@@ -41,7 +41,7 @@ def main(argv=None):
   parser.add_argument('--label', default='')
   parser.add_argument('--results', default=str(RESULTS), help='Folder for the JSON.')
   args = parser.parse_args(argv)
-  from models.embedding_cache import CachingEncoder
+  from models.forward_passes import encode_in_passes
   from models.loading import ModelConfig, load_sentence_transformer
   load_before = os.getloadavg()
   texts = archive_texts(args.input, args.text_field, args.limit, distinct=True)
@@ -63,7 +63,8 @@ def main(argv=None):
         models[precision].encode(texts, batch_size=size, show_progress_bar=False,
                                  convert_to_tensor=True)
       else:
-        CachingEncoder(models[precision], {}, None, token_budget=size).embed(texts)
+        encode_in_passes(models[precision], texts,
+                         {'show_progress_bar': False, 'convert_to_tensor': True}, size)
       if args.device.startswith('cuda'):
         import torch
         torch.cuda.synchronize()

@@ -70,7 +70,7 @@ def _bare_child(tuned: bool):
 
 
 def child_bare(args, tuned=False):
-  from models.embedding_cache import CachingEncoder
+  from models.forward_passes import encode_in_passes
   from models.loading import forward_pass_limits, load_sentence_transformer
   texts = read_texts(args.slice, args.text_field)
   config = setting_config(args.precision, args.device)
@@ -78,7 +78,8 @@ def child_bare(args, tuned=False):
   def encode():
     started = time.perf_counter()
     if tuned:
-      CachingEncoder(model, {}, None, *forward_pass_limits(config, args.device)).embed(texts)
+      encode_in_passes(model, texts, {'show_progress_bar': False, 'convert_to_tensor': True},
+                       *forward_pass_limits(config, args.device))
     else:
       model.encode(texts, batch_size=ST_DEFAULT_BATCH, show_progress_bar=False,
                    convert_to_tensor=True)

@@ -20,8 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from models.forward_passes import plan_passes, token_counts
-from models.loading import COUNTED_BATCH
+from models.forward_passes import encode_in_passes
 
 _BLOCK_ROWS = 1024  # rows per allocated block: memory follows use, not the bound
 # This process's hits and misses, for status lines (Beam counters carry the job's totals).
@@ -143,25 +142,5 @@ class CachingEncoder:
     return np.stack([found[key] for key in keys]), len(texts) - len(missing), len(missing)
 
   def _encode(self, texts: List[str], inference_args: Optional[dict]) -> np.ndarray:
-    if not texts:  # tokenizers refuse an empty list
-      return np.zeros((0, 0), np.float32)
-    kwargs = dict(self._kwargs, **(inference_args or {}))
-    counts = None
-    if (self._token_budget or self._max_texts) and 'batch_size' not in kwargs:
-      counts = token_counts(self.model, texts)
-    if counts is None:  # no tokenizer to ask, or the caller chose the batch
-      kwargs.setdefault('batch_size', self._max_texts or COUNTED_BATCH)
-      return _float_rows(self.model.encode(texts, **kwargs))
-    out = None
-    for chosen in plan_passes(counts, self._token_budget, self._max_texts):
-      vectors = _float_rows(self.model.encode([texts[i] for i in chosen],
-                                              batch_size=len(chosen), **kwargs))
-      if out is None:
-        out = np.empty((len(texts), vectors.shape[1]), np.float32)
-      out[chosen] = vectors
-    return out
-
-
-def _float_rows(tensor) -> np.ndarray:
-  # fp16/bf16 models still hand out float32, the type the sinks write.
-  return tensor.float().cpu().numpy()
+    return encode_in_passes(self.model, texts, dict(self._kwargs, **(inference_args or {})),
+                            self._token_budget, self._max_texts)

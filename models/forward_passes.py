@@ -14,6 +14,11 @@ default prompt, which `encode` prepends, is not counted: a few tokens per text.
 """
 from typing import List, Optional, Sequence
 
+import numpy as np
+
+# Texts per pass for a model whose tokenizer cannot be asked: sentence-transformers' own.
+COUNTED_BATCH = 32
+
 
 def token_counts(model, texts: Sequence[str]) -> Optional[List[int]]:
   """Tokens per text as the model will see them (special tokens in, truncated at its
@@ -57,3 +62,31 @@ def plan_passes(counts: Sequence[int], token_budget: int, max_texts: int = 0
   if current:
     passes.append(current)
   return passes
+
+
+def encode_in_passes(model, texts: List[str], encode_kwargs: dict, token_budget: int = 0,
+                     max_texts: int = 0) -> np.ndarray:
+  """float32 rows of `model.encode`, one call per forward pass within the limits (both 0,
+  a model without a tokenizer or a caller's own batch_size: `encode` batches by itself)."""
+  if not texts:  # tokenizers refuse an empty list
+    return np.zeros((0, 0), np.float32)
+  kwargs = dict(encode_kwargs)
+  counts = None
+  if (token_budget or max_texts) and 'batch_size' not in kwargs:
+    counts = token_counts(model, texts)
+  if counts is None:  # no tokenizer to ask, or the caller chose the batch
+    kwargs.setdefault('batch_size', max_texts or COUNTED_BATCH)
+    return _float_rows(model.encode(texts, **kwargs))
+  out = None
+  for chosen in plan_passes(counts, token_budget, max_texts):
+    vectors = _float_rows(model.encode([texts[i] for i in chosen], batch_size=len(chosen),
+                                       **kwargs))
+    if out is None:
+      out = np.empty((len(texts), vectors.shape[1]), np.float32)
+    out[chosen] = vectors
+  return out
+
+
+def _float_rows(tensor) -> np.ndarray:
+  # fp16/bf16 models still hand out float32, the type the sinks write.
+  return tensor.float().cpu().numpy()

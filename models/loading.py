@@ -119,8 +119,6 @@ FORWARD_TOKENS = {
     ('cuda', 'bf16', None): 8192,  # not measured
 }
 FALLBACK_TOKENS = {'cpu': 2048, 'cuda': 8192}
-# Texts per pass for a model whose tokenizer the job cannot ask: sentence-transformers' own.
-COUNTED_BATCH = 32
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,9 +9,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from hypothesis import given, settings, strategies as st
 
 from models.embedding_cache import CachingEncoder
-from models.forward_passes import plan_passes, token_counts
+from models.forward_passes import COUNTED_BATCH, plan_passes, token_counts
 from models.handler import SentenceTransformerHandler
-from models.loading import COUNTED_BATCH, ModelConfig
+from models.loading import ModelConfig
 from pipelines.options import ConfigError, job_config
 from tests.fakes import HashingModel, hashed_vector
 
