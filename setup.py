@@ -1,7 +1,7 @@
 """Packaging for the enrichment job.
 
 This is also what Dataflow and Flink workers install when a job is submitted
-with `--setup_file ./setup.py`: the three packages below and their requirements.
+with `--setup_file ./setup.py`: the packages below and their requirements.
 """
 import setuptools
 
@@ -10,7 +10,9 @@ setuptools.setup(
     version='0.1.0',
     description='Event streams enriched with sentence-transformers embeddings on Apache Beam.',
     packages=setuptools.find_packages(include=['pipelines', 'pipelines.*', 'transforms',
-                                               'transforms.*', 'models', 'models.*']),
+                                               'transforms.*', 'models', 'models.*',
+                                               'observability', 'observability.*',
+                                               'runners', 'runners.*']),
     python_requires='>=3.10',
     install_requires=[
         'apache-beam==2.77.0',  # the local-runner compatibility work is pinned to it

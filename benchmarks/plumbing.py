@@ -62,7 +62,10 @@ def _worker(args) -> dict:
   from models.handler import SentenceTransformerHandler
   from pipelines.builder import build
   from pipelines.options import job_config
-  from transforms.sources import ReadArchive
+  try:
+    from transforms.io.sources import ReadArchive
+  except ImportError:  # a checkout from before sources moved to transforms/io/
+    from transforms.sources import ReadArchive
 
   class ZeroCostHandler(SentenceTransformerHandler):
 

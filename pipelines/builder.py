@@ -17,10 +17,10 @@ from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents
 from transforms.grouping import collect_windows, per_stream
 from transforms.records import FUTURE_TIME, LATE, DeadLetterMark
-from transforms.sinks import (CollectDeadLetters, GroupDeadLetters, WriteDeadLetters,
+from transforms.io.sinks import (CollectDeadLetters, GroupDeadLetters, WriteDeadLetters,
                               WriteEnrichedParquet)
 from transforms.topics import SummarizeWindows
-from transforms.uris import sink, sink_label
+from transforms.io.uris import sink, sink_label
 from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
 
 

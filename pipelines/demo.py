@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launcher import JobResult, build_job, main, run_job
 from pipelines.options import job_config
 from pipelines.preflight import check_start
-from transforms.synthetic import GenerateSyntheticEvents
+from transforms.io.synthetic import GenerateSyntheticEvents
 
 # The synthetic events carry an id and 20 events per second of event time;
 # 10 s windows show several windows in a short run, and batches of 256 show

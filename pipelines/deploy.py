@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import List
 
-from transforms.uri_query import redacted
+from transforms.io.uri_query import redacted
 
 JOBS = {'stream': 'pipelines.stream', 'replay': 'pipelines.replay'}
 

@@ -11,19 +11,19 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from models.embedding_cache import hit_rate
 from models.loading import ModelConfig, threads_per_worker
-from pipelines import monitoring
+from observability import monitoring
 from pipelines.builder import WrittenFiles, build
-from pipelines.report import RunFacts, invocation, write_report
+from observability.report import RunFacts, invocation, write_report
 from pipelines.options import ConfigError, JobConfig
 from pipelines.preflight import runs_locally
-from transforms import faults
+from transforms.io import faults
 from transforms.fields import MISSING, format_path, resolve
 from transforms.records import Undecodable, decode_object
-from transforms.sinks import DEADLETTER_DIR, ENRICHED_DIR
-from transforms.sources import format_of, read_archive
-from transforms.cloud_io import UnavailableIO
-from transforms.instruments import CALLS, CountByReason, MeasureLatency
-from transforms.uri_query import redacted
+from transforms.io.sinks import DEADLETTER_DIR, ENRICHED_DIR
+from transforms.io.sources import format_of, read_archive
+from transforms.io.cloud_io import UnavailableIO
+from observability.instruments import CALLS, CountByReason, MeasureLatency
+from transforms.io.uri_query import redacted
 
 _SAMPLE_RECORDS = 100
 
@@ -77,13 +77,13 @@ def choose_local_runner(options: PipelineOptions) -> str:
   Beam 2.77's DirectRunner first tries Prism, which it would download from
   GitHub on each run; offline that only costs time and noise. Batch jobs go
   straight to the FnApiRunner, the engine the DirectRunner falls back to;
-  streaming jobs to the BundleBasedDirectRunner with pipelines.local_streaming.
+  streaming jobs to the BundleBasedDirectRunner with runners.local_streaming.
   """
   standard = options.view_as(StandardOptions)
   if (standard.runner or 'DirectRunner').lower() in ('directrunner', 'direct'):
     if standard.streaming:
       # The only local runner that streams offline, with the project's fixes.
-      from pipelines import local_streaming
+      from runners import local_streaming
       local_streaming.install()
       standard.runner = 'BundleBasedDirectRunner'
     else:

@@ -7,11 +7,11 @@ from models.labels import LabelIndex, read_label_file
 from models.loading import (DEFAULT_EMBEDDING_CACHE, DEFAULT_MODEL, DEVICES, PRECISIONS,
                             ModelConfig)
 from transforms.eventtime import TimeParser
-from transforms.faults import DEFAULT_WRITE_RETRY_S
+from transforms.io.faults import DEFAULT_WRITE_RETRY_S
 from transforms.derive import DeriveSpec
 from transforms.fields import FieldMapping
-from transforms.sources import FORMATS
-from transforms.uris import check_sink, watermark_slack_s
+from transforms.io.sources import FORMATS
+from transforms.io.uris import check_sink, watermark_slack_s
 from transforms.windowing import WindowSpec
 
 
@@ -199,7 +199,7 @@ class JobConfig(NamedTuple):
   output: str
   derive: DeriveSpec = DeriveSpec()
   sinks: Tuple[str, ...] = ()  # validated --sink entries
-  write_retry_s: float = DEFAULT_WRITE_RETRY_S  # see transforms.faults
+  write_retry_s: float = DEFAULT_WRITE_RETRY_S  # see transforms.io.faults
 
 
 def job_config(options: PipelineOptions) -> JobConfig:

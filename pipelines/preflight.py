@@ -13,9 +13,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from models.loading import ModelConfig
 from pipelines.options import ConfigError, JobConfig
-from transforms.redis_streams import ensure_group
-from transforms.redis_urls import RedisStreamAddress
-from transforms.uris import is_redis
+from transforms.io.redis_streams import ensure_group
+from transforms.io.redis_urls import RedisStreamAddress
+from transforms.io.uris import is_redis
 
 _LOCAL_RUNNERS = ('directrunner', 'direct', 'fnapirunner', 'bundlebaseddirectrunner',
                   'switchingdirectrunner')

@@ -18,9 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.fields import assign, parse_path
 from transforms.records import decode_object
-from transforms.redis_streams import RedisStreamAddress
-from transforms.sources import read_archive
-from transforms.uri_query import redacted
+from transforms.io.redis_streams import RedisStreamAddress
+from transforms.io.sources import read_archive
+from transforms.io.uri_query import redacted
 
 _CHUNK = 100
 

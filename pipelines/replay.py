@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launcher import JobResult, build_job, check_archive, main, run_job
 from pipelines.options import ArchiveOptions, csv_delimiter, job_config
 from pipelines.preflight import check_start
-from transforms.sources import ReadArchive
+from transforms.io.sources import ReadArchive
 
 
 def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:

@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 from models.loading import DEFAULT_MODEL, ModelConfig, load_sentence_transformer
 from models.vectors import unit_rows
 from transforms.eventtime import TimeParser, format_micros
-from transforms.vector_store import open_table
+from transforms.io.vector_store import open_table
 
 _PAYLOAD = ('event_time', 'window_start', 'window_end', 'label', 'duplicate_of', 'source')
 

@@ -11,7 +11,7 @@ Sources:
   pubsub://projects/P/subscriptions/S[?timestamp_attribute=A&id_attribute=B]   (Beam's Pub/Sub IO)
   kafka://BROKERS/TOPIC?group=G[&timestamp_policy=CreateTime]                 (Beam's Kafka IO)
 
-Locally it runs on the BundleBasedDirectRunner with pipelines.local_streaming;
+Locally it runs on the BundleBasedDirectRunner with runners.local_streaming;
 `--runner FlinkRunner`, `DataflowRunner` or `PrismRunner --prism_location ...`
 run the same pipeline. SIGINT/SIGTERM (or --duration) drain: stop reading,
 close open windows, write, acknowledge, exit 0.
@@ -32,10 +32,10 @@ from pipelines.options import (ArchiveOptions, ConfigError, StreamOptions, csv_d
                                stream_config)
 from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
-from transforms.live_sources import DRAIN, EventTimeOf
-from transforms.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
+from transforms.io.live_sources import DRAIN, EventTimeOf
+from transforms.io.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
 from transforms.records import WindowRows
-from transforms.uris import acknowledged_stream, live_source
+from transforms.io.uris import acknowledged_stream, live_source
 
 _STREAM_DEFAULTS = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',
                     '--min_batch_size', '1', '--max_batch_size', '1024']

@@ -18,9 +18,9 @@ from tests.runners import batch_pipeline
 from transforms import records as r
 from transforms.eventtime import TimeParser, is_future
 from transforms.fields import FieldMapping
-from transforms.live_sources import EventTimeOf
+from transforms.io.live_sources import EventTimeOf
 from transforms.parse import ParseEvents, parse_record
-from transforms.sources import ReadArchive, read_archive
+from transforms.io.sources import ReadArchive, read_archive
 from transforms.windowing import FlagLateEvents, WindowSpec
 
 YEAR_3000 = 32503680000  # epoch seconds of 3000-01-01

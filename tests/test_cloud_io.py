@@ -19,16 +19,16 @@ from pipelines.options import JobConfig, parse_sinks, ConfigError
 from tests.fakes import HashingModelHandler
 from tests.runners import streaming_pipeline
 from transforms import records as r
-from transforms.bigquery import WriteBigQuery, bigquery_schema, bigquery_table
-from transforms.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, ReadKafka, ReadPubSub,
+from transforms.io.bigquery import WriteBigQuery, bigquery_schema, bigquery_table
+from transforms.io.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, ReadKafka, ReadPubSub,
                                  UnavailableIO, WriteKafka, _StampedRawFn, kafka_records,
                                  pubsub_messages)
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
-from transforms.formats import enriched_records
+from transforms.io.formats import enriched_records
 from transforms.grouping import GroupWindows
 from transforms.records import WindowRows
-from transforms.uris import live_source, sink, watermark_slack_s
+from transforms.io.uris import live_source, sink, watermark_slack_s
 from transforms.windowing import WindowSpec
 
 S = 1_000_000

@@ -20,10 +20,10 @@ import redis
 from tests.conftest import ROOT
 from tests.redis_server import started
 from tests.test_stream_e2e import _consumer_caught_up, column, python, stop, wait_for
-from transforms import faults
-from transforms.live_sources import DRAIN
-from transforms.redis_streams import RedisStreamAddress, RedisStreamReader
-from transforms.sinks import write_parquet
+from transforms.io import faults
+from transforms.io.live_sources import DRAIN
+from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader
+from transforms.io.sinks import write_parquet
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +149,9 @@ def test_redis_reader_rides_out_a_server_restart(caplog):
 
 
 def _events(path, count, first=0):
-  now = time.time()
+  # From the start of a 5 s window: 120 events (3 s) fall in one window, so whether a
+  # part of them fits on a nearly full disk does not depend on the clock.
+  now = time.time() // 5 * 5
   path.write_text(''.join(json.dumps({'id': f'e{n}', 'time': now + (n - first) / 40,
                                       'comment': f'edit number {n} of the page'}) + '\n'
                           for n in range(first, first + count)))

@@ -17,9 +17,9 @@ from apache_beam.transforms import window
 from apache_beam.transforms.trigger import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines import local_streaming
+from runners import local_streaming
 from tests.runners import streaming_pipeline
-from transforms.live_sources import ReadLive, Reader
+from transforms.io.live_sources import ReadLive, Reader
 from transforms.records import RawRecord
 
 FIRED = []  # (window end, records the source had sent, source still open, window total)

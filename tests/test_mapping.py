@@ -15,7 +15,7 @@ from transforms import records as r
 from transforms.eventtime import TimeParser
 from transforms.fields import MISSING, FieldMapping
 from transforms.parse import parse_record
-from transforms.sources import read_archive
+from transforms.io.sources import read_archive
 from transforms.template import TextTemplate
 
 PR_EVENT = {
@@ -183,7 +183,7 @@ def test_template_with_text_field_is_one_line_exit_2(tmp_path):
 
 
 def test_file_source_reads_csv_with_the_delimiter(tmp_path):
-  from transforms.uris import reader_factory
+  from transforms.io.uris import reader_factory
   write_log(tmp_path)
   reader = reader_factory(f'file://{tmp_path}/*.csv', None, ';')()
   reader.open()

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.monitoring import RunMonitor, Snapshot, families, monitor_for, quantile
+from observability.monitoring import RunMonitor, Snapshot, families, monitor_for, quantile
 from pipelines.options import ConfigError
 from tests.conftest import ROOT
 from tests.redis_server import free_port, redis_server

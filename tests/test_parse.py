@@ -6,7 +6,7 @@ from transforms import records as r
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
 from transforms.parse import parse_record
-from transforms.sources import read_jsonl
+from transforms.io.sources import read_jsonl
 
 MAPPING = FieldMapping.from_flags('meta.id', 'ts', 'payload.commits.0.message,title')
 PARSER = TimeParser()

@@ -14,7 +14,7 @@ from tests.fakes import FAIL_MARKER, HashingModelHandler, hashed_vector
 from transforms import records as r
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
-from transforms.synthetic import GenerateSyntheticEvents, synthetic_records
+from transforms.io.synthetic import GenerateSyntheticEvents, synthetic_records
 from transforms.windowing import WindowSpec
 
 
@@ -137,7 +137,7 @@ def test_session_windows_are_written_merged(tmp_path):
 
 
 def test_replaying_twice_into_the_vector_store_keeps_one_vector_per_event(tmp_path):
-  from transforms.vector_store import open_table
+  from transforms.io.vector_store import open_table
   with_vectors = config(tmp_path)._replace(sinks=('vectors',))
   for _ in range(2):
     with batch_pipeline() as p:

@@ -76,7 +76,7 @@ def test_handler_and_steps_pickle_and_translate_with_unique_labels(tmp_path):
 
 def test_a_cloud_streaming_job_translates_with_unique_labels(tmp_path):
   # Pub/Sub in, Parquet, BigQuery and Pub/Sub out, as a Dataflow job would be built.
-  from transforms.uris import live_source
+  from transforms.io.uris import live_source
   options = PipelineOptions(['--streaming'])
   pipeline = beam.Pipeline(runner='FnApiRunner', options=options)
   job = config(str(tmp_path))._replace(sinks=('bq://my-project.analytics.enriched',
@@ -132,7 +132,7 @@ def test_worker_package_holds_the_job_and_imports_outside_the_checkout(tmp_path)
   (wheel,) = (tmp_path / 'wheel').glob('*.whl')
   names = zipfile.ZipFile(wheel).namelist()
   for package in ('pipelines/stream.py', 'pipelines/replay.py', 'transforms/parse.py',
-                  'models/handler.py', 'pipelines/local_streaming.py'):
+                  'models/handler.py', 'runners/local_streaming.py'):
     assert package in names
   assert not any(name.startswith('tests/') for name in names)
   target = tmp_path / 'site'
@@ -141,7 +141,7 @@ def test_worker_package_holds_the_job_and_imports_outside_the_checkout(tmp_path)
   assert installed.returncode == 0, installed.stderr[-2000:]
   imported = subprocess.run(
       [sys.executable, '-c', 'import pipelines.stream, pipelines.replay, pipelines.search, '
-       'models.handler, transforms.live_sources; print(pipelines.stream.__file__)'],
+       'models.handler, transforms.io.live_sources; print(pipelines.stream.__file__)'],
       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(target)), capture_output=True,
       text=True, timeout=120)
   assert imported.returncode == 0, imported.stderr[-2000:]

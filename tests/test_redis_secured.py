@@ -14,8 +14,8 @@ import redis
 from pipelines.produce import produce
 from tests.conftest import ROOT
 from tests.redis_server import RedisServer, make_tls_files, started
-from transforms.redis_streams import RedisStreamAddress, RedisStreamReader
-from transforms.uri_query import redacted
+from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader
+from transforms.io.uri_query import redacted
 
 SECRET = 'pa55-w0rd_only-in-tests'
 

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from pipelines import charts
+from observability import charts
 from tests.conftest import ROOT
 
 GOOD = [f'{{"time": "2015-09-12T00:{m:02d}:{s:02d}Z", "comment": "edit {m} {s}"}}'

@@ -12,7 +12,7 @@ from models.loading import DEFAULT_MODEL
 from pipelines.search import main as search_main
 from tests.conftest import ROOT
 from transforms.records import Embedded, Event
-from transforms.sinks import enriched_table, write_parquet
+from transforms.io.sinks import enriched_table, write_parquet
 
 pytestmark = pytest.mark.real_model
 S = 1_000_000
@@ -42,7 +42,7 @@ def store(tmp_path_factory, real_model):
 def vector_store(store, tmp_path_factory):
   """The same rows in a LanceDB store, as `--sink vectors` writes them."""
   import pyarrow.dataset as ds
-  from transforms.vector_store import open_table
+  from transforms.io.vector_store import open_table
   uri = str(tmp_path_factory.mktemp('vectors') / 'db')
   rows = ds.dataset(store / 'enriched', format='parquet', partitioning='hive').to_table()
   table = rows.select(['id', 'embedding', 'event_time', 'window_start', 'window_end', 'text',

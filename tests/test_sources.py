@@ -8,7 +8,7 @@ import pytest
 from tests.runners import batch_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.sources import ReadArchive, format_of, read_archive
+from transforms.io.sources import ReadArchive, format_of, read_archive
 
 ROWS = [{'ts': '2015-09-12T00:00:0%dZ' % i, 'text': f'event {i}', 'n': i} for i in range(3)]
 

@@ -9,9 +9,9 @@ from pipelines.options import ConfigError
 from tests.redis_server import redis_server
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
-from transforms.live_sources import ArchiveReader, EventTimeOf, _StreamWatermark
+from transforms.io.live_sources import ArchiveReader, EventTimeOf, _StreamWatermark
 from transforms.records import RawRecord
-from transforms.redis_streams import RedisStreamAddress, RedisStreamReader, entry_ids
+from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader, entry_ids
 
 
 def test_redis_addresses():
@@ -39,7 +39,7 @@ def test_event_time_of_reads_the_mapping():
 
 def test_watermark_trails_newest_event_and_follows_the_clock_when_idle(monkeypatch):
   clock = [100.0]
-  monkeypatch.setattr('transforms.live_sources.time.monotonic', lambda: clock[0])
+  monkeypatch.setattr('transforms.io.live_sources.time.monotonic', lambda: clock[0])
   mark = _StreamWatermark(max_out_of_orderness_s=2, idle_after_s=2)
   mark.observe(10_000_000)
   mark.observe(8_000_000)  # older: no change

@@ -17,7 +17,7 @@ from transforms import records as r
 from transforms.derive import DeriveSpec
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
-from transforms.sinks import part_name
+from transforms.io.sinks import part_name
 from transforms.windowing import WindowSpec
 
 
@@ -80,7 +80,7 @@ def _upsert(store, writer, windows):
 import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from transforms import records as r
-from transforms.vector_store import _UpsertFn
+from transforms.io.vector_store import _UpsertFn
 upsert = _UpsertFn({str(store)!r}, 'm')
 for w in range({windows}):
   rows = [r.Embedded(r.Event(f'{writer}-{{w}}-{{k}}', w * 10_000_000 + k, 't', 's', 's', ''),
@@ -94,7 +94,7 @@ for w in range({windows}):
 
 
 def test_concurrent_upserts_from_several_jobs_keep_every_row(tmp_path):
-  from transforms.vector_store import open_table
+  from transforms.io.vector_store import open_table
   store = tmp_path / 'vectors'
   open_table(str(store), 8)
   jobs = [_upsert(store, writer, 25) for writer in ('w1', 'w2', 'w3')]

@@ -9,7 +9,7 @@ from models.labels import assign_labels
 from models.vectors import unit_rows
 
 from transforms.records import WindowRows
-from transforms.sinks import embedding_matrix
+from transforms.io.sinks import embedding_matrix
 
 
 def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float,

@@ -5,7 +5,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
 from models.handler import InferenceFailure
-from transforms.instruments import MeasuredKeyedHandler
+from observability.instruments import MeasuredKeyedHandler
 from transforms import records as r
 from transforms.records import DEADLETTER
 

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 
 from models.vectors import unit_rows
-from transforms import faults
+from transforms.io import faults
 from transforms.records import WindowRows
-from transforms.sinks import TIMESTAMP, embedding_matrix, window_part_path, write_parquet
+from transforms.io.sinks import TIMESTAMP, embedding_matrix, window_part_path, write_parquet
 
 WINDOWS_DIR = 'windows'
 TOPIC_TYPE = pa.struct([

@@ -21,7 +21,7 @@ class WindowSpec(NamedTuple):
   ended more than `allowed_lateness_s` before the watermark is late.
   `source_slack_s`: how much longer the runner keeps windows open, for sources
   whose runner watermark may lead the one the late flag judges by
-  (transforms.uris.watermark_slack_s).
+  (transforms.io.uris.watermark_slack_s).
   `max_future_skew_s`: an event time further than this ahead of the processing
   clock is not believed (a producer with a broken clock): the event is a
   `future_time` dead letter and moves no watermark. 0 turns the guard off.

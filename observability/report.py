@@ -17,8 +17,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipelines import charts
-from pipelines.monitoring import quantile
+from observability import charts
+from observability.monitoring import quantile
 
 REPORT_NAME = 'report.html'
 _MAX_BINS = 120
@@ -36,7 +36,7 @@ class RunFacts(NamedTuple):
   check: str  # the summary's accounting sentence
   balanced: bool
   config: object  # pipelines.options.JobConfig
-  final: object  # pipelines.monitoring.Snapshot or None
+  final: object  # observability.monitoring.Snapshot or None
   samples: Sequence = ()  # Snapshots taken while it ran
   calls: Sequence[Tuple[float, int, float]] = ()  # (end, texts, seconds) per inference call
 

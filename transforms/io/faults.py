@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Tuple, Type
 
-from transforms.live_sources import DRAIN
+from transforms.io.live_sources import DRAIN
 
 # Seconds a write (Parquet file, Redis XADD or XACK) keeps being retried
 # before the job stops; --write_retry_timeout sets it for a local job.

@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Tuple
 
 import apache_beam as beam
 
-from transforms.live_sources import Reader
+from transforms.io.live_sources import Reader
 from transforms.records import RawRecord
 
 STREAM = 'synthetic'

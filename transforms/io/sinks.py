@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
 
-from transforms import faults
+from transforms.io import faults
 from transforms.records import DeadLetterBatch, WindowRows
 
 
@@ -78,7 +78,7 @@ def write_parquet(table: pa.Table, path: str) -> None:
   """Writes a table so that readers never see a half-written file.
 
   A failing write (disk full, no permission) is retried with backoff for a
-  bounded time (transforms.faults); then faults.WriteAbandoned is raised and
+  bounded time (transforms.io.faults); then faults.WriteAbandoned is raised and
   the caller passes nothing on, so nothing behind it is acknowledged.
   """
   faults.retry(lambda: _write_once(table, path), 'output files', f'cannot write {path}',

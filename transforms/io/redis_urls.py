@@ -14,7 +14,7 @@ import socket
 import urllib.parse
 from typing import NamedTuple, Optional
 
-from transforms.uri_query import redacted, uri_query
+from transforms.io.uri_query import redacted, uri_query
 
 JOB_PARAMETERS = ('stream', 'group', 'field', 'consumer')
 SCHEMES = ('redis', 'rediss', 'unix')

@@ -1,9 +1,9 @@
 """Sources and sinks by URI: each URI becomes one PTransform, here and nowhere else.
 
 Sources (live): synthetic://?rate=N[&seed=S], redis://HOST:PORT/DB?stream=S&group=G
-(also rediss:// and unix://, see transforms.redis_urls), file://GLOB,
+(also rediss:// and unix://, see transforms.io.redis_urls), file://GLOB,
 pubsub://projects/P/subscriptions/S, kafka://BROKERS/TOPIC?group=G.
-Archives for replay are globs (transforms.sources.ReadArchive).
+Archives for replay are globs (transforms.io.sources.ReadArchive).
 Sinks beside Parquet: vectors (a LanceDB store under the output), lancedb:URI,
 redis://HOST:PORT/DB?stream=NAME, pubsub://projects/P/topics/T, kafka://BROKERS/TOPIC,
 bq://PROJECT.DATASET.TABLE.
@@ -13,14 +13,14 @@ from typing import Callable, Optional
 
 import apache_beam as beam
 
-from transforms.bigquery import WriteBigQuery
-from transforms.cloud_io import ReadKafka, ReadPubSub, WriteKafka, WritePubSub
-from transforms.live_sources import ArchiveReader, ReadLive, Reader
-from transforms.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
-from transforms.redis_urls import SCHEMES as _REDIS_SCHEMES
-from transforms.synthetic import SyntheticReader
-from transforms.uri_query import redacted, uri_query
-from transforms.vector_store import VECTORS_DIR, UpsertVectors
+from transforms.io.bigquery import WriteBigQuery
+from transforms.io.cloud_io import ReadKafka, ReadPubSub, WriteKafka, WritePubSub
+from transforms.io.live_sources import ArchiveReader, ReadLive, Reader
+from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
+from transforms.io.redis_urls import SCHEMES as _REDIS_SCHEMES
+from transforms.io.synthetic import SyntheticReader
+from transforms.io.uri_query import redacted, uri_query
+from transforms.io.vector_store import VECTORS_DIR, UpsertVectors
 
 
 def reader_factory(uri: str, input_format: Optional[str] = None,
@@ -65,7 +65,7 @@ def watermark_slack_s(uri: str, max_out_of_orderness_s: float) -> float:
   """Seconds the runner must keep windows open beyond the allowed lateness for this source.
 
   Pub/Sub and Kafka records are judged late against their source timestamp
-  minus max_out_of_orderness (transforms.cloud_io), while the runner's
+  minus max_out_of_orderness (transforms.io.cloud_io), while the runner's
   watermark can be up to that timestamp: windows stay open that much longer,
   so what the late flag lets through is never dropped by the runner.
   The job's own live sources stamp the very watermark they report: no slack.

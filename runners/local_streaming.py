@@ -9,7 +9,7 @@ tests/test_local_streaming.py fails loudly when an upgrade breaks it.
 
 Usage::
 
-    from pipelines import local_streaming
+    from runners import local_streaming
     local_streaming.install()
     with beam.Pipeline(runner='BundleBasedDirectRunner',
                        options=PipelineOptions(streaming=True)) as p: ...

@@ -13,7 +13,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 import pyarrow as pa
 
 from transforms.records import WindowRows
-from transforms.sinks import TIMESTAMP, enriched_table
+from transforms.io.sinks import TIMESTAMP, enriched_table
 
 TABLE = 'events'
 VECTORS_DIR = 'vectors'

@@ -21,9 +21,9 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from transforms.eventtime import is_future
-from transforms.instruments import SourceGauges
+from observability.instruments import SourceGauges
 from transforms.records import RawRecord, Undecodable, decode_object
-from transforms.sources import read_archive
+from transforms.io.sources import read_archive
 
 _ENDLESS = 2**62
 

@@ -1,15 +1,15 @@
 """BigQuery through Beam's own IO: enriched rows appended to a day-partitioned table.
 
 The sink takes WindowRows, writes each row as a table row on a side branch and
-passes the WindowRows on, as the other sinks do (transforms.cloud_io).
+passes the WindowRows on, as the other sinks do (transforms.io.cloud_io).
 """
 import apache_beam as beam
 import pyarrow as pa
 
-from transforms.cloud_io import need_gcp_client
-from transforms.formats import enriched_records
-from transforms.sinks import EXTRA_TYPES, enriched_schema
-from transforms.uri_query import uri_query
+from transforms.io.cloud_io import need_gcp_client
+from transforms.io.formats import enriched_records
+from transforms.io.sinks import EXTRA_TYPES, enriched_schema
+from transforms.io.uri_query import uri_query
 
 
 _BIGQUERY_TYPES = {'string': 'STRING', 'float': 'FLOAT', 'double': 'FLOAT',

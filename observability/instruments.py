@@ -1,7 +1,7 @@
 """Beam metrics the job reports about itself, beyond its record counts.
 
 Every figure is a Beam metric in namespace `enrichment`, so any runner keeps
-it (Flink's and Dataflow's monitoring included); pipelines.monitoring exports
+it (Flink's and Dataflow's monitoring included); observability.monitoring exports
 them locally in the Prometheus format. Beam distributions keep only count,
 sum, min and max, so histograms are counters here: one per bucket
 (`NAME_bucket_I`, not cumulative) and one for the sum (`NAME_sum`, in units of

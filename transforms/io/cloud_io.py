@@ -1,5 +1,5 @@
 """Pub/Sub and Kafka through Beam's own IO, for jobs on Flink and Dataflow (BigQuery:
-transforms.bigquery).
+transforms.io.bigquery).
 
 Sources hand on RawRecords stamped with a watermark: the source's timestamp
 for the record (Pub/Sub: publish time or the timestamp attribute; Kafka: the
@@ -16,8 +16,8 @@ import urllib.parse
 import apache_beam as beam
 
 from transforms.records import RawRecord, decoded_record
-from transforms.formats import enriched_records, record_json
-from transforms.uri_query import uri_query
+from transforms.io.formats import enriched_records, record_json
+from transforms.io.uri_query import uri_query
 
 _MICROS = 1_000_000
 

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.embedding_cache import hit_rate
 from pipelines.options import ConfigError
 from transforms import records
-from transforms.instruments import (DEADLETTERS_BY_REASON, HISTOGRAMS, NAMESPACE,
+from observability.instruments import (DEADLETTERS_BY_REASON, HISTOGRAMS, NAMESPACE,
                                     SOURCE_WATERMARK_MS)
 
 PREFIX = 'enrichment_'

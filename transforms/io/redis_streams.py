@@ -1,8 +1,8 @@
 """Redis Streams: the consumer-group reader, the sink and the acknowledgements.
 
-Addresses (transforms.redis_urls) name a stream, the consumer group that
+Addresses (transforms.io.redis_urls) name a stream, the consumer group that
 reads it, the entry field holding the JSON event, and this reader's consumer
-name. Outages are ridden out (transforms.faults): the reader keeps polling
+name. Outages are ridden out (transforms.io.faults): the reader keeps polling
 with backoff, the sink and the acknowledgements retry for a bounded time.
 """
 import logging
@@ -11,12 +11,12 @@ from typing import List
 
 import apache_beam as beam
 
-from transforms import faults
-from transforms.live_sources import Reader
+from transforms.io import faults
+from transforms.io.live_sources import Reader
 from transforms.records import RawRecord, decoded_record
-from transforms.formats import enriched_records, record_json
+from transforms.io.formats import enriched_records, record_json
 from transforms.records import WindowRows
-from transforms.redis_urls import RedisStreamAddress
+from transforms.io.redis_urls import RedisStreamAddress
 
 
 def _outages():

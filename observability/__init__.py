@@ -1,0 +1,1 @@
+"""What a run tells about itself: Beam metrics, Prometheus, the run report and its charts."""

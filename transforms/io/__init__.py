@@ -1,0 +1,1 @@
+"""Sources and sinks: archives, live streams, Redis, cloud IO, Parquet, the vector store."""
