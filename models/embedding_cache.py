@@ -24,22 +24,6 @@ from models.forward_passes import encode_in_passes
 
 _BLOCK_ROWS = 1024  # rows per allocated block: memory follows use, not the bound
 # This process's hits and misses, for status lines (Beam counters carry the job's totals).
-_PROCESS_TOTALS = {'hits': 0, 'misses': 0}
-_TOTALS_LOCK = threading.Lock()
-
-
-def process_totals() -> Tuple[int, int]:
-  """(hits, misses) of every cache lookup this process made."""
-  with _TOTALS_LOCK:
-    return _PROCESS_TOTALS['hits'], _PROCESS_TOTALS['misses']
-
-
-def count(hits: int, misses: int) -> None:
-  with _TOTALS_LOCK:
-    _PROCESS_TOTALS['hits'] += hits
-    _PROCESS_TOTALS['misses'] += misses
-
-
 def hit_rate(hits: int, misses: int) -> float:
   return hits / (hits + misses) if hits + misses else 0.0
 

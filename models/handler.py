@@ -6,7 +6,6 @@ from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from models import embedding_cache
 from models.embedding_cache import CachingEncoder, EmbeddingCache
 from models.loading import ModelConfig, forward_pass_limits, load_sentence_transformer, shares_model
 
@@ -83,7 +82,6 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
     if self._config.embedding_cache:
       Metrics.counter('enrichment', 'embedding_cache_hits').inc(hits)
       Metrics.counter('enrichment', 'embedding_cache_misses').inc(misses)
-      embedding_cache.count(hits, misses)
 
   def batch_elements_kwargs(self) -> Dict[str, Any]:
     kwargs = {

@@ -1,4 +1,5 @@
 """Model resolution: the packaged default, any sentence-transformers path or name, device, precision."""
+import dataclasses
 import functools
 import logging
 import os
@@ -16,8 +17,9 @@ SHARE_MODEL = ('auto', 'always', 'never')
 DEFAULT_EMBEDDING_CACHE = 50_000
 
 
-class ModelConfig(NamedTuple):
-  """What model to run and how.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """What model to run and how; built with keywords only, so no two fields can be swapped.
 
   Attributes:
     model: a sentence-transformers model name or a local path.
@@ -53,6 +55,10 @@ class ModelConfig(NamedTuple):
   embedding_cache: int = DEFAULT_EMBEDDING_CACHE
   share_model: str = 'auto'
   encode_batch_tokens: int = 0
+
+  def _replace(self, **changes) -> 'ModelConfig':
+    """A copy with `changes` (the NamedTuple spelling the other config values use)."""
+    return dataclasses.replace(self, **changes)
 
   def validate(self) -> None:
     if self.precision not in PRECISIONS:

@@ -7,14 +7,14 @@ sum, min and max, so histograms are counters here: one per bucket
 (`NAME_bucket_I`, not cumulative) and one for the sum (`NAME_sum`, in units of
 1/scale), which Prometheus histograms can be rebuilt from on any runner.
 """
-import collections
-import threading
 import time
 from typing import Dict, NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler
+
+from transforms import job_state
 
 NAMESPACE = 'enrichment'
 DEADLETTERS_BY_REASON = 'deadletters_'  # + reason
@@ -49,19 +49,20 @@ def observe(name: str, value: float, count: int = 1) -> None:
   Metrics.counter(NAMESPACE, f'{name}_sum').inc(round(value * spec.scale) * count)
 
 
-# The last inference calls of this process (end time, texts, seconds): the run
-# report's throughput over the run. Local runners only; workers elsewhere keep
-# their own, unread.
-CALLS = collections.deque(maxlen=200_000)
-_CALLS_LOCK = threading.Lock()
-
-
 class MeasuredKeyedHandler(KeyedModelHandler):
   """KeyedModelHandler that records each RunInference call's size and duration.
 
   It also sizes batches by their texts: Beam's default pickles every key (a
   whole Event) and text of each batch only to count bytes for a metric.
+
+  Args:
+    unkeyed: the model handler of texts.
+    job: the job's token: each call is kept in its JobState for the run report.
   """
+
+  def __init__(self, unkeyed, job: str = ''):
+    super().__init__(unkeyed)
+    self._job = job
 
   def get_num_bytes(self, batch) -> int:
     return sum(len(text) for _, text in batch)
@@ -72,8 +73,7 @@ class MeasuredKeyedHandler(KeyedModelHandler):
     seconds = time.perf_counter() - started
     observe('batch_size', len(batch))
     observe('inference_seconds', seconds)
-    with _CALLS_LOCK:
-      CALLS.append((time.time(), len(batch), seconds))
+    job_state.of(self._job).calls.append((time.time(), len(batch), seconds))
     return results
 
 

@@ -8,17 +8,17 @@ same snapshots, taken each second, make the run report's timeline.
 import logging
 import threading
 import time
-import math
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, Optional
 
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from models.embedding_cache import hit_rate
+# Snapshot, EMPTY, quantile and snapshot are re-exported for the report and the tests.
+from observability.metrics import EMPTY, Snapshot, quantile, snapshot  # noqa: F401
 from pipelines.options import ConfigError
+from runners.choice import named_runner
 from transforms import records
 from observability.instruments import (DEADLETTERS_BY_REASON, HISTOGRAMS, NAMESPACE,
-                                    SOURCE_WATERMARK_MS)
+                                       SOURCE_WATERMARK_MS)
 
 PREFIX = 'enrichment_'
 # Beam counter -> exported counter (without _total), for the names dashboards rely on.
@@ -26,11 +26,9 @@ RENAMED = {'records_read': 'records_read', 'enriched_rows': 'rows_written',
            'deadletters': None}  # the total is the sum of enrichment_deadletters_total{reason}
 GAUGES = {'source_pending': 'Entries delivered to the consumer group, not yet acknowledged.',
           'source_lag': 'Entries in the stream not yet delivered to the group (Redis 7+).'}
-CACHE_HITS, CACHE_MISSES = 'embedding_cache_hits', 'embedding_cache_misses'
 # Every reason code of transforms.records is served from the start, at 0: Prometheus's
 # rate() misses the first increment of a series that appears with a value.
-REASONS = tuple(sorted(value for name, value in vars(records).items()
-                       if name.isupper() and isinstance(value, str)))
+REASONS = tuple(sorted(records.REASONS))
 
 
 class MonitoringOptions(PipelineOptions):
@@ -43,67 +41,6 @@ class MonitoringOptions(PipelineOptions):
                         'the job runs.')
     parser.add_argument('--metrics_address', default='127.0.0.1',
                         help='Address the metrics endpoint binds (0.0.0.0: every interface).')
-
-
-class Snapshot(NamedTuple):
-  """The job's metrics at one moment: counters summed over steps, gauges' latest values."""
-  taken_at: float  # epoch seconds
-  counters: Dict[str, int]
-  gauges: Dict[str, int]
-
-  def histogram(self, name: str):
-    """(cumulative [(upper bound, count)] ending at +Inf, sum) of one of HISTOGRAMS."""
-    spec = HISTOGRAMS[name]
-    total, buckets = 0, []
-    for i, bound in enumerate(spec.bounds + (float('inf'),)):
-      total += self.counters.get(f'{name}_bucket_{i}', 0)
-      buckets.append((bound, total))
-    return buckets, self.counters.get(f'{name}_sum', 0) / spec.scale
-
-  def deadletters_by_reason(self) -> Dict[str, int]:
-    return {name[len(DEADLETTERS_BY_REASON):]: value for name, value in self.counters.items()
-            if name.startswith(DEADLETTERS_BY_REASON)}
-
-  def cache_hit_ratio(self) -> Optional[float]:
-    """None until the cache was asked (or without a cache)."""
-    hits, misses = self.counters.get(CACHE_HITS, 0), self.counters.get(CACHE_MISSES, 0)
-    return hit_rate(hits, misses) if hits + misses else None
-
-
-EMPTY = Snapshot(0.0, {}, {})
-
-
-def quantile(buckets: Sequence[Tuple[float, int]], q: float) -> Optional[float]:
-  """A quantile from cumulative histogram buckets, interpolated linearly within a bucket."""
-  total = buckets[-1][1] if buckets else 0
-  if not total:
-    return None
-  rank, below, lower = q * total, 0, 0.0
-  for bound, cumulative in buckets:
-    if cumulative >= rank:
-      if math.isinf(bound):
-        return lower  # beyond the last bound: its lower edge is all that is known
-      inside = cumulative - below
-      return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
-    below, lower = cumulative, bound
-  return lower
-
-
-def snapshot(result) -> Snapshot:
-  """Reads the job's metrics from a (running or finished) PipelineResult."""
-  found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-  counters: Dict[str, int] = {}
-  for counter in found['counters']:
-    value = counter.committed if counter.committed is not None else counter.attempted
-    counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + (value or 0)
-  gauges, stamps = {}, {}
-  for gauge in found['gauges']:
-    data = gauge.committed if gauge.committed is not None else gauge.attempted
-    name = gauge.key.metric.name
-    if data is not None and data.value is not None and (
-        name not in stamps or data.timestamp >= stamps[name]):
-      gauges[name], stamps[name] = data.value, data.timestamp
-  return Snapshot(time.time(), counters, gauges)
 
 
 def families(snap: Snapshot):
@@ -162,12 +99,44 @@ class _BeamCollector:
     yield from families(snap)
 
 
+class SampleSeries:
+  """Snapshots over a run, bounded: when `limit` are held, every other one is dropped,
+  so a run of any length keeps its whole timeline at a coarser step (the report's)."""
+
+  def __init__(self, limit: int = 3600):
+    self._limit = limit
+    self._items: List[Snapshot] = []
+    self._lock = threading.Lock()
+
+  def append(self, snap: Snapshot) -> None:
+    with self._lock:
+      self._items.append(snap)
+      if len(self._items) > self._limit:
+        last = self._items[-1]
+        self._items = self._items[:-1:2] + [last]  # the first and the latest stay
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+  def __iter__(self):
+    with self._lock:
+      return iter(list(self._items))
+
+  def __getitem__(self, index):
+    with self._lock:
+      return self._items[index]
+
+
 class RunMonitor:
-  """Serves /metrics (with --metrics_port) and samples the metrics each second for the report."""
+  """Serves /metrics (with --metrics_port) and samples the metrics each second for the report.
+
+  Each sample is also handed to `on_sample` (the job's state, for live status lines).
+  """
 
   def __init__(self, port: Optional[int] = None, address: str = '127.0.0.1',
-               sample_every_s: float = 1.0):
-    self.samples: List[Snapshot] = []
+               sample_every_s: float = 1.0, sample_limit: int = 3600):
+    self.samples = SampleSeries(sample_limit)
+    self.on_sample: Optional[Callable[[Snapshot], None]] = None
     self._collector = _BeamCollector()
     self._every_s = sample_every_s
     self._stop = threading.Event()
@@ -211,9 +180,13 @@ class RunMonitor:
 
   def _take_sample(self):
     try:
-      self.samples.append(snapshot(self._collector.result))
+      snap = snapshot(self._collector.result)
     except Exception:  # pylint: disable=broad-except
       logging.debug('metrics sample failed', exc_info=True)
+      return
+    self.samples.append(snap)
+    if self.on_sample is not None:
+      self.on_sample(snap)
 
   def stop(self) -> Optional[Snapshot]:
     """Stops sampling and serving; returns the final snapshot (None when nothing was watched)."""
@@ -232,10 +205,8 @@ class RunMonitor:
 
 def monitor_for(options: PipelineOptions) -> RunMonitor:
   """The run's monitor; refuses --metrics_port where metrics exist only at the end."""
-  from apache_beam.options.pipeline_options import StandardOptions
   opts = options.view_as(MonitoringOptions)
-  runner = (options.view_as(StandardOptions).runner or '').lower()
-  if opts.metrics_port is not None and runner == 'fnapirunner':
+  if opts.metrics_port is not None and named_runner(options) == 'fnapirunner':
     raise ConfigError('--metrics_port serves live jobs (python -m pipelines.stream): the batch '
                       "runner reports metrics only at the end; see the run's report.html")
   return RunMonitor.from_options(options)

@@ -7,7 +7,6 @@ from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
-from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.window import TimestampedValue
 
 from models.handler import SentenceTransformerHandler
@@ -15,7 +14,7 @@ from pipelines.options import JobConfig
 from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents
-from transforms.grouping import collect_windows, per_stream
+from transforms.grouping import CollectionMode, collect_windows
 from transforms.records import FUTURE_TIME, LATE, DeadLetterMark
 from transforms.io.sinks import (CollectDeadLetters, GroupDeadLetters, WriteDeadLetters,
                               WriteEnrichedParquet)
@@ -26,7 +25,7 @@ from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
 
 class EnrichmentOutputs(NamedTuple):
   # Embedded, windowed by event time; on bounded input collected per stream
-  # (transforms.grouping.per_stream), only timestamped: the collector windows them.
+  # (CollectionMode.PER_STREAM), only timestamped: the collector windows them.
   enriched: beam.PCollection
   deadletters: beam.PCollection  # DeadLetter, global window
 
@@ -46,24 +45,24 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
     model_handler: replaces the sentence-transformers handler (tests use a fake).
   """
   handler = model_handler or SentenceTransformerHandler(config.model)
-  streaming = raw_records.pipeline.options.view_as(StandardOptions).streaming
+  job = config.write.job
   events, unparsable = raw_records | 'Parse events' >> ParseEvents(
       config.mapping, config.time_parser)
   on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
-  if streaming:
+  if config.mode is CollectionMode.UNBOUNDED:
     # Batches must stay inside windows while the watermark moves: a batch of
     # the global window is emitted at its end, which no watermark hold covers.
     windowed, failed = (on_time
                         | 'Assign event time' >> AssignEventTime()
                         | 'Window events' >> WindowEvents(config.window)
-                        | 'Embed events' >> EmbedEvents(handler))
-  elif per_stream(config, streaming):
+                        | 'Embed events' >> EmbedEvents(handler, job=job))
+  elif config.mode is CollectionMode.PER_STREAM:
     # Bounded input: batch across windows, so batches fill even when windows
     # are small, and a sliding window's copies share one inference. Batching
     # drops timestamps; the per-stream collector windows rows by event time.
-    windowed, failed = on_time | 'Embed events' >> EmbedEvents(handler, stamp=False)
+    windowed, failed = on_time | 'Embed events' >> EmbedEvents(handler, stamp=False, job=job)
   else:
-    embedded, failed = on_time | 'Embed events' >> EmbedEvents(handler)
+    embedded, failed = on_time | 'Embed events' >> EmbedEvents(handler, job=job)
     windowed = embedded | 'Window events' >> WindowEvents(config.window)
   deadletters = (unparsable, late, failed) | 'Collect dead letters' >> CollectDeadLetters()
   return EnrichmentOutputs(windowed, deadletters)
@@ -83,20 +82,20 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
              | 'Mark dead letters' >> beam.Map(
                  lambda d: TimestampedValue(DeadLetterMark(d.reason), d.event_time_us / 1e6))
              | 'Window dead letters' >> WindowEvents(config.window))
-  streaming = outputs.enriched.pipeline.options.view_as(StandardOptions).streaming
-  windows = collect_windows(outputs.enriched, config, marks, streaming)
+  windows = collect_windows(outputs.enriched, config, marks)
   if derive.label_index is not None or derive.dedup_threshold is not None:
     windows = windows | 'Derive from embeddings' >> DeriveFromEmbeddings(derive)
-  letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters()
-  written = windows | 'Write enriched' >> WriteEnrichedParquet(config.output, config.model.model)
-  for uri in config.sinks:
-    written = written | sink_label(uri) >> sink(uri, config.output, config.model.model,
-                                                   derive.extra_columns)
+  letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters(
+      periodic=config.mode.unbounded)
+  written = windows | 'Write enriched' >> WriteEnrichedParquet(
+      config.output, config.model.model, config.write)
+  for target in config.sinks:
+    written = written | sink_label(target) >> sink(target, config)
   if derive.topic_distance is not None:
     written = written | 'Summarize windows' >> SummarizeWindows(
-        config.output, derive.topic_distance, derive.topic_horizon_s)
-  return WrittenFiles(written,
-                      letters | 'Write dead letters' >> WriteDeadLetters(config.output))
+        config.output, derive.topic_distance, derive.topic_horizon_s, config.write)
+  return WrittenFiles(written, letters | 'Write dead letters' >> WriteDeadLetters(
+      config.output, config.write))
 
 
 def build(raw_records: beam.PCollection, config: JobConfig,

@@ -1,31 +1,26 @@
-"""Running a built job: runner defaults, counts from metrics, a summary, clean errors."""
+"""Running a built job: build_job, run_job (counts from its metrics, the report), main."""
 import logging
-import os
 import sys
 import time
 from typing import Callable, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.embedding_cache import hit_rate
-from models.loading import ModelConfig, threads_per_worker
 from observability import monitoring
-from pipelines.builder import WrittenFiles, build
+from observability.instruments import CountByReason, MeasureLatency
+from observability.logs import configure_logging
+from observability.metrics import snapshot
 from observability.report import RunFacts, invocation, write_report
+from pipelines.builder import WrittenFiles, build
 from pipelines.options import ConfigError, JobConfig
-from pipelines.preflight import runs_locally
-from transforms.io import faults
-from transforms.fields import MISSING, format_path, resolve
-from transforms.records import Undecodable, decode_object
-from transforms.io.sinks import DEADLETTER_DIR, ENRICHED_DIR
-from transforms.io.sources import format_of, read_archive
+from runners.choice import choose_local_runner, share_cores
+from transforms import job_state
 from transforms.io.cloud_io import UnavailableIO
-from observability.instruments import CALLS, CountByReason, MeasureLatency
+from transforms.io.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.io.uri_query import redacted
-
-_SAMPLE_RECORDS = 100
 
 
 class JobResult(NamedTuple):
@@ -71,45 +66,6 @@ class JobResult(NamedTuple):
     return '\n'.join(lines)
 
 
-def choose_local_runner(options: PipelineOptions) -> str:
-  """Sets the runner when none (or plain DirectRunner) is named, and returns its name.
-
-  Beam 2.77's DirectRunner first tries Prism, which it would download from
-  GitHub on each run; offline that only costs time and noise. Batch jobs go
-  straight to the FnApiRunner, the engine the DirectRunner falls back to;
-  streaming jobs to the BundleBasedDirectRunner with runners.local_streaming.
-  """
-  standard = options.view_as(StandardOptions)
-  if (standard.runner or 'DirectRunner').lower() in ('directrunner', 'direct'):
-    if standard.streaming:
-      # The only local runner that streams offline, with the project's fixes.
-      from runners import local_streaming
-      local_streaming.install()
-      standard.runner = 'BundleBasedDirectRunner'
-    else:
-      standard.runner = 'FnApiRunner'
-  return standard.runner
-
-
-def share_cores(options: PipelineOptions, model: ModelConfig) -> ModelConfig:
-  """Divides this machine's cores among the local runner's workers (torch threads).
-
-  Each of the FnApiRunner's --direct_num_workers (0: one per CPU, as Beam
-  reads it) runs inference at once; with torch's default of one thread per
-  core each, they would oversubscribe the cores. The local streaming runner
-  has one worker whatever the flag says, so it keeps torch's default.
-  """
-  runner = (options.view_as(StandardOptions).runner or '').lower()
-  if model.torch_threads or runner != 'fnapirunner':
-    return model
-  cpus = len(os.sched_getaffinity(0))
-  workers = options.view_as(DirectOptions).direct_num_workers
-  workers = cpus if workers == 0 else workers or 1
-  if workers <= 1:
-    return model
-  return model._replace(torch_threads=threads_per_worker(cpus, workers))
-
-
 _RERUN = 'a rerun writes what is missing and replaces the files it wrote'
 
 
@@ -118,7 +74,6 @@ class Job(NamedTuple):
   pipeline: beam.Pipeline
   written: WrittenFiles
   config: JobConfig
-  streaming: bool
   monitor: monitoring.RunMonitor
   started: float  # time.monotonic() when building began
   started_at: float  # time.time() then
@@ -128,21 +83,19 @@ def build_job(options: PipelineOptions, config: JobConfig, read: beam.PTransform
               test_pipeline: Optional[beam.Pipeline] = None) -> Job:
   """Builds the whole job behind `read` (runner defaults, the builder, the metrics steps)."""
   started, started_at = time.monotonic(), time.time()
-  local = False
   if test_pipeline is None:
     logging.info('Running on %s', choose_local_runner(options))
     config = config._replace(model=share_cores(options, config.model))
-    local = runs_locally(options)
-  faults.reset(local, config.write_retry_s)
-  streaming = options.view_as(StandardOptions).streaming
   monitor = monitoring.monitor_for(options)
+  state = job_state.of(config.write.job)
+  monitor.on_sample = lambda snap: setattr(state, 'snapshot', snap)
   pipeline = test_pipeline or beam.Pipeline(options=options)
   written = build(pipeline | 'Read records' >> read, config)
   written = WrittenFiles(
-      written.enriched | 'Measure latency' >> MeasureLatency() if streaming
+      written.enriched | 'Measure latency' >> MeasureLatency() if config.mode.unbounded
       else written.enriched,
       written.deadletters | 'Count dead letters' >> CountByReason())
-  return Job(pipeline, written, config, streaming, monitor, started, started_at)
+  return Job(pipeline, written, config, monitor, started, started_at)
 
 
 def run_job(job: Job, resume: str = _RERUN) -> JobResult:
@@ -152,44 +105,49 @@ def run_job(job: Job, resume: str = _RERUN) -> JobResult:
     resume: what happens to unwritten records after a stop, for the stop line.
   """
   _make_output_folders(job.config.output)
+  state = job_state.of(job.config.write.job)
   try:
-    result = job.pipeline.run()
-    job.monitor.watch(result)
-    result.wait_until_finish()
+    try:
+      result = job.pipeline.run()
+      job.monitor.watch(result)
+      result.wait_until_finish()
+    finally:
+      job.monitor.stop()
+    counts = snapshot(result).counters
+    records_read = counts.get('records_read', 0)
+    outcome = JobResult(records_read, counts.get('enriched_rows', 0),
+                        counts.get('deadletters', 0), time.monotonic() - job.started,
+                        job.config.output, job.config.window.kind,
+                        _failure(state, records_read, resume),
+                        cache_hits=counts.get('embedding_cache_hits', 0),
+                        cache_misses=counts.get('embedding_cache_misses', 0))
+    final = job.monitor.samples[-1] if len(job.monitor.samples) else None
+    return outcome._replace(report=_write_report(
+        outcome, job.config, job.started_at, final, job.monitor.samples,
+        [call for call in list(state.calls) if call[0] >= job.started_at]))
   finally:
-    final = job.monitor.stop()
-  counts = final.counters
-  records_read = counts.get('records_read', 0)
-  outcome = JobResult(records_read, counts.get('enriched_rows', 0),
-                      counts.get('deadletters', 0), time.monotonic() - job.started,
-                      job.config.output, job.config.window.kind,
-                      _failure(records_read, resume),
-                      cache_hits=counts.get('embedding_cache_hits', 0),
-                      cache_misses=counts.get('embedding_cache_misses', 0))
-  return outcome._replace(report=_write_report(outcome, job.config, job.streaming,
-                                               job.started_at, final, job.monitor.samples))
+    job_state.release(job.config.write.job)
 
 
-def _failure(records_read: int, resume: str) -> Optional[str]:
+def _failure(state: job_state.JobState, records_read: int, resume: str) -> Optional[str]:
   """Why the run cannot be reported as a success: a write given up, or a dead source."""
-  if faults.STOP.reason is not None:
-    return f'{faults.STOP.reason}; the job stopped: {resume}'
+  if state.stop_reason is not None:
+    return f'{state.stop_reason}; the job stopped: {resume}'
   if records_read == 0:
-    for dependency in faults.Dependency.all():
+    for dependency in state.dependencies():
       if dependency.name.startswith('source') and not dependency.ever_ok:
         return (f'read nothing: {dependency.name} could not be read at any poll '
                 f'(last error: {dependency.last_error})')
   return None
 
 
-def _write_report(job: JobResult, config: JobConfig, streaming: bool, started_at: float,
-                  final, samples) -> Optional[str]:
-  kind, command = invocation(streaming)
+def _write_report(job: JobResult, config: JobConfig, started_at: float, final, samples,
+                  calls) -> Optional[str]:
+  kind, command = invocation(config.mode.unbounded)
   try:
     return write_report(RunFacts(
         kind, command, started_at, time.time(), job.records_read, job.enriched_rows,
-        job.deadletters, job.check, job.balanced, config, final, samples,
-        [call for call in list(CALLS) if call[0] >= started_at]))
+        job.deadletters, job.check, job.balanced, config, final, samples, calls))
   except OSError as e:  # a full disk or a read-only folder: the run's own error says more
     logging.warning('could not write the run report: %s', e)
     return None
@@ -210,70 +168,9 @@ def _make_output_folders(output: str) -> None:
         pass  # object stores have no folders
 
 
-def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig,
-                  csv_delimiter: str = ','):
-  """Fails early when the input matches nothing or the field paths match nothing."""
-  if not pattern:
-    raise ConfigError('--input is required: a file glob of the archive(s) to replay')
-  try:
-    matches = FileSystems.match([pattern])[0].metadata_list
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(f'cannot list --input {pattern}: {e}') from None
-  if not matches:
-    raise ConfigError(f'no file matches --input {pattern}')
-  first = sorted(m.path for m in matches)[0]
-  try:
-    format_of(first, declared_format)
-    sample = []
-    for record in read_archive(first, declared_format, csv_delimiter):
-      obj = decode_object(record)  # a record the parse step would dead-letter is skipped
-      if not isinstance(obj, Undecodable):
-        sample.append(obj)
-      if len(sample) >= _SAMPLE_RECORDS:
-        break
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(f'cannot read {first}: {type(e).__name__}: {e}') from None
-  if not sample:
-    raise ConfigError(f'found no readable record in {first}')
-
-  def matched(path):
-    return any(resolve(record, path) is not MISSING for record in sample)
-
-  mapping = config.mapping
-  single = [('--time_field', p) for p in mapping.time_paths] + [('--id_field', mapping.id_path)]
-  for flag, path in single:
-    if path is not None and not matched(path):
-      raise ConfigError(f'{flag} {format_path(path)} matches nothing in the first '
-                        f'{len(sample)} records of {first}')
-  if not any(matched(path) for path in mapping.text_paths):
-    flag = '--text_template' if mapping.text_template is not None else '--text_field'
-    paths = ','.join(format_path(p) for p in mapping.text_paths)
-    raise ConfigError(f'{flag} {paths} matches nothing in the first '
-                      f'{len(sample)} records of {first}')
-
-
-class _RedactPasswords(logging.Filter):
-  """Shows URI passwords in log lines (Beam's included) as ***."""
-
-  def filter(self, record):
-    message = record.getMessage()
-    clean = redacted(message)
-    if clean != message:
-      record.msg, record.args = clean, None
-    return True
-
-
 def main(run: Callable[..., JobResult], argv=None) -> None:
   """What a `__main__` does: logging, run, summary, and one-line errors with exit 2."""
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
-                      datefmt='%H:%M:%S', force=True)
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_RedactPasswords())
-  for noisy in ('apache_beam', 'sentence_transformers', 'transformers', 'httpx',
-                'huggingface_hub'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  configure_logging()
   try:
     result = run(argv)
   except (ConfigError, UnavailableIO) as e:

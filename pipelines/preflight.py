@@ -7,24 +7,24 @@ GPU and may not reach a Redis its workers reach. Output folders are checked
 when they are local paths (not gs://, s3://, ...).
 """
 import os
-from typing import Iterable, Optional
+from typing import Optional
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.loading import ModelConfig
 from pipelines.options import ConfigError, JobConfig
 from transforms.io.redis_streams import ensure_group
 from transforms.io.redis_urls import RedisStreamAddress
-from transforms.io.uris import is_redis
+from apache_beam.io.filesystems import FileSystems
 
-_LOCAL_RUNNERS = ('directrunner', 'direct', 'fnapirunner', 'bundlebaseddirectrunner',
-                  'switchingdirectrunner')
+from runners.choice import runs_locally
+from transforms.fields import MISSING, format_path, resolve
+from transforms.io.sources import format_of, read_archive
+from transforms.records import Undecodable, decode_object
+from transforms.io.targets import RedisTarget, is_redis
+
 _CONNECT_TIMEOUT_S = 3
-
-
-def runs_locally(options: PipelineOptions) -> bool:
-  """Whether the job's workers run in this process (Beam's local runners)."""
-  return (options.view_as(StandardOptions).runner or 'DirectRunner').lower() in _LOCAL_RUNNERS
+_SAMPLE_RECORDS = 100  # records of the first archive file the field paths are tried on
 
 
 def check_start(options: PipelineOptions, config: JobConfig, source: Optional[str] = None):
@@ -36,12 +36,9 @@ def check_start(options: PipelineOptions, config: JobConfig, source: Optional[st
   check_model(config.model.model)
   if source and is_redis(source):
     check_redis(RedisStreamAddress.parse(source), 'source')
-  for sink in _redis_sinks(config.sinks):
-    check_redis(RedisStreamAddress.parse(sink), 'sink')
-
-
-def _redis_sinks(sinks: Iterable[str]):
-  return [sink for sink in sinks if is_redis(sink)]
+  for target in config.sinks:
+    if isinstance(target, RedisTarget):
+      check_redis(target.address, 'sink')
 
 
 def check_output(output: str) -> None:
@@ -84,7 +81,7 @@ def check_device(device: str) -> None:
 
 def check_model(model: str) -> None:
   """With the hub offline, a model must be a local folder or in the Hugging Face cache."""
-  if ModelConfig(model).is_packaged_default() or os.path.isdir(os.path.expanduser(model)):
+  if ModelConfig(model=model).is_packaged_default() or os.path.isdir(os.path.expanduser(model)):
     return
   if os.environ.get('HF_HUB_OFFLINE', '').lower() not in ('1', 'true', 'yes', 'on'):
     return  # it may be downloaded
@@ -119,3 +116,47 @@ def check_redis(address: RedisStreamAddress, role: str) -> None:
     raise ConfigError(f'cannot use {role} {address.describe()}: {detail}') from None
   finally:
     client.close()
+
+
+def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig,
+                  csv_delimiter: str = ','):
+  """Fails early when the input matches nothing or the field paths match nothing."""
+  if not pattern:
+    raise ConfigError('--input is required: a file glob of the archive(s) to replay')
+  try:
+    matches = FileSystems.match([pattern])[0].metadata_list
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'cannot list --input {pattern}: {e}') from None
+  if not matches:
+    raise ConfigError(f'no file matches --input {pattern}')
+  first = sorted(m.path for m in matches)[0]
+  try:
+    format_of(first, declared_format)
+    sample = []
+    for record in read_archive(first, declared_format, csv_delimiter):
+      obj = decode_object(record)  # a record the parse step would dead-letter is skipped
+      if not isinstance(obj, Undecodable):
+        sample.append(obj)
+      if len(sample) >= _SAMPLE_RECORDS:
+        break
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'cannot read {first}: {type(e).__name__}: {e}') from None
+  if not sample:
+    raise ConfigError(f'found no readable record in {first}')
+
+  def matched(path):
+    return any(resolve(record, path) is not MISSING for record in sample)
+
+  text_flags = ('--text_field', '--text_template')
+  named = config.mapping.paths()
+  for flag, path in named:  # the time and id paths must each match
+    if flag not in text_flags and not matched(path):
+      raise ConfigError(f'{flag} {format_path(path)} matches nothing in the first '
+                        f'{len(sample)} records of {first}')
+  texts = [(flag, path) for flag, path in named if flag in text_flags]
+  if not any(matched(path) for _, path in texts):  # any one of the text paths will do
+    paths = ','.join(format_path(path) for _, path in texts)
+    raise ConfigError(f'{texts[0][0]} {paths} matches nothing in the first '
+                      f'{len(sample)} records of {first}')

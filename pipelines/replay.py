@@ -13,9 +13,9 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launcher import JobResult, build_job, check_archive, main, run_job
+from pipelines.launcher import JobResult, build_job, main, run_job
 from pipelines.options import ArchiveOptions, csv_delimiter, job_config
-from pipelines.preflight import check_start
+from pipelines.preflight import check_archive, check_start
 from transforms.io.sources import ReadArchive
 
 

@@ -26,13 +26,13 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from models import embedding_cache
 from pipelines.launcher import JobResult, build_job, main, run_job
 from pipelines.options import (ArchiveOptions, ConfigError, StreamOptions, csv_delimiter,
                                stream_config)
 from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
-from transforms.io.live_sources import DRAIN, EventTimeOf
+from transforms import job_state
+from transforms.io.live_sources import EventTimeOf
 from transforms.io.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
 from transforms.records import WindowRows
 from transforms.io.uris import acknowledged_stream, live_source
@@ -42,10 +42,17 @@ _STREAM_DEFAULTS = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orde
 
 
 class _ReportWindowFn(beam.DoFn):
-  """One status line per written window firing."""
+  """One status line per written window firing.
 
-  def __init__(self):
+  Args:
+    job: the job's token: its latest metrics snapshot (transforms.job_state, sampled
+      each second by the run's monitor where the job runs in this process) gives the
+      cache hit rate.
+  """
+
+  def __init__(self, job: str):
     self._started = time.time()  # built when the job starts; runs in the same process locally
+    self._job = job
     self._rows = 0
 
   def process(self, batch: WindowRows):
@@ -53,27 +60,28 @@ class _ReportWindowFn(beam.DoFn):
     latencies = sorted((now_us - row.event.event_time_us) / 1e6 for row in batch.rows)
     self._rows += len(batch.rows)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    hits, misses = embedding_cache.process_totals()  # this process's, since it started
+    snap = job_state.of(self._job).snapshot
+    ratio = snap.cache_hit_ratio() if snap is not None else None
+    cache = f', embedding cache hit rate {ratio:.0%}' if ratio is not None else ''
     logging.info('window %s..%s pane %d: %d events, latency p50 %.2f s p99 %.2f s, '
-                 '%.1f events/s so far, embedding cache hit rate %.0f%%',
+                 '%.1f events/s so far%s',
                  format_micros(batch.start_us)[11:], format_micros(batch.end_us)[11:],
                  batch.pane, len(batch.rows), statistics.median(latencies), p99,
-                 self._rows / max(time.time() - self._started, 1e-9),
-                 100 * embedding_cache.hit_rate(hits, misses))
+                 self._rows / max(time.time() - self._started, 1e-9), cache)
     yield batch
 
 
-def _drain_on_signals(duration_s: float) -> None:
+def _drain_on_signals(drain_event: threading.Event, duration_s: float) -> None:
   def drain(signum, _frame):
     logging.info('%s: draining (stop reading, close windows, write, acknowledge)',
                  signal.Signals(signum).name)
-    DRAIN.set()
+    drain_event.set()
 
   if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, drain)
     signal.signal(signal.SIGTERM, drain)
   if duration_s > 0:
-    timer = threading.Timer(duration_s, DRAIN.set)
+    timer = threading.Timer(duration_s, drain_event.set)
     timer.daemon = True
     timer.start()
 
@@ -87,20 +95,22 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
     read = live_source(stream.source, EventTimeOf(config.mapping, config.time_parser,
                                                   config.window.max_future_skew_s),
                        config.window.max_out_of_orderness_s, stream.poll_interval,
-                       options.view_as(ArchiveOptions).input_format, csv_delimiter(options))
+                       options.view_as(ArchiveOptions).input_format, csv_delimiter(options),
+                       job=config.write.job)
     acknowledged = acknowledged_stream(stream.source)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if test_pipeline is None:
     check_start(options, config, stream.source)
-  DRAIN.clear()
-  _drain_on_signals(stream.duration)
+  _drain_on_signals(job_state.of(config.write.job).drain, stream.duration)
   job = build_job(options, config, read, test_pipeline)
-  windows = job.written.enriched | 'Report windows' >> beam.ParDo(_ReportWindowFn())
+  windows = job.written.enriched | 'Report windows' >> beam.ParDo(
+      _ReportWindowFn(config.write.job))
   if acknowledged is not None:
     # Only what is written reaches these steps: nothing is acknowledged before that.
-    windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(acknowledged)
-    job.written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(acknowledged)
+    windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(acknowledged, config.write)
+    job.written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(
+        acknowledged, config.write)
   return run_job(job, _resume(stream.source, acknowledged))
 
 

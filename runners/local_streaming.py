@@ -2,7 +2,7 @@
 
 The job's compatibility layer for live streaming on the local runner, offline
 (Prism, Beam's preferred local streaming runner, is a binary downloaded on
-first use). `pipelines.launcher.choose_local_runner` installs it when a
+first use). `runners.choice.choose_local_runner` installs it when a
 streaming job runs locally (no runner or DirectRunner named); Flink, Dataflow
 and Prism run the same pipeline untouched. Verified on Beam 2.77.0 only;
 tests/test_local_streaming.py fails loudly when an upgrade breaks it.

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.launcher import check_archive
+from pipelines.preflight import check_archive
 from pipelines.options import ConfigError, JobConfig
 from models.loading import ModelConfig
 from tests.runners import batch_pipeline
@@ -98,7 +98,8 @@ def test_a_lone_surrogate_in_text_or_id_is_a_dead_letter_not_a_failed_write():
 def test_the_pre_start_check_skips_a_record_the_parse_step_dead_letters(tmp_path):
   path = tmp_path / 'deep.jsonl'
   path.write_text('\n'.join([DEEP] + lines(5)) + '\n')
-  config = JobConfig(MAPPING, TimeParser(), WindowSpec(), ModelConfig(), str(tmp_path / 'out'))
+  config = JobConfig(mapping=MAPPING, time_parser=TimeParser(), window=WindowSpec(),
+                     model=ModelConfig(), output=str(tmp_path / 'out'))
   check_archive(str(path), None, config)  # used to raise: cannot read ...: RecursionError
   path.write_text(DEEP + '\n')
   with pytest.raises(ConfigError, match='no readable record'):

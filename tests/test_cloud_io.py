@@ -19,7 +19,10 @@ from pipelines.options import JobConfig, parse_sinks, ConfigError
 from tests.fakes import HashingModelHandler
 from tests.runners import streaming_pipeline
 from transforms import records as r
-from transforms.io.bigquery import WriteBigQuery, bigquery_schema, bigquery_table
+from transforms.io.bigquery import WriteBigQuery, bigquery_schema
+from transforms.io.targets import (BigQueryTarget, KafkaTarget, PubSubTarget, VectorStoreTarget,
+                                   bigquery_table, parse_sink)
+from transforms.derive import DeriveSpec
 from transforms.io.cloud_io import (KafkaRecordToRaw, PubSubMessageToRaw, ReadKafka, ReadPubSub,
                                  UnavailableIO, WriteKafka, _StampedRawFn, kafka_records,
                                  pubsub_messages)
@@ -60,13 +63,24 @@ def _pipeline(streaming):
   return beam.Pipeline(options=PipelineOptions(['--streaming'] if streaming else []))
 
 
-def test_sink_uris_are_checked():
-  assert parse_sinks('pubsub://projects/my-project/topics/t, kafka://b:9092/out,bq://p.d.t') == (
-      'pubsub://projects/my-project/topics/t', 'kafka://b:9092/out', 'bq://p.d.t')
+def _config(streaming, derive=DeriveSpec()):
+  return JobConfig(mapping=FieldMapping.from_flags('id', 'time', 'text'),
+                   time_parser=TimeParser(), window=WindowSpec(10), model=ModelConfig(model='m'),
+                   output='out', streaming=streaming, derive=derive)
+
+
+def test_sink_uris_are_parsed_once_into_typed_values():
+  assert parse_sinks('pubsub://projects/my-project/topics/t, kafka://b:9092/out,bq://p.d.t,'
+                     'vectors,lancedb:/tmp/store', 'out') == (
+      PubSubTarget('projects/my-project/topics/t', 'pubsub://projects/my-project/topics/t'),
+      KafkaTarget('b:9092', 'out', None, 'kafka://b:9092/out'),
+      BigQueryTarget('p:d.t', None, 60.0, 'bq://p.d.t'),
+      VectorStoreTarget('out/vectors', 'vectors'),
+      VectorStoreTarget('/tmp/store', 'lancedb:/tmp/store'))
   for bad in ('pubsub://projects/my-project/subscriptions/s', 'pubsub://projects/p/topics/t',
-              'kafka:///t', 'bq://p.d', 'bq://p.d.t?method=X', 'mqtt://x'):
+              'kafka:///t', 'bq://p.d', 'bq://p.d.t?method=X', 'mqtt://x', 'lancedb:'):
     with pytest.raises(ConfigError):
-      parse_sinks(bad)
+      parse_sinks(bad, 'out')
   assert bigquery_table('bq://my-project.analytics.events') == 'my-project:analytics.events'
   assert bigquery_table('bq://my-project:analytics.events') == 'my-project:analytics.events'
 
@@ -74,8 +88,8 @@ def test_sink_uris_are_checked():
 def test_pubsub_sink_publishes_rows_with_id_and_event_time_attributes():
   from apache_beam.io.gcp.pubsub import WriteToPubSub
   p = _pipeline(streaming=True)
-  _ = p | beam.Create([window_rows()]) | sink('pubsub://projects/my-project/topics/enriched', 'out',
-                                                 'm')
+  _ = p | beam.Create([window_rows()]) | sink(
+      parse_sink('pubsub://projects/my-project/topics/enriched', 'out'), _config(True))
   (write,) = _applied(p, WriteToPubSub)
   assert (write.full_topic, write.with_attributes) == ('projects/my-project/topics/enriched',
                                                        True)
@@ -91,7 +105,8 @@ def test_kafka_sink_keys_rows_by_event_id_and_says_when_java_is_missing():
   key, value = next(kafka_records(window_rows({'label': ['a', None]}), 'm'))
   assert key == b'e0' and json.loads(value)['label'] == 'a'
   try:
-    _ = _pipeline(True) | beam.Create([window_rows()]) | WriteKafka('kafka://b1:9092/out', 'm')
+    _ = _pipeline(True) | beam.Create([window_rows()]) | WriteKafka(
+        parse_sink('kafka://b1:9092/out', 'out'), 'm')
   except UnavailableIO as e:  # the expansion-service jar cannot be fetched here
     assert 'expansion service' in str(e) and 'kafka://b1:9092/out' in str(e)
 
@@ -110,15 +125,17 @@ def test_bigquery_sink_appends_rows_that_match_its_schema():
       ('duplicate_score', 'FLOAT', 'NULLABLE')]
   for streaming, method in ((True, 'STREAMING_INSERTS'), (False, 'FILE_LOADS')):
     p = _pipeline(streaming)
-    _ = p | beam.Create([window_rows()]) | sink('bq://my-project.analytics.events', 'out', 'm',
-                                                columns)
+    _ = p | beam.Create([window_rows()]) | sink(
+        parse_sink('bq://my-project.analytics.events', 'out'),
+        _config(streaming, DeriveSpec(label_index=object(), label_top_k=1, dedup_threshold=0.9)))
     (write,) = _applied(p, WriteToBigQuery)
     assert write.method == method and write.schema == schema
     assert (write.table_reference.projectId, write.table_reference.datasetId,
             write.table_reference.tableId) == ('my-project', 'analytics', 'events')
     assert write.additional_bq_parameters['timePartitioning']['field'] == 'event_time'
   p = _pipeline(True)
-  _ = p | beam.Create([window_rows()]) | WriteBigQuery('bq://p1.d.t?method=FILE_LOADS', 'm')
+  _ = p | beam.Create([window_rows()]) | WriteBigQuery(
+      parse_sink('bq://p1.d.t?method=FILE_LOADS', 'out'), 'm', unbounded=True)
   write = _applied(p, WriteToBigQuery)[0]
   assert (write.method, write.triggering_frequency) == ('FILE_LOADS', 60)
   extras = {'label': ['a', None], 'label_score': [0.5, 0.1], 'labels': [['a'], ['b']],
@@ -180,8 +197,9 @@ def test_late_source_records_are_dead_lettered_and_none_is_dropped_silently(slac
   # never passes a message it has yet to deliver.
   spec = WindowSpec(10, max_out_of_orderness_s=2,
                     source_slack_s=watermark_slack_s('pubsub://p', 2) if slack else 0)
-  config = JobConfig(FieldMapping.from_flags('id', 'time', 'text'), TimeParser(), spec,
-                     ModelConfig(), 'unused')
+  config = JobConfig(mapping=FieldMapping.from_flags('id', 'time', 'text'),
+                     time_parser=TimeParser(), window=spec, model=ModelConfig(),
+                     output='unused', streaming=True)
   stream = (TestStream()
             .add_elements([_message(1, 1, 3), _message(2, 12, 13)])
             .advance_watermark_to(11)                # window [0, 10) fires

@@ -67,7 +67,8 @@ def test_derive_composite_adds_columns():
 
   with batch_pipeline() as p:
     derived = (p | beam.Create([WindowRows(0, 10, 0, rows)])
-               | DeriveFromEmbeddings(DeriveSpec(index, 0.5, 0, 0.9)))
+               | DeriveFromEmbeddings(DeriveSpec(
+                   label_index=index, label_threshold=0.5, label_top_k=0, dedup_threshold=0.9)))
     assert_that(derived, check)
 
 

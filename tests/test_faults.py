@@ -20,19 +20,15 @@ import redis
 from tests.conftest import ROOT
 from tests.redis_server import started
 from tests.test_stream_e2e import _consumer_caught_up, column, python, stop, wait_for
+from transforms import job_state
 from transforms.io import faults
-from transforms.io.live_sources import DRAIN
 from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader
 from transforms.io.sinks import write_parquet
 
 
-@pytest.fixture(autouse=True)
-def fresh_faults():
-  faults.reset(local=False)
-  DRAIN.clear()
-  yield
-  faults.reset(local=False)
-  DRAIN.clear()
+def _policy(stop_job: bool, retry_s: float = faults.DEFAULT_WRITE_RETRY_S):
+  """A fresh job's write policy (a token of its own, so no test sees another's stop)."""
+  return faults.WritePolicy(retry_s=retry_s, stop_job=stop_job, job=os.urandom(8).hex())
 
 
 @contextlib.contextmanager
@@ -72,7 +68,8 @@ def test_retry_rides_out_a_fault_and_logs_each_state_change_once(caplog, monkeyp
     return 'written'
 
   with caplog.at_level(logging.INFO):
-    assert faults.retry(write, 'output files', 'cannot write f', (OSError,)) == 'written'
+    assert faults.retry(write, _policy(True), 'output files', 'cannot write f',
+                        (OSError,)) == "written"
   assert _messages(caplog, 'lost') == [
       'output files lost: cannot write f: [Errno 28] No space left on device; retrying with '
       'backoff']
@@ -85,39 +82,43 @@ def test_a_write_given_up_stops_a_local_job_and_is_raised_on_a_remote_runner():
   def full():
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-  faults.reset(local=False, retry_s=0.1)
+  remote = _policy(False, retry_s=0.1)
   with pytest.raises(OSError):
-    faults.retry(full, 'output files', 'cannot write f', (OSError,))
-  assert faults.STOP.reason is None and not DRAIN.is_set()
-  faults.reset(local=True, retry_s=0.1)
+    faults.retry(full, remote, 'output files', 'cannot write f', (OSError,))
+  state = job_state.of(remote.job)
+  assert state.stop_reason is None and not state.drain.is_set()
+  local = _policy(True, retry_s=0.1)
   with pytest.raises(faults.WriteAbandoned):
-    faults.retry(full, 'output files', 'cannot write f', (OSError,))
-  assert faults.STOP.reason == ('cannot write f: [Errno 28] No space left on device '
-                                '(still failing after 0.1 s)')
-  assert DRAIN.is_set()  # the live source stops reading
+    faults.retry(full, local, 'output files', 'cannot write f', (OSError,))
+  state = job_state.of(local.job)
+  assert state.stop_reason == ('cannot write f: [Errno 28] No space left on device '
+                               '(still failing after 0.1 s)')
+  assert state.drain.is_set()  # the live source stops reading
   with pytest.raises(faults.WriteAbandoned):  # later writes are skipped at once
-    faults.retry(lambda: pytest.fail('called'), 'output files', 'cannot write g', (OSError,))
+    faults.retry(lambda: pytest.fail('called'), local, 'output files', 'cannot write g',
+                 (OSError,))
+  other = _policy(True, retry_s=0.1)  # another job in the same process goes on
+  assert faults.retry(lambda: 1, other, 'output files', 'cannot write h', (OSError,)) == 1
 
 
 def test_write_parquet_on_a_full_filesystem(tmp_path):
   with small_filesystem(tmp_path / 'disk') as disk:
     filler = fill(disk, leave_bytes=8 * 1024)
     table = pa.table({'x': list(range(100_000))})
-    faults.reset(local=True, retry_s=0.5)
+    policy = _policy(True, retry_s=0.5)
     with pytest.raises(faults.WriteAbandoned):
-      write_parquet(table, f'{disk}/out/part.parquet')
-    assert '[Errno 28] No space left on device' in faults.STOP.reason
+      write_parquet(table, f'{disk}/out/part.parquet', policy)
+    assert '[Errno 28] No space left on device' in job_state.of(policy.job).stop_reason
     assert not [p for p in (disk / 'out').iterdir()]  # the temporary file was removed
     filler.unlink()
-    faults.reset(local=True, retry_s=0.5)
-    write_parquet(table, f'{disk}/out/part.parquet')
+    write_parquet(table, f'{disk}/out/part.parquet', _policy(True, retry_s=0.5))
     assert [p.name for p in (disk / 'out').iterdir()] == ['part.parquet']
     # A filesystem that refuses writes (root passes permission checks, so read-only here).
     subprocess.run(['mount', '-o', 'remount,ro', str(disk)], check=True)
-    faults.reset(local=True, retry_s=0.5)
+    policy = _policy(True, retry_s=0.5)
     with pytest.raises(faults.WriteAbandoned):
-      write_parquet(table, f'{disk}/out/other.parquet')
-    assert '[Errno 30] Read-only file system' in faults.STOP.reason
+      write_parquet(table, f'{disk}/out/other.parquet', policy)
+    assert '[Errno 30] Read-only file system' in job_state.of(policy.job).stop_reason
 
 
 def test_redis_reader_rides_out_a_server_restart(caplog):

@@ -49,7 +49,7 @@ def test_forward_batches_and_threads_fit_the_hardware(monkeypatch):
   from apache_beam.options.pipeline_options import PipelineOptions
   from models import loading
   from models.loading import FORWARD_TOKENS, cpu_units, forward_pass_limits, threads_per_worker
-  from pipelines.launcher import share_cores
+  from runners.choice import share_cores
   here = FORWARD_TOKENS[('cpu', 'fp32', cpu_units())]
   assert forward_pass_limits(ModelConfig(), None) == forward_pass_limits(ModelConfig(), 'cpu') \
       == (here, 0)

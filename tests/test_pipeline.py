@@ -15,12 +15,14 @@ from transforms import records as r
 from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
 from transforms.io.synthetic import GenerateSyntheticEvents, synthetic_records
+from transforms.io.targets import parse_sink
 from transforms.windowing import WindowSpec
 
 
-def config(output='unused', window=WindowSpec(10, max_out_of_orderness_s=5)):
-  return JobConfig(FieldMapping.from_flags('id', 'time', 'text'), TimeParser(), window,
-                   ModelConfig(), str(output))
+def config(output='unused', window=WindowSpec(10, max_out_of_orderness_s=5), streaming=False):
+  return JobConfig(mapping=FieldMapping.from_flags('id', 'time', 'text'),
+                   time_parser=TimeParser(), window=window, model=ModelConfig(),
+                   output=str(output), streaming=streaming)
 
 
 def raw(n, seconds, text='hello', **extra):
@@ -138,7 +140,7 @@ def test_session_windows_are_written_merged(tmp_path):
 
 def test_replaying_twice_into_the_vector_store_keeps_one_vector_per_event(tmp_path):
   from transforms.io.vector_store import open_table
-  with_vectors = config(tmp_path)._replace(sinks=('vectors',))
+  with_vectors = config(tmp_path)._replace(sinks=(parse_sink('vectors', str(tmp_path)),))
   for _ in range(2):
     with batch_pipeline() as p:
       build(p | beam.Create(RECORDS), with_vectors, HashingModelHandler())

@@ -7,8 +7,7 @@ from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
 from transforms import records as r
-from transforms.windowing import (AssignEventTime, FlagLateEvents, LatenessTracker,
-                                  WindowEvents, WindowSpec)
+from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents, WindowSpec
 
 S = 1_000_000
 
@@ -34,16 +33,6 @@ def test_window_spec_kinds_and_ends():
 def test_window_spec_rejects_nonsense(spec):
   with pytest.raises(ValueError):
     spec.validate()
-
-
-def test_lateness_tracker_follows_the_newest_event_time():
-  tracker = LatenessTracker(WindowSpec(10, allowed_lateness_s=5, max_out_of_orderness_s=2))
-  assert not tracker.observe(3 * S)       # first event: nothing is late yet
-  assert not tracker.observe(16 * S)      # watermark 14: window [0,10) + 5 s still open
-  assert not tracker.observe(9 * S)
-  assert not tracker.observe(17 * S)      # watermark 15: [0,10) closes at 15
-  assert tracker.observe(9 * S)           # 10 + 5 <= 15: late
-  assert not tracker.observe(10 * S)      # window [10,20) is open
 
 
 def test_windows_with_allowed_lateness_fire_a_late_pane():

@@ -22,8 +22,9 @@ from transforms.windowing import WindowSpec
 
 
 def config(output, window=WindowSpec(10, max_out_of_orderness_s=5), **derive):
-  return JobConfig(FieldMapping.from_flags('id', 'time', 'text'), TimeParser(), window,
-                   ModelConfig(), str(output), DeriveSpec(**derive))
+  return JobConfig(mapping=FieldMapping.from_flags('id', 'time', 'text'),
+                   time_parser=TimeParser(), window=window, model=ModelConfig(),
+                   output=str(output), derive=DeriveSpec(**derive))
 
 
 def raw(stream, n, seconds, text):

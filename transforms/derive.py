@@ -1,4 +1,5 @@
 """What the job derives from embeddings, per window firing: labels and near-duplicates."""
+import dataclasses
 from typing import Dict, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -46,8 +47,9 @@ def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float
   return {'duplicate_of': duplicate_of, 'duplicate_score': duplicate_score}
 
 
-class DeriveSpec(NamedTuple):
-  """Which derivations run. label_index: a models.labels.LabelIndex or None."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DeriveSpec:
+  """Which derivations run (keywords only). label_index: a models.labels.LabelIndex or None."""
   label_index: Optional[object] = None
   label_threshold: float = 0.3
   label_top_k: int = 0
@@ -55,6 +57,9 @@ class DeriveSpec(NamedTuple):
   dedup_horizon_s: float = 0.0  # also compare with earlier windows' events this recent
   topic_distance: Optional[float] = None  # None: no window summaries
   topic_horizon_s: float = 0.0  # a topic is new unless this recent past had it
+
+  def _replace(self, **changes) -> 'DeriveSpec':
+    return dataclasses.replace(self, **changes)
 
   @property
   def extra_columns(self) -> tuple:

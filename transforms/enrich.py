@@ -44,18 +44,20 @@ class EmbedEvents(beam.PTransform):
       inference is a vector or an InferenceFailure.
     stamp: give each output its event time as timestamp (not needed where
       windows are computed from the event time itself, transforms.grouping).
+    job: the job's token (transforms.job_state), where inference calls are kept.
   """
 
-  def __init__(self, model_handler: ModelHandler, stamp: bool = True):
+  def __init__(self, model_handler: ModelHandler, stamp: bool = True, job: str = ''):
     super().__init__()
     self._model_handler = model_handler
     self._stamp = stamp
+    self._job = job
 
   def expand(self, events):
     outputs = (
         events
         | 'Key by event' >> beam.Map(lambda event: (event, event.text))
-        | 'Embed text' >> RunInference(MeasuredKeyedHandler(self._model_handler))
+        | 'Embed text' >> RunInference(MeasuredKeyedHandler(self._model_handler, self._job))
         | 'Split failures' >> beam.ParDo(_SplitResultsFn(self._stamp)).with_outputs(
             DEADLETTER, main='embedded'))
     return outputs.embedded, outputs[DEADLETTER]

@@ -1,6 +1,6 @@
 """Gathering each window's rows into WindowRows, the unit every writer takes.
 
-Three shapes, chosen by collect_windows:
+Three shapes, one per CollectionMode, applied by collect_windows:
 - live (unbounded) input and session windows: Beam's grouping of whole windows,
   with its watermark trigger, late panes and session merging;
 - bounded input with whole-window derivations (near-duplicates, topics): whole
@@ -12,6 +12,7 @@ Three shapes, chosen by collect_windows:
   handed on then, as one part of the window. Memory holds only the open
   windows of each stream, not the archive.
 """
+import enum
 from typing import Optional
 
 import apache_beam as beam
@@ -20,6 +21,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.records import DeadLetterMark, Lookback, WindowRows
+from transforms.watermark import Watermark
 from transforms.windowing import WindowEvents, WindowSpec
 
 _MICROS = 1_000_000
@@ -134,46 +136,36 @@ class GroupWindows(beam.PTransform):
 
 
 class _CollectStreamWindowsFn(beam.DoFn):
-  """Holds each stream's open windows; hands a window on once the stream's watermark
-  (its newest event time minus the allowed disorder) has passed the window's last
-  chance for an on-time event, and all the rest at the end of the bundle.
+  """Holds each stream's open windows; hands a window on once the stream's Watermark
+  has closed it, and all the rest at the end of the bundle.
   Windows are computed here from event time, as Beam's WindowFns would assign them."""
 
   def __init__(self, spec: WindowSpec):
     self._spec = spec
     self._size_us = round(spec.size_s * _MICROS)
-    self._disorder_us = round(spec.max_out_of_orderness_s * _MICROS)
-    self._lateness_us = round(spec.allowed_lateness_s * _MICROS)
     self._open = {}  # stream -> {window start: [rows]}
-    self._newest = {}  # stream -> newest event time seen
+    self._watermarks = {}  # stream -> Watermark
 
   def start_bundle(self):
-    self._open, self._newest = {}, {}
+    self._open, self._watermarks = {}, {}
 
   def process(self, row):
     event = row.event
     windows = self._open.get(event.stream)
     if windows is None:
       windows = self._open[event.stream] = {}
+      self._watermarks[event.stream] = Watermark(self._spec)
     for start_us in self._spec.window_starts_us(event.event_time_us):
       rows = windows.get(start_us)
       if rows is None:
         windows[start_us] = [row]
       else:
         rows.append(row)
-    newest = self._newest.get(event.stream)
-    if newest is None or event.event_time_us > newest:
-      self._newest[event.stream] = event.event_time_us
-      yield from self._close(windows, event.event_time_us - self._disorder_us)
-
-  def _close(self, windows, watermark_us):
-    """Hands on the windows no later on-time event of the stream can fall in."""
-    # The latest on-time event that could still fall in a window lies just before its end.
-    closed = [start_us for start_us in windows
-              if self._spec.last_window_end_us(start_us + self._size_us - 1)
-              + self._lateness_us <= watermark_us]
-    for start_us in closed:
-      yield self._emit(start_us, windows.pop(start_us))
+    mark = self._watermarks[event.stream]
+    if mark.observe(event.event_time_us):
+      closed = [start_us for start_us in windows if mark.window_closed(start_us)]
+      for start_us in closed:
+        yield self._emit(start_us, windows.pop(start_us))
 
   def _emit(self, start_us, rows):
     end_us = start_us + self._size_us
@@ -185,7 +177,7 @@ class _CollectStreamWindowsFn(beam.DoFn):
     for windows in self._open.values():
       for start_us, rows in windows.items():
         yield self._emit(start_us, rows)
-    self._open, self._newest = {}, {}
+    self._open, self._watermarks = {}, {}
 
 
 class CollectStreamWindows(beam.PTransform):
@@ -201,18 +193,38 @@ class CollectStreamWindows(beam.PTransform):
     return embedded | 'Collect per stream' >> beam.ParDo(_CollectStreamWindowsFn(self._spec))
 
 
-def per_stream(config, streaming: bool) -> bool:
-  """Whether windows are collected per stream, without grouping (module doc)."""
-  derive = config.derive
-  return not (streaming or config.window.kind == 'sessions' or
-              derive.dedup_threshold is not None or derive.topic_distance is not None)
+class CollectionMode(enum.Enum):
+  """How a job gathers windows: decided once (decide), read by every step that depends on it.
+
+  UNBOUNDED: live input; windows first, then embedding inside them, Beam's grouping.
+  PER_STREAM: bounded input, fixed or sliding windows, nothing derived from whole
+    windows: embedded across windows, each stream's windows collected in order.
+  PER_WINDOW: bounded input otherwise (sessions, near-duplicates, topics): embedded,
+    then grouped by window (by bounds where windows never merge).
+  """
+  UNBOUNDED = 'unbounded'
+  PER_STREAM = 'per stream'
+  PER_WINDOW = 'per window'
+
+  @classmethod
+  def decide(cls, streaming: bool, window_kind: str, whole_windows: bool) -> 'CollectionMode':
+    """Args: whole_windows: a derivation needs every row of a window at once."""
+    if streaming:
+      return cls.UNBOUNDED
+    if window_kind == 'sessions' or whole_windows:
+      return cls.PER_WINDOW
+    return cls.PER_STREAM
+
+  @property
+  def unbounded(self) -> bool:
+    return self is CollectionMode.UNBOUNDED
 
 
-def collect_windows(embedded, config, marks=None, streaming: bool = False):
-  """The grouping the job's settings allow (module doc), applied to the Embedded rows:
-  windowed by event time, or only timestamped where per_stream holds."""
-  if per_stream(config, streaming):
+def collect_windows(embedded, config, marks=None):
+  """The grouping config.mode names (module doc), applied to the Embedded rows:
+  windowed by event time, or only timestamped in PER_STREAM mode."""
+  if config.mode is CollectionMode.PER_STREAM:
     return embedded | 'Collect windows' >> CollectStreamWindows(config.window)
   return embedded | 'Group windows' >> GroupWindows(
       config.derive.lookback_s, WindowEvents(config.window), marks,
-      by_bounds=not streaming and config.window.kind != 'sessions')
+      by_bounds=not config.mode.unbounded and config.window.kind != 'sessions')

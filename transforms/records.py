@@ -63,11 +63,11 @@ class DeadLetter(NamedTuple):
   event_time_us: Optional[int] = None
 
 
-# Reason codes written in the dead letters' `reason` column.
-INVALID_UTF8 = 'invalid_utf8'
-# The tagged output on which steps emit their DeadLetters.
+# The tagged output on which steps emit their DeadLetters (not a reason).
 DEADLETTER = 'deadletter'
 
+# Reason codes written in the dead letters' `reason` column; REASONS lists them all.
+INVALID_UTF8 = 'invalid_utf8'
 INVALID_JSON = 'invalid_json'
 NOT_AN_OBJECT = 'not_an_object'
 EMPTY_RECORD = 'empty_record'
@@ -79,6 +79,8 @@ LATE = 'late'
 FUTURE_TIME = 'future_time'
 DAMAGED_FILE = 'damaged_file'
 INFERENCE_ERROR = 'inference_error'
+REASONS = (INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, EMPTY_RECORD, NO_TEXT, NO_TIME, BAD_TIME,
+           BAD_ID, LATE, FUTURE_TIME, DAMAGED_FILE, INFERENCE_ERROR)
 
 # Everything json.loads raises on bad input: JSONDecodeError, the integer digit
 # limit and surrogate errors are ValueErrors; deep nesting is a RecursionError.

@@ -10,7 +10,7 @@ import pyarrow as pa
 from models.vectors import unit_rows
 from transforms.io import faults
 from transforms.records import WindowRows
-from transforms.io.sinks import TIMESTAMP, embedding_matrix, window_part_path, write_parquet
+from transforms.io.sinks import TIMESTAMP, ParquetFiles, embedding_matrix, window_part_path
 
 WINDOWS_DIR = 'windows'
 TOPIC_TYPE = pa.struct([
@@ -75,10 +75,16 @@ def window_topics(texts: Sequence[str], embeddings: np.ndarray,
 
 class _SummarizeFn(beam.DoFn):
 
-  def __init__(self, output_dir: str, distance: float, horizon_s: float):
+  def __init__(self, output_dir: str, distance: float, horizon_s: float,
+               policy: faults.WritePolicy):
     self._output_dir = output_dir.rstrip('/')
     self._distance = distance
     self._horizon_us = round(horizon_s * 1_000_000)
+    self._policy = policy
+    self._files = None
+
+  def setup(self):
+    self._files = ParquetFiles(self._policy)
 
   def process(self, batch: WindowRows):
     extras = batch.extras or {}
@@ -106,7 +112,7 @@ class _SummarizeFn(beam.DoFn):
         pa.array([sum(t['new'] for t in topics) if earlier is not None else None], pa.int32()),
     ], schema=SUMMARY_SCHEMA)
     try:
-      write_parquet(summary, path)
+      self._files.write(summary, path)
     except faults.WriteAbandoned:
       pass  # the job is stopping; not passed on, so never acknowledged
     else:
@@ -122,12 +128,14 @@ class SummarizeWindows(beam.PTransform):
   that writer's rows; counts add up across a window's summaries, topics do not merge.
   """
 
-  def __init__(self, output_dir: str, distance: float, horizon_s: float = 0.0):
+  def __init__(self, output_dir: str, distance: float, horizon_s: float = 0.0,
+               policy: faults.WritePolicy = faults.WritePolicy()):
     super().__init__()
     self._output_dir = output_dir
     self._distance = distance
     self._horizon_s = horizon_s
+    self._policy = policy
 
   def expand(self, windows):
     return windows | 'Summarize window' >> beam.ParDo(
-        _SummarizeFn(self._output_dir, self._distance, self._horizon_s))
+        _SummarizeFn(self._output_dir, self._distance, self._horizon_s, self._policy))

@@ -8,6 +8,7 @@ from apache_beam.transforms import trigger, window
 from transforms import records as r
 from transforms.eventtime import format_micros, is_future
 from transforms.records import DEADLETTER
+from transforms.watermark import Watermark
 
 _MICROS = 1_000_000
 
@@ -77,38 +78,6 @@ class WindowSpec(NamedTuple):
     return event_time_us - event_time_us % step + round(self.size_s * _MICROS)
 
 
-class LatenessTracker:
-  """Decides lateness the way a runner would, from one ordered stream.
-
-  The watermark is the newest event time seen minus the allowed disorder. An
-  event is late when its last window's end plus the allowed lateness is at or
-  behind that watermark, the point where Beam would drop it. Deciding it here,
-  from the order of the stream, gives the same answer live and in replay.
-  """
-
-  def __init__(self, spec: WindowSpec):
-    self._spec = spec
-    self._lateness_us = round(spec.allowed_lateness_s * _MICROS)
-    self._disorder_us = round(spec.max_out_of_orderness_s * _MICROS)
-    self._newest_us = None
-
-  @property
-  def watermark_us(self) -> Optional[int]:
-    return None if self._newest_us is None else self._newest_us - self._disorder_us
-
-  def observe(self, event_time_us: int) -> bool:
-    """Records an event and returns whether it is late."""
-    late = self.is_late(event_time_us, self.watermark_us)
-    if self._newest_us is None or event_time_us > self._newest_us:
-      self._newest_us = event_time_us
-    return late
-
-  def is_late(self, event_time_us: int, watermark_us: Optional[int]) -> bool:
-    """Whether an event's windows all closed (plus lateness) at `watermark_us`."""
-    return (watermark_us is not None and
-            self._spec.last_window_end_us(event_time_us) + self._lateness_us <= watermark_us)
-
-
 class _StampFn(beam.DoFn):
 
   def process(self, event: r.Event):
@@ -129,7 +98,7 @@ class _FlagLateFn(beam.DoFn):
 
   def __init__(self, spec: WindowSpec):
     self._spec = spec
-    self._trackers = {}
+    self._watermarks = {}  # stream -> Watermark
 
   def process(self, event: r.Event):
     if is_future(event.event_time_us, self._spec.max_future_skew_s):
@@ -139,15 +108,16 @@ class _FlagLateFn(beam.DoFn):
           f'{self._spec.max_future_skew_s:g}s ahead of the clock '
           f'({format_micros(time.time_ns() // 1000)})'))
       return
-    tracker = self._trackers.get(event.stream)
-    if tracker is None:
-      tracker = self._trackers[event.stream] = LatenessTracker(self._spec)
+    mark = self._watermarks.get(event.stream)
+    if mark is None:
+      mark = self._watermarks[event.stream] = Watermark(self._spec)
     if event.watermark_us is None:
-      late = tracker.observe(event.event_time_us)
-      watermark_us = tracker.watermark_us
+      late = mark.is_late(event.event_time_us)
+      mark.observe(event.event_time_us)
+      watermark_us = mark.watermark_us
     else:  # a live source: judge by the watermark it reported to the runner
       watermark_us = event.watermark_us
-      late = tracker.is_late(event.event_time_us, watermark_us)
+      late = mark.is_late(event.event_time_us, watermark_us)
     if not late:
       yield event
     else:

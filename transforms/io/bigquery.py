@@ -9,7 +9,7 @@ import pyarrow as pa
 from transforms.io.cloud_io import need_gcp_client
 from transforms.io.formats import enriched_records
 from transforms.io.sinks import EXTRA_TYPES, enriched_schema
-from transforms.io.uri_query import uri_query
+from transforms.io.targets import BigQueryTarget
 
 
 _BIGQUERY_TYPES = {'string': 'STRING', 'float': 'FLOAT', 'double': 'FLOAT',
@@ -28,18 +28,6 @@ def bigquery_schema(extra_columns=()) -> dict:
   return {'fields': out}
 
 
-def bigquery_table(uri: str) -> str:
-  """PROJECT:DATASET.TABLE from bq://PROJECT.DATASET.TABLE (or bq://PROJECT:DATASET.TABLE)."""
-  name = uri[len('bq://'):].split('?')[0]
-  parts = name.replace(':', '.', 1).split('.')
-  if len(parts) != 3 or not all(parts):
-    raise ValueError(f'{uri}: expected bq://PROJECT.DATASET.TABLE')
-  return f'{parts[0]}:{parts[1]}.{parts[2]}'
-
-
-BIGQUERY_METHODS = ('STREAMING_INSERTS', 'FILE_LOADS', 'STORAGE_WRITE_API')
-
-
 class WriteBigQuery(beam.PTransform):
   """Appends enriched rows to bq://PROJECT.DATASET.TABLE through Beam's WriteToBigQuery.
 
@@ -51,28 +39,24 @@ class WriteBigQuery(beam.PTransform):
   Passes WindowRows on.
   """
 
-  def __init__(self, uri: str, model: str, extra_columns=()):
+  def __init__(self, target: BigQueryTarget, model: str, extra_columns=(),
+               unbounded: bool = False):
+    """Args: unbounded: the job's collection mode is unbounded (a live job)."""
     super().__init__()
-    self._table = bigquery_table(uri)
-    query = uri_query(uri)
-    self._method = query.get('method')
-    if self._method is not None and self._method not in BIGQUERY_METHODS:
-      raise ValueError(f'{uri}: method is one of {", ".join(BIGQUERY_METHODS)}')
-    try:
-      self._every_s = float(query.get('triggering_frequency', 60))
-    except ValueError:
-      raise ValueError(f'{uri}: triggering_frequency is in seconds') from None
+    self._table = target.table
+    self._method = target.method
+    self._every_s = target.triggering_frequency_s
     self._model = model
     self._extra_columns = tuple(extra_columns)
+    self._unbounded = unbounded
 
   def expand(self, windows):
     need_gcp_client('bigquery', f'bq://{self._table}')
     from apache_beam.io.gcp.bigquery import WriteToBigQuery
-    from apache_beam.options.pipeline_options import StandardOptions
-    streaming = windows.pipeline.options.view_as(StandardOptions).streaming
-    method = self._method or ('STREAMING_INSERTS' if streaming else 'FILE_LOADS')
+    method = self._method or ('STREAMING_INSERTS' if self._unbounded else 'FILE_LOADS')
     # A streaming job's load jobs (or Storage Write commits) run this often.
-    every_s = self._every_s if streaming and method != 'STREAMING_INSERTS' else None
+    every_s = (self._every_s if self._unbounded and method != 'STREAMING_INSERTS'
+               else None)
     _ = (windows
          | 'As table rows' >> beam.FlatMap(enriched_records, self._model)
          | 'Append rows' >> WriteToBigQuery(

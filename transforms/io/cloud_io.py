@@ -17,6 +17,7 @@ import apache_beam as beam
 
 from transforms.records import RawRecord, decoded_record
 from transforms.io.formats import enriched_records, record_json
+from transforms.io.targets import KafkaTarget, PubSubTarget, kafka_address, pubsub_path
 from transforms.io.uri_query import uri_query
 
 _MICROS = 1_000_000
@@ -34,20 +35,6 @@ def need_gcp_client(library: str, uri: str) -> None:
   except ImportError:
     raise UnavailableIO(f"{uri}: Beam's Google Cloud IO needs apache-beam[gcp]: "
                         "pip install -e '.[gcp]'") from None
-
-
-def pubsub_path(uri: str, kind: str) -> str:
-  """projects/P/KIND/NAME from pubsub://projects/P/KIND/NAME[?...]; raises ValueError."""
-  from apache_beam.io.gcp.pubsub import parse_subscription, parse_topic
-  path = uri[len('pubsub://'):].split('?')[0]
-  parts = path.split('/')
-  if len(parts) != 4 or parts[0] != 'projects' or parts[2] != kind or not all(parts):
-    raise ValueError(f'{uri}: expected pubsub://projects/PROJECT/{kind}/NAME')
-  try:  # Beam's own checks of project and resource names
-    (parse_topic if kind == 'topics' else parse_subscription)(path)
-  except ValueError as e:
-    raise ValueError(f'{uri}: {e}') from None
-  return path
 
 
 class _StampedRawFn(beam.DoFn):
@@ -111,14 +98,6 @@ class ReadPubSub(beam.PTransform):
                 _StampedRawFn(PubSubMessageToRaw(self._subscription), self._disorder_s)))
 
 
-def _kafka_address(uri: str):
-  parsed = urllib.parse.urlparse(uri)
-  brokers, topic = parsed.netloc, parsed.path.strip('/')
-  if not brokers or not topic or '/' in topic:
-    raise ValueError(f'{uri}: expected kafka://BROKER[,BROKER]/TOPIC[?group=GROUP]')
-  return brokers, topic
-
-
 def _expansion_error(uri: str, error: Exception) -> UnavailableIO:
   return UnavailableIO(
       f'{uri}: Kafka runs in Java through Beam\'s IO expansion service, which Beam could not '
@@ -142,7 +121,7 @@ class ReadKafka(beam.PTransform):
   def __init__(self, uri: str, max_out_of_orderness_s: float):
     super().__init__()
     self._uri = uri
-    self._brokers, self._topic = _kafka_address(uri)
+    self._brokers, self._topic = kafka_address(uri)
     query = uri_query(uri)
     self._group = query.get('group')
     self._timestamp_policy = query.get('timestamp_policy', 'ProcessingTime')
@@ -184,9 +163,9 @@ class WritePubSub(beam.PTransform):
   the topic can take ?timestamp_attribute=event_time&id_attribute=id.
   """
 
-  def __init__(self, uri: str, model: str):
+  def __init__(self, target: PubSubTarget, model: str):
     super().__init__()
-    self._topic = pubsub_path(uri, 'topics')
+    self._topic = target.topic
     self._model = model
 
   def expand(self, windows):
@@ -210,11 +189,11 @@ def kafka_records(batch, model: str):
 class WriteKafka(beam.PTransform):
   """Writes each enriched row as JSON, keyed by event id, to kafka://BROKERS/TOPIC; passes on."""
 
-  def __init__(self, uri: str, model: str):
+  def __init__(self, target: KafkaTarget, model: str):
     super().__init__()
-    self._uri = uri
-    self._brokers, self._topic = _kafka_address(uri)
-    self._expansion_service = uri_query(uri).get('expansion_service')
+    self._uri = target.spelled
+    self._brokers, self._topic = target.brokers, target.topic
+    self._expansion_service = target.expansion_service
     self._model = model
 
   def expand(self, windows):

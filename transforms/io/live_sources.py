@@ -10,7 +10,6 @@ record with the watermark it has reported so far, and moves the watermark:
     ends the stream cleanly: the runner then closes every open window.
 """
 import itertools
-import threading
 import time
 from typing import Callable, List, Optional
 
@@ -21,15 +20,14 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
 
 from transforms.eventtime import is_future
+from transforms import job_state
 from observability.instruments import SourceGauges
 from transforms.records import RawRecord, Undecodable, decode_object
 from transforms.io.sources import read_archive
+from transforms.watermark import Watermark
+from transforms.windowing import WindowSpec
 
 _ENDLESS = 2**62
-
-# Set to drain every live source of this process: stop reading, close windows.
-DRAIN = threading.Event()
-
 
 class Reader:
   """What a live source polls. Subclasses open connections in open()."""
@@ -70,38 +68,39 @@ class _Unbounded(RestrictionProvider):
 
 
 class _StreamWatermark:
-  """The source's watermark: newest event time minus the disorder, clock-driven when idle."""
+  """The source's Watermark, moved by the wall clock while the source is idle."""
 
   def __init__(self, max_out_of_orderness_s: float, idle_after_s: float):
-    self._disorder_us = round(max_out_of_orderness_s * 1e6)
+    self._mark = Watermark(WindowSpec(max_out_of_orderness_s=max_out_of_orderness_s))
     self._idle_after_s = idle_after_s
-    self.newest_us = None
-    self.watermark_us = None
     self._last_arrival = time.monotonic()
 
+  @property
+  def watermark_us(self) -> Optional[int]:
+    return self._mark.watermark_us
+
   def observe(self, event_time_us: Optional[int]) -> None:
+    """An arrival (None: an outage ended or goes on; only the idle clock restarts)."""
     self._last_arrival = time.monotonic()
-    if event_time_us is not None and (self.newest_us is None or event_time_us > self.newest_us):
-      self.newest_us = event_time_us
-      self._advance(event_time_us - self._disorder_us)
+    if event_time_us is not None:
+      self._mark.observe(event_time_us)
 
   def idle(self) -> None:
     """No record this poll: after a while, event time is assumed to pass like wall time."""
     idle_s = time.monotonic() - self._last_arrival
-    if self.newest_us is not None and idle_s >= self._idle_after_s:
-      self._advance(self.newest_us + round(idle_s * 1e6) - self._disorder_us)
-
-  def _advance(self, candidate_us: int) -> None:
-    if self.watermark_us is None or candidate_us > self.watermark_us:
-      self.watermark_us = candidate_us
+    if idle_s >= self._idle_after_s:
+      self._mark.idle_for(idle_s)
 
 
 class _LiveSourceFn(beam.DoFn):
   """Polls a reader forever (or until drained/exhausted), emitting one bundle per poll."""
 
   def __init__(self, make_reader: Callable[[], Reader], event_time_us: Callable,
-               max_out_of_orderness_s: float, poll_interval_s: float, max_records: int):
+               max_out_of_orderness_s: float, poll_interval_s: float, max_records: int,
+               job: str):
     self._make_reader = make_reader
+    self._job = job
+    self._drain = None
     self._event_time_us = event_time_us
     self._max_out_of_orderness_s = max_out_of_orderness_s
     self._poll_interval_s = poll_interval_s
@@ -112,6 +111,7 @@ class _LiveSourceFn(beam.DoFn):
     self._gauges = None
 
   def setup(self):
+    self._drain = job_state.of(self._job).drain
     self._reader = self._make_reader()
     self._reader.open()
     self._watermark = _StreamWatermark(self._max_out_of_orderness_s,
@@ -128,7 +128,7 @@ class _LiveSourceFn(beam.DoFn):
                   ManualWatermarkEstimator.default_provider())):
     if self._reader is None:
       self.setup()  # some runners call process() on an SDF that was never set up
-    if DRAIN.is_set() or (not self._held and self._reader.exhausted()):
+    if self._drain.is_set() or (not self._held and self._reader.exhausted()):
       watermark.set_watermark(MAX_TIMESTAMP)
       # Claiming past the end marks the restriction done; returning ends it.
       tracker.try_claim(tracker.current_restriction().stop)
@@ -172,14 +172,15 @@ class ReadLive(beam.PTransform):
     max_out_of_orderness_s: how far the watermark trails the newest event time.
     poll_interval_s: the wait before polling again after an empty poll.
     max_records: the most records in one poll (one bundle).
+    job: the job's token (transforms.job_state.of): a drain of that job ends this source.
   """
 
   def __init__(self, make_reader: Callable[[], Reader], event_time_us: Callable,
                max_out_of_orderness_s: float, poll_interval_s: float = 0.2,
-               max_records: int = 1024):
+               max_records: int = 1024, job: str = ''):
     super().__init__()
     self._fn = _LiveSourceFn(make_reader, event_time_us, max_out_of_orderness_s,
-                             poll_interval_s, max_records)
+                             poll_interval_s, max_records, job)
 
   def expand(self, pbegin):
     return pbegin | 'Start' >> beam.Impulse() | 'Poll' >> beam.ParDo(self._fn)

@@ -11,6 +11,7 @@ from typing import List
 
 import apache_beam as beam
 
+from transforms import job_state
 from transforms.io import faults
 from transforms.io.live_sources import Reader
 from transforms.records import RawRecord, decoded_record
@@ -36,12 +37,14 @@ class RedisStreamReader(Reader):
   """
 
   def __init__(self, address: RedisStreamAddress, block_ms: int = 100,
-               claim_idle_ms: int = 30_000):
+               claim_idle_ms: int = 30_000, job: str = ''):
+    """Args: job: the job's token (transforms.job_state.of), whose health this source reports."""
     if not address.group:
       raise ValueError(f'{address.describe()}: a source needs a consumer group (?group=NAME)')
     self._address = address
     self._block_ms = block_ms
     self._claim_idle_ms = claim_idle_ms
+    self._job = job
     self._client = None
     self._phase = 'own'
     self._cursor = '0-0'
@@ -49,7 +52,8 @@ class RedisStreamReader(Reader):
 
   def open(self):
     self._client = self._address.client()
-    self._health = faults.Dependency.named(f'source {self._address.server()}')
+    self._health = job_state.of(self._job).dependency(
+        f'source {self._address.server()}')
     self._backoff, self._retry_at = faults.Backoff(), 0.0
     self._has_group = False
     self._phase, self._cursor, self._seen = 'own', '0-0', set()
@@ -170,9 +174,10 @@ class _RedisClientFn(beam.DoFn):
   role: `source` or `sink`: outages are logged per role and server.
   """
 
-  def __init__(self, address: RedisStreamAddress, role: str):
+  def __init__(self, address: RedisStreamAddress, role: str, policy: faults.WritePolicy):
     self._address = address
     self._role = role
+    self._policy = policy
     self._client = None
 
   def setup(self):
@@ -184,7 +189,7 @@ class _RedisClientFn(beam.DoFn):
 
   def _call(self, call, what: str):
     """call(), retried; raises faults.WriteAbandoned when the job is stopping."""
-    return faults.retry(call, f'{self._role} {self._address.server()}',
+    return faults.retry(call, self._policy, f'{self._role} {self._address.server()}',
                         f'{what} {self._address.describe()}', _outages())
 
 
@@ -214,18 +219,20 @@ class AcknowledgeRedisEntries(beam.PTransform):
   the next start reads it again.
   """
 
-  def __init__(self, address: RedisStreamAddress):
+  def __init__(self, address: RedisStreamAddress,
+               policy: faults.WritePolicy = faults.WritePolicy()):
     super().__init__()
     self._address = address
+    self._policy = policy
 
   def expand(self, written):
-    return written | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._address, 'source'))
+    return written | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._address, 'source', self._policy))
 
 
 class _XaddFn(_RedisClientFn):
 
-  def __init__(self, address: RedisStreamAddress, model: str):
-    super().__init__(address, 'sink')
+  def __init__(self, address: RedisStreamAddress, model: str, policy: faults.WritePolicy):
+    super().__init__(address, 'sink', policy)
     self._model = model
 
   def process(self, batch: WindowRows):
@@ -250,10 +257,12 @@ class WriteRedisStream(beam.PTransform):
   A retried XADD after a lost connection may add a row twice (at least once).
   """
 
-  def __init__(self, address: RedisStreamAddress, model: str):
+  def __init__(self, address: RedisStreamAddress, model: str,
+               policy: faults.WritePolicy = faults.WritePolicy()):
     super().__init__()
     self._address = address
     self._model = model
+    self._policy = policy
 
   def expand(self, windows):
-    return windows | 'XADD rows' >> beam.ParDo(_XaddFn(self._address, self._model))
+    return windows | 'XADD rows' >> beam.ParDo(_XaddFn(self._address, self._model, self._policy))

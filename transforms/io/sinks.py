@@ -5,6 +5,7 @@ same folder replaces its files instead of adding copies, and several writers of
 one output (consumers of one group) never replace each other's files. Files are written under a temporary name and renamed, through Beam's
 FileSystems, so the same code writes to local disks and object stores.
 """
+import collections
 import datetime
 import hashlib
 import uuid
@@ -16,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
 
 from transforms.io import faults
@@ -71,49 +71,67 @@ def window_label(start_us: int) -> str:
 # embeddings' floats, pyarrow's default, tripled the write time of a window file
 # (3.0 against 1.0 ms for 28 rows of 384 floats) and made it larger (61 against 42 KB).
 _DICTIONARY_COLUMNS = {'window_start', 'window_end', 'model', 'label', 'reason'}
-_made_dirs = set()  # folders this process made: each is made once, not once per file
+# Folders one writer remembers having made, so that each is made once, not once per
+# file; bounded, since a live job makes a folder per window for months.
+_MADE_DIRS_KEPT = 256
 
 
-def write_parquet(table: pa.Table, path: str) -> None:
-  """Writes a table so that readers never see a half-written file.
+class ParquetFiles:
+  """Writes Parquet files so that readers never see a half-written one.
 
-  A failing write (disk full, no permission) is retried with backoff for a
-  bounded time (transforms.io.faults); then faults.WriteAbandoned is raised and
-  the caller passes nothing on, so nothing behind it is acknowledged.
+  A failing write (disk full, no permission) is retried with backoff under the
+  job's WritePolicy (transforms.io.faults); then faults.WriteAbandoned is raised
+  and the caller passes nothing on, so nothing behind it is acknowledged.
+  Each writing DoFn owns one (made in setup()).
   """
-  faults.retry(lambda: _write_once(table, path), 'output files', f'cannot write {path}',
-               (OSError,))
 
+  def __init__(self, policy: faults.WritePolicy):
+    self._policy = policy
+    self._made_dirs = collections.OrderedDict()
 
-def _write_once(table: pa.Table, path: str) -> None:
-  directory = path.rsplit('/', 1)[0]
-  if directory not in _made_dirs:
+  def write(self, table: pa.Table, path: str) -> None:
+    faults.retry(lambda: self._write_once(table, path), self._policy, 'output files',
+                 f'cannot write {path}', (OSError,))
+
+  def _make_dir(self, directory: str) -> None:
     try:
       FileSystems.mkdirs(directory)
     except IOError:
       pass  # already there
-    _made_dirs.add(directory)
-  temporary = f'{directory}/.{uuid.uuid4().hex}.tmp'  # hidden from readers and globs
-  try:
-    stream = FileSystems.create(temporary)
-  except (IOError, OSError):  # the folder may have gone away since: make it again
-    _made_dirs.discard(directory)
+    self._made_dirs[directory] = None
+    while len(self._made_dirs) > _MADE_DIRS_KEPT:
+      self._made_dirs.popitem(last=False)
+
+  def _write_once(self, table: pa.Table, path: str) -> None:
+    directory = path.rsplit('/', 1)[0]
+    if directory not in self._made_dirs:
+      self._make_dir(directory)
+    temporary = f'{directory}/.{uuid.uuid4().hex}.tmp'  # hidden from readers and globs
     try:
-      FileSystems.mkdirs(directory)
-    except IOError:
-      pass  # it is there: creating again raises the real error (disk full, read-only)
-    stream = FileSystems.create(temporary)
-  try:
-    with stream:
-      pq.write_table(table, stream, compression='zstd',
-                     use_dictionary=[c for c in table.column_names if c in _DICTIONARY_COLUMNS])
-    FileSystems.rename([temporary], [path])
-  except Exception:
+      stream = FileSystems.create(temporary)
+    except (IOError, OSError):  # the folder may have gone away since: make it again
+      self._made_dirs.pop(directory, None)
+      # If it is there, creating again raises the real error (disk full, read-only).
+      self._make_dir(directory)
+      stream = FileSystems.create(temporary)
     try:
-      FileSystems.delete([temporary])  # a full disk needs its space back
-    except IOError:
-      pass
-    raise
+      with stream:
+        pq.write_table(table, stream, compression='zstd',
+                       use_dictionary=[c for c in table.column_names
+                                       if c in _DICTIONARY_COLUMNS])
+      FileSystems.rename([temporary], [path])
+    except Exception:
+      try:
+        FileSystems.delete([temporary])  # a full disk needs its space back
+      except IOError:
+        pass
+      raise
+
+
+def write_parquet(table: pa.Table, path: str,
+                  policy: faults.WritePolicy = faults.WritePolicy()) -> None:
+  """Writes one table atomically (ParquetFiles), outside a pipeline."""
+  ParquetFiles(policy).write(table, path)
 
 
 def embedding_matrix(rows) -> np.ndarray:
@@ -175,15 +193,20 @@ def deadletter_table(letters) -> pa.Table:
 
 class _WriteWindowFn(beam.DoFn):
 
-  def __init__(self, output_dir: str, model: str):
+  def __init__(self, output_dir: str, model: str, policy: faults.WritePolicy):
     self._output_dir = output_dir.rstrip('/')
     self._model = model
+    self._policy = policy
+    self._files = None
     self._written = Metrics.counter('enrichment', 'enriched_rows')
+
+  def setup(self):
+    self._files = ParquetFiles(self._policy)
 
   def process(self, batch: WindowRows):
     table = enriched_table(batch.rows, batch.start_us, batch.end_us, self._model, batch.extras)
     try:
-      write_parquet(table, window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch))
+      self._files.write(table, window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch))
     except faults.WriteAbandoned:
       pass  # the job is stopping; not passed on, so never acknowledged
     else:
@@ -194,27 +217,34 @@ class _WriteWindowFn(beam.DoFn):
 class WriteEnrichedParquet(beam.PTransform):
   """Writes each WindowRows to DIR/enriched/window=START/part-CONTENT.parquet; passes it on."""
 
-  def __init__(self, output_dir: str, model: str):
+  def __init__(self, output_dir: str, model: str,
+               policy: faults.WritePolicy = faults.WritePolicy()):
     super().__init__()
     self._output_dir = output_dir
     self._model = model
+    self._policy = policy
 
   def expand(self, windows):
     return windows | 'Write window file' >> beam.ParDo(
-        _WriteWindowFn(self._output_dir, self._model))
+        _WriteWindowFn(self._output_dir, self._model, self._policy))
 
 
 class _WriteReasonFn(beam.DoFn):
 
-  def __init__(self, output_dir: str):
+  def __init__(self, output_dir: str, policy: faults.WritePolicy):
     self._output_dir = output_dir.rstrip('/')
+    self._policy = policy
+    self._files = None
     self._written = Metrics.counter('enrichment', 'deadletters')
+
+  def setup(self):
+    self._files = ParquetFiles(self._policy)
 
   def process(self, batch: DeadLetterBatch):
     path = (f'{self._output_dir}/{DEADLETTER_DIR}/reason={batch.reason}/'
             f'{part_name(letter.source for letter in batch.letters)}')
     try:
-      write_parquet(deadletter_table(batch.letters), path)
+      self._files.write(deadletter_table(batch.letters), path)
     except faults.WriteAbandoned:
       pass  # the job is stopping; not passed on, so never acknowledged
     else:
@@ -229,16 +259,16 @@ class GroupDeadLetters(beam.PTransform):
   seconds of processing time, so dead letters never wait for the job to end.
   """
 
-  def __init__(self, flush_every_s: int = 5):
+  def __init__(self, periodic: bool, flush_every_s: int = 5):
+    """Args: periodic: flush every `flush_every_s` (unbounded input; the FnApiRunner
+    that runs bounded jobs has no processing-time triggers)."""
     super().__init__()
+    self._periodic = periodic
     self._flush_every_s = flush_every_s
 
   def expand(self, letters):
-    streaming = letters.pipeline.options.view_as(StandardOptions).streaming
-    # Batch runners group at the end of input; the FnApiRunner has no
-    # processing-time triggers, so the periodic flush is for streaming only.
     flush = (trigger.Repeatedly(trigger.AfterProcessingTime(self._flush_every_s))
-             if streaming else trigger.DefaultTrigger())
+             if self._periodic else trigger.DefaultTrigger())
     return (letters
             | 'Flush periodically' >> beam.WindowInto(
                 window.GlobalWindows(), trigger=flush,
@@ -257,12 +287,14 @@ class WriteDeadLetters(beam.PTransform):
   before; writers of disjoint records never share a name.
   """
 
-  def __init__(self, output_dir: str):
+  def __init__(self, output_dir: str, policy: faults.WritePolicy = faults.WritePolicy()):
     super().__init__()
     self._output_dir = output_dir
+    self._policy = policy
 
   def expand(self, batches):
-    return batches | 'Write reason file' >> beam.ParDo(_WriteReasonFn(self._output_dir))
+    return batches | 'Write reason file' >> beam.ParDo(
+        _WriteReasonFn(self._output_dir, self._policy))
 
 
 class CollectDeadLetters(beam.PTransform):

@@ -17,15 +17,20 @@ from transforms.io.bigquery import WriteBigQuery
 from transforms.io.cloud_io import ReadKafka, ReadPubSub, WriteKafka, WritePubSub
 from transforms.io.live_sources import ArchiveReader, ReadLive, Reader
 from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
-from transforms.io.redis_urls import SCHEMES as _REDIS_SCHEMES
 from transforms.io.synthetic import SyntheticReader
 from transforms.io.uri_query import redacted, uri_query
-from transforms.io.vector_store import VECTORS_DIR, UpsertVectors
+from transforms.io.targets import (BigQueryTarget, KafkaTarget, PubSubTarget, RedisTarget,
+                                   SinkTarget, is_redis)
+from transforms.io.vector_store import UpsertVectors
 
 
 def reader_factory(uri: str, input_format: Optional[str] = None,
-                   csv_delimiter: str = ',') -> Callable[[], Reader]:
-  """What a live source polls, built on the worker; raises ValueError for a bad URI."""
+                   csv_delimiter: str = ',', job: str = '') -> Callable[[], Reader]:
+  """What a live source polls, built on the worker; raises ValueError for a bad URI.
+
+  Args:
+    job: the job's token (transforms.job_state.of), for the source's health.
+  """
   if uri.startswith('synthetic://'):
     query = uri_query(uri)
     rate = float(query.get('rate', '20'))
@@ -36,7 +41,7 @@ def reader_factory(uri: str, input_format: Optional[str] = None,
   if is_redis(uri):
     address = RedisStreamAddress.parse(uri)
     RedisStreamReader(address)  # checks the address here rather than on a worker
-    return lambda: RedisStreamReader(address)
+    return lambda: RedisStreamReader(address, job=job)
   if uri.startswith('file://'):
     pattern = uri[len('file://'):]
     return lambda: ArchiveReader(pattern, input_format, csv_delimiter)
@@ -44,21 +49,16 @@ def reader_factory(uri: str, input_format: Optional[str] = None,
                    'unix://, file://, pubsub:// or kafka://')
 
 
-def is_redis(uri: str) -> bool:
-  """Whether `uri` names a Redis Stream (redis://, rediss:// or unix://)."""
-  return uri.startswith(tuple(f'{scheme}://' for scheme in _REDIS_SCHEMES))
-
-
 def live_source(uri: str, event_time_us: Callable, max_out_of_orderness_s: float,
                 poll_interval_s: float, input_format: Optional[str] = None,
-                csv_delimiter: str = ',') -> beam.PTransform:
-  """The unbounded read for a source URI."""
+                csv_delimiter: str = ',', job: str = '') -> beam.PTransform:
+  """The unbounded read for a source URI (job: the job's control token)."""
   if uri.startswith('pubsub://'):
     return ReadPubSub(uri, max_out_of_orderness_s)
   if uri.startswith('kafka://'):
     return ReadKafka(uri, max_out_of_orderness_s)
-  return ReadLive(reader_factory(uri, input_format, csv_delimiter), event_time_us, max_out_of_orderness_s,
-                  poll_interval_s)
+  return ReadLive(reader_factory(uri, input_format, csv_delimiter, job), event_time_us,
+                  max_out_of_orderness_s, poll_interval_s, job=job)
 
 
 def watermark_slack_s(uri: str, max_out_of_orderness_s: float) -> float:
@@ -78,36 +78,26 @@ def acknowledged_stream(uri: str) -> Optional[RedisStreamAddress]:
   return RedisStreamAddress.parse(uri) if is_redis(uri) else None
 
 
-def sink_label(uri: str) -> str:
+def sink_label(target: SinkTarget) -> str:
   """The step label of a sink, from what it writes to (scheme and target), so that
   reordering --sink keeps every label (Dataflow --update and Flink savepoints match
   steps by label). No '/' (Beam's label separator) and no password."""
-  return 'Write ' + re.sub(r'/+', ' ', redacted(uri)).strip()
+  return 'Write ' + re.sub(r'/+', ' ', redacted(target.spelled)).strip()
 
 
-def check_sink(uri: str) -> None:
-  """Raises ValueError unless `uri` names a known sink."""
-  sink(uri, '', '')
+def sink(target: SinkTarget, config) -> beam.PTransform:
+  """The step that writes each WindowRows to a parsed --sink target and then passes it on.
 
-
-def sink(uri: str, output_dir: str, model: str, extra_columns=()) -> beam.PTransform:
-  """The step that writes each WindowRows to `uri` and then passes it on.
-
-  extra_columns: the derived columns the rows carry (for a table's schema).
-  Raises ValueError for a bad URI.
+  Args:
+    config: the JobConfig (model name, derived columns, collection mode, write policy).
   """
-  if is_redis(uri):
-    return WriteRedisStream(RedisStreamAddress.parse(uri), model)
-  if uri.startswith('pubsub://'):
-    return WritePubSub(uri, model)
-  if uri.startswith('kafka://'):
-    return WriteKafka(uri, model)
-  if uri.startswith('bq://'):
-    return WriteBigQuery(uri, model, extra_columns)
-  if uri != 'vectors' and not uri.startswith('lancedb:'):
-    raise ValueError(f'unknown --sink {redacted(uri)}: use vectors, lancedb:URI, '
-                     'redis://HOST:PORT/DB?stream=NAME (or rediss://, unix://), '
-                     'pubsub://projects/P/topics/T, '
-                     'kafka://BROKERS/TOPIC or bq://PROJECT.DATASET.TABLE')
-  store = f'{output_dir.rstrip("/")}/{VECTORS_DIR}' if uri == 'vectors' else uri[len('lancedb:'):]
-  return UpsertVectors(store, model)
+  model = config.model.model
+  if isinstance(target, RedisTarget):
+    return WriteRedisStream(target.address, model, config.write)
+  if isinstance(target, PubSubTarget):
+    return WritePubSub(target, model)
+  if isinstance(target, KafkaTarget):
+    return WriteKafka(target, model)
+  if isinstance(target, BigQueryTarget):
+    return WriteBigQuery(target, model, config.derive.extra_columns, config.mode.unbounded)
+  return UpsertVectors(target.uri, model)

@@ -16,7 +16,7 @@ from transforms.records import WindowRows
 from transforms.io.sinks import TIMESTAMP, enriched_table
 
 TABLE = 'events'
-VECTORS_DIR = 'vectors'
+from transforms.io.targets import VECTORS_DIR  # noqa: F401 (where the store lives)
 
 
 def vector_schema(dimensions: int) -> pa.Schema:
