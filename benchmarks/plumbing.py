@@ -61,7 +61,10 @@ def _worker(args) -> dict:
 
   from models.handler import SentenceTransformerHandler
   from pipelines.builder import build
-  from pipelines.options import job_config
+  try:
+    from pipelines.config import job_config
+  except ImportError:  # a checkout from before the config moved out of pipelines/options.py
+    from pipelines.options import job_config
   try:
     from transforms.io.sources import ReadArchive
   except ImportError:  # a checkout from before sources moved to transforms/io/

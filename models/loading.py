@@ -3,10 +3,11 @@ import dataclasses
 import functools
 import logging
 import os
+import types
 from typing import FrozenSet, NamedTuple, Optional, Tuple
 
 DEFAULT_MODEL = 'sentence-transformers/all-MiniLM-L6-v2'
-_PACKAGED_ALIASES = {DEFAULT_MODEL, 'all-MiniLM-L6-v2'}
+_PACKAGED_ALIASES = frozenset({DEFAULT_MODEL, 'all-MiniLM-L6-v2'})
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 DEVICES = ('auto', 'cpu', 'cuda')
 BACKENDS = ('torch', 'onnx')
@@ -115,7 +116,7 @@ def packaged_model_path() -> str:
 #         3,200 padded tokens, so the AVX2 figure stands in until measured.
 # GPU entries are NOT measured here: 8192 keeps passes of 256-token texts at
 # sentence-transformers' 32 (benchmarks/gpu_check.sh measures them where a GPU is lent).
-FORWARD_TOKENS = {
+FORWARD_TOKENS = types.MappingProxyType({
     ('cpu', 'fp32', 'avx2'): 2048,
     ('cpu', 'fp32', 'avx512'): 2048,  # not measured
     ('cpu', 'fp32', 'amx'): 2048,  # not measured in tokens
@@ -123,8 +124,8 @@ FORWARD_TOKENS = {
     ('cuda', 'fp32', None): 8192,  # not measured
     ('cuda', 'fp16', None): 8192,  # not measured
     ('cuda', 'bf16', None): 8192,  # not measured
-}
-FALLBACK_TOKENS = {'cpu': 2048, 'cuda': 8192}
+})
+FALLBACK_TOKENS = types.MappingProxyType({'cpu': 2048, 'cuda': 8192})
 
 
 @functools.lru_cache(maxsize=1)

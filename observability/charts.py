@@ -2,13 +2,14 @@
 import datetime
 import html
 import math
+import types
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 WIDTH, HEIGHT = 640, 220
 LEFT, RIGHT, TOP, BOTTOM = 56, 12, 14, 36
-COLORS = {'enriched': '#3b7dd8', 'dead letters': '#d9534f', 'read': '#8a8f98',
+COLORS = types.MappingProxyType({'enriched': '#3b7dd8', 'dead letters': '#d9534f', 'read': '#8a8f98',
           'written': '#3b7dd8', 'p50': '#3b7dd8', 'p95': '#e08a1e', 'texts/s': '#3b7dd8',
-          'seconds per call': '#e08a1e'}
+          'seconds per call': '#e08a1e'})
 _PALETTE = ('#3b7dd8', '#d9534f', '#e08a1e', '#5cb85c', '#8e6bbf', '#8a8f98')
 
 

@@ -8,6 +8,7 @@ sum, min and max, so histograms are counters here: one per bucket
 1/scale), which Prometheus histograms can be rebuilt from on any runner.
 """
 import time
+import types
 from typing import Dict, NamedTuple, Tuple
 
 import apache_beam as beam
@@ -27,7 +28,7 @@ class HistogramSpec(NamedTuple):
   help: str
 
 
-HISTOGRAMS: Dict[str, HistogramSpec] = {
+HISTOGRAMS: Dict[str, HistogramSpec] = types.MappingProxyType({
     'event_latency_seconds': HistogramSpec(
         (0.25, 0.5, 1, 2, 3, 4, 5, 6, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50, 60, 75, 90, 120,
          150, 180, 240, 300, 600), 1000,
@@ -38,7 +39,7 @@ HISTOGRAMS: Dict[str, HistogramSpec] = {
     'inference_seconds': HistogramSpec(
         (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), 1000,
         'Seconds per RunInference call.'),
-}
+})
 
 
 def observe(name: str, value: float, count: int = 1) -> None:

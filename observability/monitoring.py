@@ -8,6 +8,7 @@ same snapshots, taken each second, make the run report's timeline.
 import logging
 import threading
 import time
+import types
 from typing import Callable, List, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -22,10 +23,10 @@ from observability.instruments import (DEADLETTERS_BY_REASON, HISTOGRAMS, NAMESP
 
 PREFIX = 'enrichment_'
 # Beam counter -> exported counter (without _total), for the names dashboards rely on.
-RENAMED = {'records_read': 'records_read', 'enriched_rows': 'rows_written',
-           'deadletters': None}  # the total is the sum of enrichment_deadletters_total{reason}
-GAUGES = {'source_pending': 'Entries delivered to the consumer group, not yet acknowledged.',
-          'source_lag': 'Entries in the stream not yet delivered to the group (Redis 7+).'}
+RENAMED = types.MappingProxyType({'records_read': 'records_read', 'enriched_rows': 'rows_written',
+           'deadletters': None})  # the total is the sum of enrichment_deadletters_total{reason}
+GAUGES = types.MappingProxyType({'source_pending': 'Entries delivered to the consumer group, not yet acknowledged.',
+          'source_lag': 'Entries in the stream not yet delivered to the group (Redis 7+).'})
 # Every reason code of transforms.records is served from the start, at 0: Prometheus's
 # rate() misses the first increment of a series that appears with a value.
 REASONS = tuple(sorted(records.REASONS))

@@ -10,7 +10,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.transforms.window import TimestampedValue
 
 from models.handler import SentenceTransformerHandler
-from pipelines.options import JobConfig
+from pipelines.config import JobConfig
 from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents

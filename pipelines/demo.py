@@ -11,16 +11,16 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launcher import JobResult, build_job, main, run_job
-from pipelines.options import job_config
+from pipelines.config import job_config
 from pipelines.preflight import check_start
 from transforms.io.synthetic import GenerateSyntheticEvents
 
 # The synthetic events carry an id and 20 events per second of event time;
 # 10 s windows show several windows in a short run, and batches of 256 show
 # progress every few seconds. Later flags override these.
-_DEMO_DEFAULTS = ['--id_field', 'id', '--time_field', 'time', '--text_field', 'text',
+_DEMO_DEFAULTS = ('--id_field', 'id', '--time_field', 'time', '--text_field', 'text',
                   '--window_size', '10', '--output', 'output',
-                  '--min_batch_size', '256', '--max_batch_size', '256']
+                  '--min_batch_size', '256', '--max_batch_size', '256')
 
 
 class SyntheticOptions(PipelineOptions):
@@ -36,7 +36,7 @@ class SyntheticOptions(PipelineOptions):
 
 
 def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
-  options = PipelineOptions(_DEMO_DEFAULTS + list(argv or []))
+  options = PipelineOptions([*_DEMO_DEFAULTS, *(argv or [])])
   synthetic = options.view_as(SyntheticOptions)
   config = job_config(options)
   if test_pipeline is None:

@@ -11,11 +11,12 @@ job. `--print` shows the assembled command line instead of running it.
 import argparse
 import shlex
 import sys
+import types
 from typing import List
 
 from transforms.io.uri_query import redacted
 
-JOBS = {'stream': 'pipelines.stream', 'replay': 'pipelines.replay'}
+JOBS = types.MappingProxyType({'stream': 'pipelines.stream', 'replay': 'pipelines.replay'})
 
 
 def flink_args(args: argparse.Namespace) -> List[str]:

@@ -15,7 +15,8 @@ from observability.logs import configure_logging
 from observability.metrics import snapshot
 from observability.report import RunFacts, invocation, write_report
 from pipelines.builder import WrittenFiles, build
-from pipelines.options import ConfigError, JobConfig
+from pipelines.config import JobConfig
+from pipelines.options import ConfigError
 from runners.choice import choose_local_runner, share_cores
 from transforms import job_state
 from transforms.io.cloud_io import UnavailableIO
@@ -84,7 +85,7 @@ def build_job(options: PipelineOptions, config: JobConfig, read: beam.PTransform
   """Builds the whole job behind `read` (runner defaults, the builder, the metrics steps)."""
   started, started_at = time.monotonic(), time.time()
   if test_pipeline is None:
-    logging.info('Running on %s', choose_local_runner(options))
+    logging.info('Running on %s', choose_local_runner(options, config.streaming))
     config = config._replace(model=share_cores(options, config.model))
   monitor = monitoring.monitor_for(options)
   state = job_state.of(config.write.job)

@@ -12,7 +12,8 @@ from typing import Optional
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.loading import ModelConfig
-from pipelines.options import ConfigError, JobConfig
+from pipelines.config import JobConfig
+from pipelines.options import ConfigError
 from transforms.io.redis_streams import ensure_group
 from transforms.io.redis_urls import RedisStreamAddress
 from apache_beam.io.filesystems import FileSystems

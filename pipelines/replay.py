@@ -14,7 +14,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launcher import JobResult, build_job, main, run_job
-from pipelines.options import ArchiveOptions, csv_delimiter, job_config
+from pipelines.config import csv_delimiter, job_config
+from pipelines.options import ArchiveOptions
 from pipelines.preflight import check_archive, check_start
 from transforms.io.sources import ReadArchive
 

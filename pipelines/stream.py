@@ -27,8 +27,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.launcher import JobResult, build_job, main, run_job
-from pipelines.options import (ArchiveOptions, ConfigError, StreamOptions, csv_delimiter,
-                               stream_config)
+from pipelines.config import csv_delimiter, stream_config
+from pipelines.options import ArchiveOptions, ConfigError, StreamOptions
 from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
 from transforms import job_state
@@ -37,8 +37,8 @@ from transforms.io.redis_streams import AcknowledgeRedisEntries, RedisStreamAddr
 from transforms.records import WindowRows
 from transforms.io.uris import acknowledged_stream, live_source
 
-_STREAM_DEFAULTS = ['--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',
-                    '--min_batch_size', '1', '--max_batch_size', '1024']
+_STREAM_DEFAULTS = ('--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',
+                    '--min_batch_size', '1', '--max_batch_size', '1024')
 
 
 class _ReportWindowFn(beam.DoFn):
@@ -87,7 +87,7 @@ def _drain_on_signals(drain_event: threading.Event, duration_s: float) -> None:
 
 
 def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
-  options = PipelineOptions(_STREAM_DEFAULTS + list(argv or []))
+  options = PipelineOptions([*_STREAM_DEFAULTS, *(argv or [])])
   options.view_as(StandardOptions).streaming = True
   stream = options.view_as(StreamOptions)
   config = stream_config(options)

@@ -30,11 +30,15 @@ def is_plain_direct(options: PipelineOptions) -> bool:
   return named_runner(options) in ('directrunner', 'direct')
 
 
-def choose_local_runner(options: PipelineOptions) -> str:
-  """Sets the runner when none (or plain DirectRunner) is named, and returns its name."""
+def choose_local_runner(options: PipelineOptions, streaming: bool) -> str:
+  """Sets the runner when none (or plain DirectRunner) is named, and returns its name.
+
+  Args:
+    streaming: the job's input is unbounded (JobConfig.streaming).
+  """
   standard = options.view_as(StandardOptions)
   if is_plain_direct(options):
-    if standard.streaming:
+    if streaming:
       # The only local runner that streams offline, with the project's fixes.
       from runners import local_streaming
       local_streaming.install()

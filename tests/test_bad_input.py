@@ -12,7 +12,8 @@ import zstandard
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.preflight import check_archive
-from pipelines.options import ConfigError, JobConfig
+from pipelines.config import JobConfig
+from pipelines.options import ConfigError
 from models.loading import ModelConfig
 from tests.runners import batch_pipeline
 from transforms import records as r

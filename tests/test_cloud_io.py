@@ -15,7 +15,8 @@ from apache_beam.transforms.window import TimestampedValue
 
 from models.loading import ModelConfig
 from pipelines.builder import build_enrichment
-from pipelines.options import JobConfig, parse_sinks, ConfigError
+from pipelines.config import JobConfig, parse_sinks
+from pipelines.options import ConfigError
 from tests.fakes import HashingModelHandler
 from tests.runners import streaming_pipeline
 from transforms import records as r

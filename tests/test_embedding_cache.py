@@ -16,7 +16,8 @@ from models import embedding_cache
 from models.embedding_cache import CachingEncoder, EmbeddingCache
 from models.handler import SentenceTransformerHandler
 from models.loading import ModelConfig
-from pipelines.options import ConfigError, job_config
+from pipelines.config import job_config
+from pipelines.options import ConfigError
 from tests.fakes import HashingModel, HashingModelHandler, hashed_vector
 
 
@@ -96,7 +97,6 @@ def test_the_flag_sizes_the_cache_and_zero_turns_it_off():
 
 def test_hits_and_misses_are_beam_counters_and_survive_bundles():
   texts = ['x', 'y', 'x', 'z', 'y', 'x'] * 5
-  before = embedding_cache.process_totals()
   # Batches of 2: the repeats are served across batches (and bundles) by one cache.
   handler = HashingModelHandler(ModelConfig(min_batch_size=2, max_batch_size=2))
   pipeline = TestPipeline(runner='FnApiRunner')
@@ -113,8 +113,6 @@ def test_hits_and_misses_are_beam_counters_and_survive_bundles():
 
   assert counter('embedding_cache_misses') == 3
   assert counter('embedding_cache_hits') == len(texts) - 3
-  hits, misses = embedding_cache.process_totals()
-  assert (hits - before[0], misses - before[1]) == (len(texts) - 3, 3)
 
 
 def _first_texts(archive, limit):

@@ -23,7 +23,7 @@ from tests.test_stream_e2e import _consumer_caught_up, column, python, stop, wai
 from transforms import job_state
 from transforms.io import faults
 from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader
-from transforms.io.sinks import write_parquet
+from transforms.io.files import write_parquet
 
 
 def _policy(stop_job: bool, retry_s: float = faults.DEFAULT_WRITE_RETRY_S):

@@ -12,7 +12,8 @@ from models.embedding_cache import CachingEncoder
 from models.forward_passes import COUNTED_BATCH, plan_passes, token_counts
 from models.handler import SentenceTransformerHandler
 from models.loading import ModelConfig
-from pipelines.options import ConfigError, job_config
+from pipelines.config import job_config
+from pipelines.options import ConfigError
 from tests.fakes import HashingModel, hashed_vector
 
 

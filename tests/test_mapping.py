@@ -9,7 +9,8 @@ import pyarrow.dataset as ds
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import ConfigError, csv_delimiter, job_config
+from pipelines.config import csv_delimiter, job_config
+from pipelines.options import ConfigError
 from tests.conftest import ROOT
 from transforms import records as r
 from transforms.eventtime import TimeParser

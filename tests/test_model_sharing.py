@@ -9,7 +9,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from models.handler import SentenceTransformerHandler
 from models.loading import ModelConfig
-from pipelines.options import ConfigError, job_config
+from pipelines.config import job_config
+from pipelines.options import ConfigError
 from tests.fakes import HashingModelHandler, hashed_vector
 from tests.runners import batch_pipeline
 

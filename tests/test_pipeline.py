@@ -9,7 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from models.loading import ModelConfig
 from pipelines.builder import build, build_enrichment
-from pipelines.options import JobConfig
+from pipelines.config import JobConfig
 from tests.fakes import FAIL_MARKER, HashingModelHandler, hashed_vector
 from transforms import records as r
 from transforms.eventtime import TimeParser

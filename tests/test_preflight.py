@@ -103,7 +103,7 @@ def test_cuda_without_cuda(module, archive, tmp_path):
 
 def test_remote_runners_skip_the_local_checks(archive, tmp_path):
   """A Dataflow launcher has no GPU and may not reach the workers' Redis or model."""
-  from pipelines.options import job_config
+  from pipelines.config import job_config
   options = PipelineOptions(['--runner', 'DataflowRunner', '--device', 'cuda', '--model',
                              'no-such-model', '--output', 'gs://bucket/out'])
   source = f'redis://127.0.0.1:{free_port()}/0?stream=e&group=g'

@@ -12,7 +12,8 @@ from models.loading import DEFAULT_MODEL
 from pipelines.search import main as search_main
 from tests.conftest import ROOT
 from transforms.records import Embedded, Event
-from transforms.io.sinks import enriched_table, write_parquet
+from transforms.io.files import write_parquet
+from transforms.io.sinks import enriched_table
 
 pytestmark = pytest.mark.real_model
 S = 1_000_000

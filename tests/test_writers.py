@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 
 from models.loading import ModelConfig
 from pipelines.builder import build
-from pipelines.options import JobConfig
+from pipelines.config import JobConfig
 from tests.conftest import ROOT
 from tests.fakes import HashingModelHandler
 from tests.runners import batch_pipeline

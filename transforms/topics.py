@@ -10,7 +10,8 @@ import pyarrow as pa
 from models.vectors import unit_rows
 from transforms.io import faults
 from transforms.records import WindowRows
-from transforms.io.sinks import TIMESTAMP, ParquetFiles, embedding_matrix, window_part_path
+from transforms.io.files import ParquetFiles
+from transforms.io.sinks import TIMESTAMP, embedding_matrix, window_part_path
 
 WINDOWS_DIR = 'windows'
 TOPIC_TYPE = pa.struct([

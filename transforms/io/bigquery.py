@@ -5,6 +5,7 @@ passes the WindowRows on, as the other sinks do (transforms.io.cloud_io).
 """
 import apache_beam as beam
 import pyarrow as pa
+import types
 
 from transforms.io.cloud_io import need_gcp_client
 from transforms.io.formats import enriched_records
@@ -12,8 +13,8 @@ from transforms.io.sinks import EXTRA_TYPES, enriched_schema
 from transforms.io.targets import BigQueryTarget
 
 
-_BIGQUERY_TYPES = {'string': 'STRING', 'float': 'FLOAT', 'double': 'FLOAT',
-                   'timestamp[us, tz=UTC]': 'TIMESTAMP'}
+_BIGQUERY_TYPES = types.MappingProxyType({'string': 'STRING', 'float': 'FLOAT', 'double': 'FLOAT',
+                   'timestamp[us, tz=UTC]': 'TIMESTAMP'})
 
 
 def bigquery_schema(extra_columns=()) -> dict:

@@ -11,6 +11,7 @@ password never leaves this module unredacted: `describe()`, `repr()` and
 every error show `***` in its place.
 """
 import socket
+import types
 import urllib.parse
 from typing import NamedTuple, Optional
 
@@ -19,16 +20,16 @@ from transforms.io.uri_query import redacted, uri_query
 JOB_PARAMETERS = ('stream', 'group', 'field', 'consumer')
 SCHEMES = ('redis', 'rediss', 'unix')
 # Connection parameters redis-py reads from a URL's query (ConnectionPool.from_url).
-_CONNECTION_PARAMETERS = {
+_CONNECTION_PARAMETERS = frozenset({
     'db', 'username', 'password', 'client_name', 'protocol', 'socket_timeout',
     'socket_connect_timeout', 'socket_keepalive', 'socket_read_size', 'health_check_interval',
-    'retry_on_timeout', 'max_connections', 'timeout'}
-_TLS_PARAMETERS = {
+    'retry_on_timeout', 'max_connections', 'timeout'})
+_TLS_PARAMETERS = frozenset({
     'ssl_ca_certs', 'ssl_ca_path', 'ssl_certfile', 'ssl_keyfile', 'ssl_password',
-    'ssl_cert_reqs', 'ssl_check_hostname', 'ssl_min_version', 'ssl_ciphers'}
+    'ssl_cert_reqs', 'ssl_check_hostname', 'ssl_min_version', 'ssl_ciphers'})
 # Unless the URL says otherwise: fail a connection attempt in seconds, not
 # minutes, and never block forever on a server that stopped answering.
-_CLIENT_DEFAULTS = {'socket_connect_timeout': 5, 'socket_timeout': 30, 'health_check_interval': 30}
+_CLIENT_DEFAULTS = types.MappingProxyType({'socket_connect_timeout': 5, 'socket_timeout': 30, 'health_check_interval': 30})
 
 
 class RedisStreamAddress(NamedTuple):

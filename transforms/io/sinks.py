@@ -5,21 +5,19 @@ same folder replaces its files instead of adding copies, and several writers of
 one output (consumers of one group) never replace each other's files. Files are written under a temporary name and renamed, through Beam's
 FileSystems, so the same code writes to local disks and object stores.
 """
-import collections
 import datetime
 import hashlib
-import uuid
+import types
 from typing import Optional
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 
 from transforms.io import faults
+from transforms.io.files import ParquetFiles
 from transforms.records import DeadLetterBatch, WindowRows
 
 
@@ -38,13 +36,13 @@ DEADLETTER_SCHEMA = pa.schema([
 
 
 # Types of derived columns, so that an all-null column keeps its type.
-EXTRA_TYPES = {
+EXTRA_TYPES = types.MappingProxyType({
     'label': pa.string(),
     'label_score': pa.float32(),
     'labels': pa.list_(pa.string()),
     'duplicate_of': pa.string(),
     'duplicate_score': pa.float32(),
-}
+})
 
 
 def enriched_schema(dimensions: int) -> pa.Schema:
@@ -65,73 +63,6 @@ def window_label(start_us: int) -> str:
   moment = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=start_us)
   fraction = f'.{moment.microsecond:06d}' if moment.microsecond else ''
   return moment.strftime('%Y%m%dT%H%M%S') + fraction + 'Z'
-
-
-# Columns that repeat one value (or a few) per file. Dictionary encoding of the
-# embeddings' floats, pyarrow's default, tripled the write time of a window file
-# (3.0 against 1.0 ms for 28 rows of 384 floats) and made it larger (61 against 42 KB).
-_DICTIONARY_COLUMNS = {'window_start', 'window_end', 'model', 'label', 'reason'}
-# Folders one writer remembers having made, so that each is made once, not once per
-# file; bounded, since a live job makes a folder per window for months.
-_MADE_DIRS_KEPT = 256
-
-
-class ParquetFiles:
-  """Writes Parquet files so that readers never see a half-written one.
-
-  A failing write (disk full, no permission) is retried with backoff under the
-  job's WritePolicy (transforms.io.faults); then faults.WriteAbandoned is raised
-  and the caller passes nothing on, so nothing behind it is acknowledged.
-  Each writing DoFn owns one (made in setup()).
-  """
-
-  def __init__(self, policy: faults.WritePolicy):
-    self._policy = policy
-    self._made_dirs = collections.OrderedDict()
-
-  def write(self, table: pa.Table, path: str) -> None:
-    faults.retry(lambda: self._write_once(table, path), self._policy, 'output files',
-                 f'cannot write {path}', (OSError,))
-
-  def _make_dir(self, directory: str) -> None:
-    try:
-      FileSystems.mkdirs(directory)
-    except IOError:
-      pass  # already there
-    self._made_dirs[directory] = None
-    while len(self._made_dirs) > _MADE_DIRS_KEPT:
-      self._made_dirs.popitem(last=False)
-
-  def _write_once(self, table: pa.Table, path: str) -> None:
-    directory = path.rsplit('/', 1)[0]
-    if directory not in self._made_dirs:
-      self._make_dir(directory)
-    temporary = f'{directory}/.{uuid.uuid4().hex}.tmp'  # hidden from readers and globs
-    try:
-      stream = FileSystems.create(temporary)
-    except (IOError, OSError):  # the folder may have gone away since: make it again
-      self._made_dirs.pop(directory, None)
-      # If it is there, creating again raises the real error (disk full, read-only).
-      self._make_dir(directory)
-      stream = FileSystems.create(temporary)
-    try:
-      with stream:
-        pq.write_table(table, stream, compression='zstd',
-                       use_dictionary=[c for c in table.column_names
-                                       if c in _DICTIONARY_COLUMNS])
-      FileSystems.rename([temporary], [path])
-    except Exception:
-      try:
-        FileSystems.delete([temporary])  # a full disk needs its space back
-      except IOError:
-        pass
-      raise
-
-
-def write_parquet(table: pa.Table, path: str,
-                  policy: faults.WritePolicy = faults.WritePolicy()) -> None:
-  """Writes one table atomically (ParquetFiles), outside a pipeline."""
-  ParquetFiles(policy).write(table, path)
 
 
 def embedding_matrix(rows) -> np.ndarray:

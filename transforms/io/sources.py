@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import lzma
+import types
 import zlib
 from typing import Iterator, Optional
 
@@ -19,14 +20,14 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.records import RawRecord, decoded_record
 
 FORMATS = ('jsonl', 'parquet', 'csv')
-_EXTENSIONS = {
+_EXTENSIONS = types.MappingProxyType({
     'jsonl': 'jsonl', 'json': 'jsonl', 'ndjson': 'jsonl',
     'parquet': 'parquet', 'pq': 'parquet',
     'csv': 'csv',
-}
+})
 # Compressed bytes per read (Beam's default, 16 MiB, would lose up to that much before damage).
 _READ_SIZE = 256 * 1024
-_COMPRESSIONS = {'gz', 'gzip', 'bz2', 'zst', 'zstd', 'deflate', 'lzma', 'xz'}
+_COMPRESSIONS = frozenset({'gz', 'gzip', 'bz2', 'zst', 'zstd', 'deflate', 'lzma', 'xz'})
 
 
 def format_of(path: str, declared: Optional[str] = None) -> str:
@@ -86,7 +87,7 @@ def read_parquet(stream, path: str, batch_rows: int = 4096) -> Iterator[RawRecor
       yield RawRecord(_row_as_json(row), path, number, row=row)
 
 
-_READERS = {'jsonl': read_jsonl, 'csv': read_csv, 'parquet': read_parquet}
+_READERS = types.MappingProxyType({'jsonl': read_jsonl, 'csv': read_csv, 'parquet': read_parquet})
 
 
 def read_archive(path: str, declared_format: Optional[str] = None,

@@ -7,6 +7,7 @@ import datetime
 import itertools
 import json
 import random
+import types
 from typing import Iterator, Optional, Tuple
 
 import apache_beam as beam
@@ -18,7 +19,7 @@ STREAM = 'synthetic'
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 DEFAULT_START = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
-_TOPICS = {
+_TOPICS = types.MappingProxyType({
     'payments': (['The checkout page', 'Card payment', 'The refund flow', 'Apple Pay'],
                  ['fails with a timeout', 'charges twice', 'is stuck on pending',
                   'rejects valid cards'],
@@ -39,7 +40,7 @@ _TOPICS = {
                   'expired immediately', 'leaked in a log file'],
                  ['please investigate', 'this looks suspicious', 'for my business account',
                   'after I changed my phone']),
-}
+})
 
 
 def _text(rng: random.Random) -> str:
