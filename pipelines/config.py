@@ -37,6 +37,7 @@ class JobConfig:
   derive: DeriveSpec = DeriveSpec()
   sinks: Tuple[SinkTarget, ...] = ()  # parsed --sink entries
   write: WritePolicy = WritePolicy()
+  on_other_settings: str = 'refuse'  # an output folder of other settings (pipelines.manifest)
 
   @property
   def mode(self) -> CollectionMode:
@@ -80,6 +81,10 @@ def job_config(options: PipelineOptions) -> JobConfig:
     raise ConfigError('--output must name a folder')
   if not output_opts.write_retry_timeout > 0:
     raise ConfigError('--write_retry_timeout is seconds, more than 0')
+  if output_opts.overwrite and output_opts.append:
+    raise ConfigError('choose --overwrite (replace the output) or --append (add to it), not both')
+  on_other_settings = ('overwrite' if output_opts.overwrite else
+                       'append' if output_opts.append else 'refuse')
   derive = derive_spec(options.view_as(DeriveOptions), model, window)
   write = WritePolicy(retry_s=output_opts.write_retry_timeout,
                       stop_job=runs_locally(options), job=uuid.uuid4().hex)
@@ -87,7 +92,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
                    output=output_opts.output, derive=derive,
                    # The one place the batch-or-streaming choice is read from the options.
                    streaming=bool(options.view_as(StandardOptions).streaming),
-                   sinks=parse_sinks(output_opts.sink, output_opts.output), write=write)
+                   sinks=parse_sinks(output_opts.sink, output_opts.output), write=write,
+                   on_other_settings=on_other_settings)
 
 
 def csv_delimiter(options: PipelineOptions) -> str:

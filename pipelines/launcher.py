@@ -16,6 +16,7 @@ from observability.metrics import snapshot
 from observability.report import RunFacts, invocation, write_report
 from pipelines.builder import WrittenFiles, build
 from pipelines.config import JobConfig
+from pipelines.manifest import prepare_output
 from pipelines.options import ConfigError
 from runners.choice import choose_local_runner, share_cores
 from transforms import job_state
@@ -84,6 +85,7 @@ def build_job(options: PipelineOptions, config: JobConfig, read: beam.PTransform
               test_pipeline: Optional[beam.Pipeline] = None) -> Job:
   """Builds the whole job behind `read` (runner defaults, the builder, the metrics steps)."""
   started, started_at = time.monotonic(), time.time()
+  prepare_output(config, config.on_other_settings)  # refuses a folder of other settings
   if test_pipeline is None:
     logging.info('Running on %s', choose_local_runner(options, config.streaming))
     config = config._replace(model=share_cores(options, config.model))

@@ -159,6 +159,12 @@ class OutputOptions(PipelineOptions):
                         'store in DIR/vectors), lancedb:URI, redis://HOST:PORT/DB?stream=NAME, '
                         'pubsub://projects/P/topics/T, kafka://BROKERS/TOPIC, '
                         'bq://PROJECT.DATASET.TABLE.')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='The folder holds output of other settings (DIR/manifest.json): '
+                        'remove it first.')
+    parser.add_argument('--append', action='store_true',
+                        help='The folder holds output of other settings: add to it anyway '
+                        '(the manifest records both).')
     parser.add_argument('--write_retry_timeout', type=float, default=DEFAULT_WRITE_RETRY_S,
                         help='Seconds a failing write (disk full, Redis sink or XACK down) '
                         'is retried with backoff before a local job stops; unacknowledged '
