@@ -16,6 +16,7 @@ from pipelines.builder import WrittenFiles, build
 from observability.report import RunFacts, invocation, write_report
 from pipelines.options import ConfigError, JobConfig
 from pipelines.preflight import runs_locally
+from runners.local_streaming import PatchRefused
 from transforms.io import faults
 from transforms.fields import MISSING, format_path, resolve
 from transforms.records import Undecodable, decode_object
@@ -276,7 +277,7 @@ def main(run: Callable[..., JobResult], argv=None) -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     result = run(argv)
-  except (ConfigError, UnavailableIO) as e:
+  except (ConfigError, UnavailableIO, PatchRefused) as e:
     print(f'error: {redacted(str(e))}', file=sys.stderr)
     sys.exit(2)
   if result.failure:
