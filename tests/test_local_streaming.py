@@ -73,6 +73,7 @@ def test_a_missing_original_is_refused_by_name():
     local_streaming.check_beam(beam.__version__, source_of)
 
 
+# The stream job, on a Beam whose _OutputHandler.reset is not 2.77.0's.
 CHANGED_BEAM = """\
 import sys
 
