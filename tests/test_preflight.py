@@ -123,15 +123,19 @@ def test_a_source_that_fails_every_poll_is_not_a_success(server, tmp_path):
         [sys.executable, '-m', 'pipelines.stream', '--source',
          f'{server.url()}?stream=events&group=g', '--output', str(tmp_path), '--duration', '15'],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE='1'))
-    deadline = time.monotonic() + 60
-    while 'Running on' not in log_path.read_text():  # the start checks passed
-      assert time.monotonic() < deadline and job.poll() is None, log_path.read_text()
-      time.sleep(0.05)
-    server.stop()
     try:
-      code = job.wait(180)
+      deadline = time.monotonic() + 60
+      while 'Running on' not in log_path.read_text():  # the start checks passed
+        assert time.monotonic() < deadline and job.poll() is None, log_path.read_text()
+        time.sleep(0.05)
+      server.stop()
+      try:
+        code = job.wait(180)
+      finally:
+        server.start()  # the module's other tests use it
     finally:
-      server.start()  # the module's other tests use it
+      if job.poll() is None:  # a failed wait: the job must not outlive the test
+        job.kill()
   printed = log_path.read_text()
   assert code == 1, printed[-3000:]
   assert 'every record accounted for' not in printed
