@@ -19,6 +19,7 @@ from pipelines.config import JobConfig
 from pipelines.manifest import prepare_output
 from pipelines.options import ConfigError
 from runners.choice import choose_local_runner, share_cores
+from runners.local_streaming import PatchRefused
 from transforms import job_state
 from transforms.io.cloud_io import UnavailableIO
 from transforms.io.sinks import DEADLETTER_DIR, ENRICHED_DIR
@@ -176,7 +177,7 @@ def main(run: Callable[..., JobResult], argv=None) -> None:
   configure_logging()
   try:
     result = run(argv)
-  except (ConfigError, UnavailableIO) as e:
+  except (ConfigError, UnavailableIO, PatchRefused) as e:
     print(f'error: {redacted(str(e))}', file=sys.stderr)
     sys.exit(2)
   if result.failure:

@@ -17,10 +17,12 @@ Usage::
 Nothing in site-packages is modified: every patch replaces one Beam function /
 method with a corrected copy at run time.  Each patch names the Beam problem
 it works around.  Only apache_beam 2.77.0 is accepted because the replaced
-code is copied from that version: in each copied body, the lines that differ
-from Beam's (apache_beam/runners/direct/...) carry a `# CHANGED:` comment
-saying why; unmarked lines are Beam's (module prefixes such as `te.` added,
-some of its asserts and comments left out).
+code is copied from that version, and install() checks the originals
+themselves: the sha256 of each one's source must be the one in BEAM_ORIGINALS,
+else it raises PatchRefused naming the function.  In each copied body, the
+lines that differ from Beam's (apache_beam/runners/direct/...) carry a
+`# CHANGED:` comment saying why; unmarked lines are Beam's (module prefixes
+such as `te.` added, some of its asserts and comments left out).
 
 Patches (each replaces one Beam 2.77 function/method, see the comments):
   1. sdf_direct_runner.ProcessKeyedElementsViaKeyedWorkItems.expand
@@ -41,12 +43,62 @@ windows, so a clean stop has to come from the source (watermark -> +inf and
 return without deferring).
 """
 
+import hashlib
+import importlib
+import inspect
 import threading
 import time
+import types
+from typing import Callable
 
 _EXPECTED_BEAM_VERSION = '2.77.0'
-_installed = False
+_installed = False  # patches apply to Beam's classes, i.e. once per process
 _install_lock = threading.Lock()
+
+# The sha256 of inspect.getsource() of each Beam 2.77.0 original that a patch
+# replaces (or, for _ExecutorServiceWorker and TransformExecutor.call, relies
+# on), by its place under apache_beam.runners.direct. The copies below were
+# written against exactly these bodies, so install() refuses any other.
+# After a deliberate upgrade: re-check each patch, then print the new digests
+# with `python -m runners.local_streaming`.
+BEAM_ORIGINALS = types.MappingProxyType({
+    'sdf_direct_runner.ProcessKeyedElementsViaKeyedWorkItems.expand':
+        'ff107bdfc1c7c5bf89821d4086659250f5164a0f3da39bea4c110bfffb70c0da',
+    'sdf_direct_runner._OutputHandler.handle_process_outputs':
+        '5627b16d3956e378716896d14a4867b3a148d9d1a44d4464818da0598c10421b',
+    'sdf_direct_runner._OutputHandler.reset':
+        'f4a2c3feac1bd16824a8deb6a2d6c081ad57195bace4207c657284827bbf1fe9',
+    'sdf_direct_runner.SDFProcessElementInvoker.invoke_process_element':
+        'd2c38932c668d085d6d15b357279902258727c5c1ed82c9da3b9ee2c480d7cfd',
+    'sdf_direct_runner.ProcessFn.process':
+        '0e20f45adfef24693e7bc69aad234420edbf7248f33b73155e053eeb8e727b95',
+    'transform_evaluator._ProcessElementsEvaluator.process_timer':
+        '235756221854b91677280ced5ec855d34cbb93ad39cc71eaa84112c37648cad2',
+    'watermark_manager._TransformWatermarks.extract_transform_timers':
+        '897adb07f063798e1ca059d8103f3f984e033c924da449b52b034c12a480e102',
+    'transform_evaluator._ParDoEvaluator.start_bundle':
+        '23c7e2f6f26f091dd2c51711a19deebae07f76c9032a110fce51ca552b3fd13e',
+    'transform_evaluator._ParDoEvaluator.finish_bundle':
+        '26c32886c271dabb0632e50ec05c8386e224c54e3bb45c41c727589256cce5f7',
+    'executor.Executor.await_completion':
+        'd27b941e86cd336f88c6e86f49ddb7013294f62d8dac958e3a5f2e77a26a9a93',
+    'executor.Executor.shutdown':
+        'b74abf690f553c394ae57a7ff1e77c3b0fce78154fa4da87931c5e611b928958',
+    'executor._ExecutorServiceParallelExecutor._MonitorTask.call':
+        '1ee55554baa9987659fa4ad4072fc13a97e5af91591fe3359222d792ea2b3678',
+    'executor._ExecutorServiceParallelExecutor._MonitorTask._should_shutdown':
+        'd495932bcc1cbe61f38ed98990ba40c3515d6351e568ff4762b69c320dc02374',
+    'executor._ExecutorService._ExecutorServiceWorker':
+        '83aba81e91bc657fb28c9411b795c16f7bf57db26f43d50aa70ebee9b8779446',
+    'executor.TransformExecutor.call':
+        '0e12e5cc461d2f5d3d83dbc6043b34c7b301978f9faf2f444f3a857f88e153f9',
+})
+_ORIGINAL = '_local_streaming_replaces'  # set on each replacement: the Beam original
+
+
+class PatchRefused(RuntimeError):
+  """The installed Beam is not the code the patches were written against."""
+
 
 # How long the executor's monitor sleeps when there is nothing to do.  Bounds
 # the latency of processing-time timers (SDF resumes, buffering timers).
@@ -59,18 +111,13 @@ _monitor_state = threading.local()  # .busy: set by the monitor, see below
 
 
 def install():
-  """Applies the patches (idempotent)."""
+  """Applies the patches (idempotent); raises PatchRefused on any other Beam."""
   global _installed
   import apache_beam
-  if apache_beam.__version__ != _EXPECTED_BEAM_VERSION:
-    raise RuntimeError(
-        'local_streaming patches are written against apache_beam %s, but '
-        'apache_beam %s is installed; re-check every patched function before '
-        'changing the pinned version.' %
-        (_EXPECTED_BEAM_VERSION, apache_beam.__version__))
   with _install_lock:
     if _installed:
       return
+    check_beam(apache_beam.__version__)
     _patch_sdf_expansion()
     _patch_sdf()
     _patch_timers()
@@ -78,6 +125,54 @@ def install():
     _patch_executor()
     _patch_metrics()
     _installed = True
+
+
+def source_digest(source: str) -> str:
+  return hashlib.sha256(source.encode()).hexdigest()
+
+
+def beam_original(name: str):
+  """The Beam object at `name` (a BEAM_ORIGINALS key) as Beam defines it, also
+  once a patch replaced it."""
+  module, *path = name.split('.')
+  found = importlib.import_module(f'apache_beam.runners.direct.{module}')
+  for attribute in path:
+    found = getattr(found, attribute)
+  return getattr(found, _ORIGINAL, found)
+
+
+def original_source(name: str) -> str:
+  return inspect.getsource(beam_original(name))
+
+
+def check_beam(version: str, source_of: Callable[[str], str] = original_source) -> None:
+  """Raises PatchRefused unless `version` and the source of every original (by
+  `source_of(name)`) are those the patches were written against."""
+  if version != _EXPECTED_BEAM_VERSION:
+    raise PatchRefused(
+        f'the local streaming runner\'s patches are written against apache_beam '
+        f'{_EXPECTED_BEAM_VERSION}, but {version} is installed: run on another runner, '
+        f'or re-check every patch in runners/local_streaming.py first')
+  for name, digest in BEAM_ORIGINALS.items():
+    try:
+      changed = source_digest(source_of(name)) != digest
+    except (AttributeError, ImportError, OSError, TypeError) as e:
+      raise PatchRefused(
+          f'the local streaming runner cannot read apache_beam.runners.direct.{name}, '
+          f'which it patches ({type(e).__name__}: {e})') from None
+    if changed:
+      raise PatchRefused(
+          f'apache_beam.runners.direct.{name} is not the apache_beam '
+          f'{_EXPECTED_BEAM_VERSION} code the local streaming runner\'s patch of it was '
+          f'written against (its source digest differs): re-check that patch in '
+          f'runners/local_streaming.py, or run on another runner')
+
+
+def _replace(owner, attribute: str, replacement) -> None:
+  """Sets owner.attribute to replacement, which remembers Beam's original."""
+  original = getattr(owner, attribute)
+  setattr(replacement, _ORIGINAL, getattr(original, _ORIGINAL, original))
+  setattr(owner, attribute, replacement)
 
 
 # ---------------------------------------------------------------------------
@@ -115,7 +210,7 @@ def _patch_sdf_expansion():
         | 'KeyedSingletons' >> beam.Map(lambda kv: (kv[0], [kv[1]]))
         | process_elements)
 
-  sdr.ProcessKeyedElementsViaKeyedWorkItems.expand = expand
+  _replace(sdr.ProcessKeyedElementsViaKeyedWorkItems, 'expand', expand)
 
 
 # ---------------------------------------------------------------------------
@@ -170,8 +265,8 @@ def _patch_sdf():
     self.estimator_state = None
     self.checkpoint_fn = lambda: None
 
-  sdr._OutputHandler.handle_process_outputs = handle_process_outputs
-  sdr._OutputHandler.reset = reset
+  _replace(sdr._OutputHandler, 'handle_process_outputs', handle_process_outputs)
+  _replace(sdr._OutputHandler, 'reset', reset)
 
   # Beam bug: invoke_process_element ignored what invoke_process returns (the
   # defer_remainder() residual + its delay), treated try_split's list of
@@ -249,7 +344,7 @@ def _patch_sdf():
     result.watermark_estimator_state = output_processor.estimator_state
     yield result
 
-  sdr.SDFProcessElementInvoker.invoke_process_element = invoke_process_element
+  _replace(sdr.SDFProcessElementInvoker, 'invoke_process_element', invoke_process_element)
 
   timestamp_tag = _ReadModifyWriteStateTag('element_timestamp')
 
@@ -344,7 +439,7 @@ def _patch_sdf():
           TimeDomain.REAL_TIME,
           Timestamp.now() + max(sdf_result.resume_delay, Duration(0)))
 
-  sdr.ProcessFn.process = process
+  _replace(sdr.ProcessFn, 'process', process)
 
   # Beam bug: the default _TransformEvaluator.process_timer wraps a timer
   # firing in a *global-window* element, so a resumed SDF restriction living
@@ -358,7 +453,7 @@ def _patch_sdf():
                 timer_firing.encoded_key, timer_firings=[timer_firing]),
             timer_firing.window.max_timestamp(), [timer_firing.window]))
 
-  te._ProcessElementsEvaluator.process_timer = process_timer
+  _replace(te._ProcessElementsEvaluator, 'process_timer', process_timer)
 
 
 # ---------------------------------------------------------------------------
@@ -415,7 +510,7 @@ def _patch_timers():
       self._fired_timers.update(fired_timers)
       return fired_timers, has_realtime_timer
 
-  wm._TransformWatermarks.extract_transform_timers = extract_transform_timers
+  _replace(wm._TransformWatermarks, 'extract_transform_timers', extract_transform_timers)
 
 
 # ---------------------------------------------------------------------------
@@ -529,8 +624,8 @@ def _patch_dofn_reuse():
       self.user_state_context.reset()
     return te.TransformResult(self, bundles, [], result_counters, None)
 
-  te._ParDoEvaluator.start_bundle = start_bundle
-  te._ParDoEvaluator.finish_bundle = finish_bundle
+  _replace(te._ParDoEvaluator, 'start_bundle', start_bundle)
+  _replace(te._ParDoEvaluator, 'finish_bundle', finish_bundle)
 
   def _teardown_all(ctx):
     if not hasattr(ctx, '_ls_dofn_pool'):
@@ -558,8 +653,8 @@ def _patch_dofn_reuse():
     finally:
       _teardown_all(self._executor.evaluation_context)
 
-  Executor.await_completion = await_completion
-  Executor.shutdown = shutdown
+  _replace(Executor, 'await_completion', await_completion)
+  _replace(Executor, 'shutdown', shutdown)
 
 
 # ---------------------------------------------------------------------------
@@ -654,8 +749,8 @@ def _patch_executor():
     self._executor.executor_service.shutdown()
     return True
 
-  Monitor.call = call
-  Monitor._should_shutdown = _should_shutdown
+  _replace(Monitor, 'call', call)
+  _replace(Monitor, '_should_shutdown', _should_shutdown)
 
   # Not a bug, a latency fix: idle workers poll their queue with a 5 s
   # timeout, so wait_until_finish() could take up to 5 s after the pipeline
@@ -688,4 +783,9 @@ def _patch_metrics():
         container.reset()
       return container
 
-  ex.MetricsContainer = per_step_container
+  _replace(ex, 'MetricsContainer', per_step_container)
+
+
+if __name__ == '__main__':
+  for key in BEAM_ORIGINALS:
+    print(f'{key}: {source_digest(original_source(key))}')

@@ -2,6 +2,7 @@
 and lateness for sources whose watermark the runner owns (TestStream)."""
 import datetime
 import json
+import pathlib
 from collections import namedtuple
 
 import apache_beam as beam
@@ -36,6 +37,9 @@ from transforms.io.uris import live_source, sink, watermark_slack_s
 from transforms.windowing import WindowSpec
 
 S = 1_000_000
+# Where Beam keeps the jar that Kafka's expansion service runs from.
+KAFKA_EXPANSION_JAR = (pathlib.Path.home() / '.apache_beam' / 'cache' / 'jars' /
+                       'beam-sdks-java-io-expansion-service-2.77.0.jar')
 
 
 def window_rows(extras=None):
@@ -178,12 +182,14 @@ def test_pubsub_and_kafka_sources_resolve_with_their_settings():
     live_source('pubsub://projects/p/topics/t', None, 2, 0.2)
   kafka = live_source('kafka://b1:9092,b2:9092/events?group=enrich', None, 2, 0.2)
   assert isinstance(kafka, ReadKafka)
-  # Kafka needs Java and Beam's expansion-service jar, which cannot be fetched here:
-  # the job says so in one clear error instead of a traceback.
+  # Kafka needs Java and Beam's expansion-service jar: where the jar cannot be had
+  # (offline, none in Beam's cache) the job says so in one clear error, not a traceback.
   try:
     _ = beam.Pipeline() | kafka
   except UnavailableIO as e:
     assert 'expansion service' in str(e) and 'kafka://b1:9092,b2:9092/events' in str(e)
+  else:  # it expanded: only with the jar at hand
+    assert KAFKA_EXPANSION_JAR.exists(), 'Kafka expanded without the expansion service jar'
 
 
 def _message(n, event_s, published_s):

@@ -82,6 +82,7 @@ def test_zero_shot_labels_on_a_labelled_set(real_model):
   assert correct >= 11, list(zip(predicted, [e['label'] for e in examples]))
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_duplicate_precision_and_recall_at_the_default_threshold(real_model):
   pairs = lines('paraphrases.jsonl')

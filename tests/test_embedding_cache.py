@@ -121,6 +121,7 @@ def _first_texts(archive, limit):
     return list(itertools.islice((t for t in texts if isinstance(t, str) and t.strip()), limit))
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_cached_embeddings_equal_uncached_ones_on_the_archive(real_model, wiki_archive):
   # The first 2000 comments of the shared archive (39% of them repeat an earlier

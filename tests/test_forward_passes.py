@@ -102,6 +102,7 @@ def _first_distinct_texts(archive, limit):
     return list(itertools.islice(seen, limit))
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_token_passes_give_the_vectors_of_plain_encode_on_the_archive(real_model, wiki_archive):
   # 600 distinct comments of the shared archive (Korean, IPv6 addresses, wiki

@@ -9,6 +9,7 @@ import datetime
 import json
 
 import apache_beam as beam
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from transforms import records as r
@@ -90,6 +91,7 @@ def test_arbitrary_bytes(data):
   judged(record)
 
 
+@pytest.mark.slow
 @fuzz(3000)
 @given(RECORDS, st.booleans(), st.sampled_from(range(len(MAPPINGS))),
        st.sampled_from(range(len(PARSERS))))
@@ -132,6 +134,7 @@ TIMES = st.one_of(
     st.datetimes(max_value=datetime.datetime(1, 1, 2)).map(lambda d: d.isoformat()))
 
 
+@pytest.mark.slow
 @fuzz(2200)
 @given(TIMES, st.sampled_from(range(len(PARSERS))))
 def test_event_time_parsing_returns_micros_or_raises_value_error(value, parser):
@@ -143,6 +146,7 @@ def test_event_time_parsing_returns_micros_or_raises_value_error(value, parser):
   assert format_micros(micros)  # every accepted time can be shown (messages, files)
 
 
+@pytest.mark.slow
 @fuzz(1400)
 @given(st.text(CHARS, max_size=30), JSON, st.text(CHARS, max_size=30), st.integers())
 def test_field_paths(dotted, obj, raw, position):

@@ -1,7 +1,13 @@
-"""The local streaming compatibility layer: pinned to Beam 2.77.0, and windows fire live.
+"""The local streaming compatibility layer: pinned to the Beam 2.77.0 code it patches, the
+embedding DoFn kept across bundles, and windows fire live.
 
-If a Beam upgrade breaks the patched internals, these tests fail first.
+If a Beam upgrade changes the patched internals, these tests fail first.
 """
+import functools
+import json
+import os
+import subprocess
+import sys
 import time
 
 import apache_beam as beam
@@ -13,25 +19,91 @@ from apache_beam.runners.direct.clock import TestClock
 from apache_beam.runners.direct.evaluation_context import DirectUnmergedState
 from apache_beam.runners.direct.watermark_manager import _TransformWatermarks
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.transforms.trigger import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
 
 from runners import local_streaming
+from runners.local_streaming import PatchRefused
+from tests.conftest import ROOT
+from tests.fakes import HashingModelHandler
 from tests.runners import streaming_pipeline
-from transforms.io.live_sources import ReadLive, Reader
-from transforms.records import RawRecord
+from transforms.enrich import EmbedEvents
+from transforms.io.live_sources import ArchiveReader, ReadLive, Reader
+from transforms.records import Event, RawRecord
 
 FIRED = []  # (window end, records the source had sent, source still open, window total)
 SOURCE = {}  # the running source's progress; one process, so the firing DoFn reads it
 BUNDLES = []
 
 
-def test_refuses_other_beam_versions(monkeypatch):
-  monkeypatch.setattr(beam, '__version__', '2.78.0')
-  monkeypatch.setattr(local_streaming, '_installed', False)
-  with pytest.raises(RuntimeError, match='2.77.0'):
-    local_streaming.install()
+def test_refuses_other_beam_versions():
+  local_streaming.check_beam(beam.__version__)  # the installed Beam is the one patched
+  with pytest.raises(PatchRefused, match=r'against apache_beam 2\.77\.0, but 2\.78\.0 is'):
+    local_streaming.check_beam('2.78.0')
+
+
+def test_the_installed_originals_are_the_ones_the_patches_copy():
+  local_streaming.install()  # replaced by now: each replacement leads back to Beam's original
+  for name, digest in local_streaming.BEAM_ORIGINALS.items():
+    assert local_streaming.source_digest(local_streaming.original_source(name)) == digest, name
+
+
+@pytest.mark.parametrize('changed', sorted(local_streaming.BEAM_ORIGINALS))
+def test_a_changed_original_is_refused_by_name(changed):
+  def source_of(name):
+    source = local_streaming.original_source(name)
+    return source + '    pass\n' if name == changed else source
+
+  with pytest.raises(PatchRefused) as refused:
+    local_streaming.check_beam(beam.__version__, source_of)
+  message = str(refused.value)
+  assert f'apache_beam.runners.direct.{changed} is not' in message and '\n' not in message
+
+
+def test_a_missing_original_is_refused_by_name():
+  def source_of(name):
+    if name.endswith('ProcessFn.process'):
+      raise AttributeError("type object 'ProcessFn' has no attribute 'process'")
+    return local_streaming.original_source(name)
+
+  with pytest.raises(PatchRefused, match=r'cannot read apache_beam\.runners\.direct\.'
+                     r'sdf_direct_runner\.ProcessFn\.process'):
+    local_streaming.check_beam(beam.__version__, source_of)
+
+
+# The stream job, on a Beam whose _OutputHandler.reset is not 2.77.0's.
+CHANGED_BEAM = """\
+import sys
+
+from apache_beam.runners.direct import sdf_direct_runner
+
+
+def reset(self):  # as a later Beam might write it
+  self.output_iter = None
+  self.extra = None
+
+
+sdf_direct_runner._OutputHandler.reset = reset
+from pipelines import launcher, stream
+launcher.main(stream.run, sys.argv[1:])
+"""
+
+
+@pytest.mark.e2e
+def test_the_stream_job_refuses_a_changed_beam_in_one_line(tmp_path):
+  script = tmp_path / 'changed_beam.py'
+  script.write_text(CHANGED_BEAM)
+  done = subprocess.run(
+      [sys.executable, str(script), '--source', 'synthetic://?rate=20', '--output',
+       str(tmp_path / 'out'), '--duration', '5'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1'))
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith('error: '), done.stderr[-3000:]
+  assert 'apache_beam.runners.direct.sdf_direct_runner._OutputHandler.reset' in lines[0]
 
 
 def _watermarks_with_timer(time_domain, at, clock):
@@ -144,3 +216,46 @@ class _FiringDoFn(beam.DoFn):
 
   def process(self, kv, win=beam.DoFn.WindowParam):
     FIRED.append((float(win.end), SOURCE['sent'], SOURCE['open'], kv[1]))
+
+
+LOADS = []  # one entry per load_model() call of _CountingHandler in this process
+BATCHES = []  # the size of each RunInference batch
+
+
+class _CountingHandler(HashingModelHandler):
+  """The fake model handler, counting its loads (one per RunInference DoFn setup) and batches."""
+
+  def load_model(self):
+    LOADS.append(1)
+    return super().load_model()
+
+  def run_inference(self, batch, model, inference_args=None):
+    BATCHES.append(len(batch))
+    return super().run_inference(batch, model, inference_args)
+
+
+def test_the_embedding_step_is_set_up_once_not_per_bundle(tmp_path):
+  """A live source emits one bundle per poll; the model loads once for the run."""
+  local_streaming.install()
+  LOADS.clear()
+  BATCHES.clear()
+  archive = tmp_path / 'events.jsonl'
+  archive.write_text(''.join(json.dumps({'t': n, 'text': f'event {n}'}) + '\n' for n in range(20)))
+  with streaming_pipeline() as p:
+    events = (p
+              | ReadLive(functools.partial(ArchiveReader, str(archive)),
+                         lambda record: json.loads(record.raw)['t'] * 1_000_000,
+                         max_out_of_orderness_s=0, poll_interval_s=0.01, max_records=4)
+              | beam.Map(_event))
+    embedded, failed = events | EmbedEvents(_CountingHandler())
+    assert_that(embedded | beam.Map(lambda row: row.event.id),
+                equal_to([f'e{n}' for n in range(20)]), label='all embedded')
+    assert_that(failed, equal_to([]), label='none failed')
+  assert sum(BATCHES) == 20 and len(BATCHES) >= 5  # five polls of four, a bundle each
+  assert len(LOADS) == 1, (LOADS, BATCHES)  # the local runner's one worker
+
+
+def _event(record):
+  body = json.loads(record.raw)
+  return Event(f'e{body["t"]}', body['t'] * 1_000_000, body['text'], record.source,
+               record.stream, record.raw)

@@ -17,6 +17,7 @@ def cache(tmp_path_factory):
     yield folder
 
 
+@pytest.mark.slow
 def test_onnx_matches_torch_and_is_exported_once(cache, real_model):
   config = ModelConfig(device='cpu', backend='onnx')
   config.validate()
@@ -34,6 +35,7 @@ def test_onnx_matches_torch_and_is_exported_once(cache, real_model):
   assert list(cache.rglob('model.onnx')) == exported  # reused, not exported again
 
 
+@pytest.mark.slow
 def test_int8_quantization_loads_and_stays_near(cache, real_model):
   encoder = load_sentence_transformer(ModelConfig(device='cpu', backend='onnx', quantize='int8'))
   vectors = encoder.encode(TEXTS[:3])

@@ -4,6 +4,7 @@ import json
 import apache_beam as beam
 import numpy as np
 import pyarrow.dataset as ds
+import pytest
 from tests.runners import batch_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -138,6 +139,7 @@ def test_session_windows_are_written_merged(tmp_path):
   assert spans == [('e1', 1, 9), ('e2', 1, 9), ('e3', 30, 35)]
 
 
+@pytest.mark.slow
 def test_replaying_twice_into_the_vector_store_keeps_one_vector_per_event(tmp_path):
   from transforms.io.vector_store import open_table
   with_vectors = config(tmp_path)._replace(sinks=(parse_sink('vectors', str(tmp_path)),))

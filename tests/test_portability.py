@@ -124,6 +124,7 @@ def test_portable_runner_gives_the_same_rows_as_the_direct_runner(tmp_path):
   assert len(_rows(tmp_path / 'direct')) == 4
 
 
+@pytest.mark.slow
 def test_worker_package_holds_the_job_and_imports_outside_the_checkout(tmp_path):
   built = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
                           '-w', str(tmp_path / 'wheel'), str(ROOT)],

@@ -1,7 +1,8 @@
 """Bad flags and broken dependencies end the job before it starts: one `error:` line, exit 2.
 
-Each case runs the entry point as a user would. The bound on the time is
-generous (a loaded CI machine); the measured seconds are printed (pytest -s).
+Each case runs the entry point as a user would. "Before it starts" is checked by what the
+job did, not by a clock: exit 2 with one line and no traceback, before the job was built
+(no "Running on" line). The seconds are printed (pytest -s), never asserted.
 """
 import json
 import os
@@ -47,8 +48,8 @@ def refused_at_start(module, *args, expect):
   assert len(lines) == 1 and lines[0].startswith('error: '), done.stderr[-3000:]
   assert expect in lines[0], lines[0]
   assert SECRET not in done.stdout + done.stderr
+  assert 'Traceback' not in done.stderr and 'Running on' not in done.stdout + done.stderr
   print(f'{module} {expect!r}: exit 2 after {seconds:.1f} s')
-  assert seconds < 20, seconds  # the issue asks for 5 s; measured figures in the README
   return lines[0]
 
 
@@ -122,15 +123,19 @@ def test_a_source_that_fails_every_poll_is_not_a_success(server, tmp_path):
         [sys.executable, '-m', 'pipelines.stream', '--source',
          f'{server.url()}?stream=events&group=g', '--output', str(tmp_path), '--duration', '15'],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE='1'))
-    deadline = time.monotonic() + 60
-    while 'Running on' not in log_path.read_text():  # the start checks passed
-      assert time.monotonic() < deadline and job.poll() is None, log_path.read_text()
-      time.sleep(0.05)
-    server.stop()
     try:
-      code = job.wait(180)
+      deadline = time.monotonic() + 60
+      while 'Running on' not in log_path.read_text():  # the start checks passed
+        assert time.monotonic() < deadline and job.poll() is None, log_path.read_text()
+        time.sleep(0.05)
+      server.stop()
+      try:
+        code = job.wait(180)
+      finally:
+        server.start()  # the module's other tests use it
     finally:
-      server.start()  # the module's other tests use it
+      if job.poll() is None:  # a failed wait: the job must not outlive the test
+        job.kill()
   printed = log_path.read_text()
   assert code == 1, printed[-3000:]
   assert 'every record accounted for' not in printed

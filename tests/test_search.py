@@ -93,6 +93,7 @@ def search(capsys):
   return run
 
 
+@pytest.mark.e2e
 def test_the_command_answers_and_refuses_a_missing_query(store):
   done = subprocess.run([sys.executable, '-m', 'pipelines.search', 'water leak', '--store',
                          str(store), '-k', '1', '--json'], cwd=ROOT,

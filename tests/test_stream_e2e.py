@@ -34,10 +34,27 @@ def wiki_lines(tmp_path_factory, wiki_archive):
   return path
 
 
+_STARTED = []  # the processes python() started in the running test
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_running():
+  """A test that fails while its jobs run kills them: left running, a job keeps polling
+  a server that is gone and slows every later test."""
+  yield
+  while _STARTED:
+    process = _STARTED.pop()
+    if process.poll() is None:
+      process.kill()
+      process.wait(30)
+
+
 def python(module, *args, log):
-  return subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT,
-                          env=dict(os.environ, HF_HUB_OFFLINE='1'),
-                          stdout=log, stderr=subprocess.STDOUT)
+  process = subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT,
+                             env=dict(os.environ, HF_HUB_OFFLINE='1'),
+                             stdout=log, stderr=subprocess.STDOUT)
+  _STARTED.append(process)
+  return process
 
 
 def produce(url, path, *args):

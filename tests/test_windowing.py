@@ -1,4 +1,6 @@
-"""Event time: window assignment, allowed lateness and late data, driven by TestStream."""
+"""Window specs, the lateness rule, and the bounded (replay) path with Create: late events
+flagged in stream order, sessions and sliding windows. Live event time, driven by TestStream
+through the job's steps, is in test_event_time.py."""
 import apache_beam as beam
 import pytest
 from tests.runners import batch_pipeline, streaming_pipeline

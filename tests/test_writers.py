@@ -6,6 +6,7 @@ import sys
 
 import apache_beam as beam
 import pyarrow.dataset as ds
+import pytest
 
 from models.loading import ModelConfig
 from pipelines.builder import build
@@ -94,6 +95,7 @@ for w in range({windows}):
                           text=True)
 
 
+@pytest.mark.slow
 def test_concurrent_upserts_from_several_jobs_keep_every_row(tmp_path):
   from transforms.io.vector_store import open_table
   store = tmp_path / 'vectors'

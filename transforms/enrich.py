@@ -2,7 +2,8 @@
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import window
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from models.handler import InferenceFailure
 from observability.instruments import MeasuredKeyedHandler
@@ -16,7 +17,7 @@ class _SplitResultsFn(beam.DoFn):
     self._stamp = stamp
     self._embedded = Metrics.counter('enrichment', 'events_embedded')
 
-  def process(self, keyed_result):
+  def process(self, keyed_result, win=beam.DoFn.WindowParam):
     event, result = keyed_result
     if isinstance(result.inference, InferenceFailure):
       yield beam.pvalue.TaggedOutput(DEADLETTER, r.DeadLetter(
@@ -25,9 +26,11 @@ class _SplitResultsFn(beam.DoFn):
     else:
       self._embedded.inc()
       if self._stamp:
-        # Batching loses element timestamps; each row gets its event time back.
-        yield window.TimestampedValue(r.Embedded(event, result.inference),
-                                      event.event_time_us / 1_000_000)
+        # Batching loses element timestamps; each row gets its event time back, in
+        # the window it came in. (A TimestampedValue would be assigned all its
+        # windows again: each sliding window would get a copy of every window's row.)
+        yield WindowedValue(r.Embedded(event, result.inference),
+                            Timestamp(micros=event.event_time_us), [win])
       else:
         yield r.Embedded(event, result.inference)
 
