@@ -47,7 +47,7 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
   handler = model_handler or SentenceTransformerHandler(config.model)
   job = config.write.job
   events, unparsable = raw_records | 'Parse events' >> ParseEvents(
-      config.mapping, config.time_parser)
+      config.mapping, config.time_parser, config.max_record_bytes)
   on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
   if config.mode is CollectionMode.UNBOUNDED:
     # Batches must stay inside windows while the watermark moves: a batch of

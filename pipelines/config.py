@@ -18,6 +18,7 @@ from transforms.grouping import CollectionMode
 from transforms.io.faults import WritePolicy
 from transforms.io.targets import SinkTarget, parse_sink
 from transforms.io.uris import watermark_slack_s
+from transforms.records import DEFAULT_MAX_RECORD_BYTES
 from transforms.windowing import WindowSpec
 
 
@@ -37,6 +38,7 @@ class JobConfig:
   derive: DeriveSpec = DeriveSpec()
   sinks: Tuple[SinkTarget, ...] = ()  # parsed --sink entries
   write: WritePolicy = WritePolicy()
+  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # a larger record is a too_large dead letter
 
   @property
   def mode(self) -> CollectionMode:
@@ -78,6 +80,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
   output_opts = options.view_as(OutputOptions)
   if not output_opts.output:
     raise ConfigError('--output must name a folder')
+  if not mapping_opts.max_record_bytes > 0:
+    raise ConfigError('--max_record_bytes is a size in bytes, more than 0')
   if not output_opts.write_retry_timeout > 0:
     raise ConfigError('--write_retry_timeout is seconds, more than 0')
   derive = derive_spec(options.view_as(DeriveOptions), model, window)
@@ -87,7 +91,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
                    output=output_opts.output, derive=derive,
                    # The one place the batch-or-streaming choice is read from the options.
                    streaming=bool(options.view_as(StandardOptions).streaming),
-                   sinks=parse_sinks(output_opts.sink, output_opts.output), write=write)
+                   sinks=parse_sinks(output_opts.sink, output_opts.output), write=write,
+                   max_record_bytes=mapping_opts.max_record_bytes)
 
 
 def csv_delimiter(options: PipelineOptions) -> str:

@@ -5,6 +5,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.loading import DEFAULT_EMBEDDING_CACHE, DEFAULT_MODEL, DEVICES, PRECISIONS
 from transforms.io.faults import DEFAULT_WRITE_RETRY_S
 from transforms.io.sources import FORMATS
+from transforms.records import DEFAULT_MAX_RECORD_BYTES
 
 
 # Measured on tests/data/paraphrases.jsonl with the default model: precision 1.0,
@@ -49,6 +50,9 @@ class MappingOptions(PipelineOptions):
     parser.add_argument('--time_format', default=None,
                         help='strptime format of the time; default ISO-8601 or epoch s/ms.')
     parser.add_argument('--timezone', default='UTC', help='Zone of times without an offset.')
+    parser.add_argument('--max_record_bytes', type=int, default=DEFAULT_MAX_RECORD_BYTES,
+                        help='A record over this many bytes is a too_large dead letter, '
+                        f'refused before it is decoded (default {DEFAULT_MAX_RECORD_BYTES:,}).')
 
 
 class WindowOptions(PipelineOptions):

@@ -59,8 +59,12 @@ def enriched_schema(dimensions: int) -> pa.Schema:
 
 
 def window_label(start_us: int) -> str:
-  """A path-safe UTC label for a window start, e.g. 20150912T004500Z."""
-  moment = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=start_us)
+  """A path-safe UTC label for a window start, e.g. 20150912T004500Z; a start outside years
+  1-9999 (a window of an event in year 1 may start in year 0) is labelled in microseconds."""
+  try:
+    moment = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=start_us)
+  except OverflowError:
+    return f'{start_us:+d}us'
   fraction = f'.{moment.microsecond:06d}' if moment.microsecond else ''
   return moment.strftime('%Y%m%dT%H%M%S') + fraction + 'Z'
 

@@ -45,6 +45,16 @@ def vector_table(batch: WindowRows, model: str) -> pa.Table:
   return pa.table([columns[field.name] for field in schema], schema=schema)
 
 
+def last_row_per_id(table: pa.Table, key: str = 'id') -> pa.Table:
+  """`table` with one row per key, the last one (LanceDB refuses a merge whose source
+  repeats a key: `Ambiguous merge inserts are prohibited`)."""
+  keys = table.column(key).to_pylist()
+  last = {k: i for i, k in enumerate(keys)}
+  if len(last) == len(keys):
+    return table
+  return table.take(sorted(last.values()))
+
+
 def open_table(uri: str, dimensions: Optional[int] = None):
   """Opens the events table at `uri`, creating it when `dimensions` is given."""
   import lancedb
@@ -77,7 +87,8 @@ class _UpsertFn(beam.DoFn):
   def finish_bundle(self):
     if not self._pending:
       return
-    data = pa.concat_tables([vector_table(batch, self._model) for batch, _, _ in self._pending])
+    data = last_row_per_id(
+        pa.concat_tables([vector_table(batch, self._model) for batch, _, _ in self._pending]))
     if self._table is None:
       self._table = open_table(self._uri, data.schema.field('vector').type.list_size)
     (self._table.merge_insert('id').when_matched_update_all()
