@@ -48,7 +48,8 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
   job = config.write.job
   events, unparsable = raw_records | 'Parse events' >> ParseEvents(
       config.mapping, config.time_parser, config.max_record_bytes)
-  on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
+  on_time, late = events | 'Flag late events' >> FlagLateEvents(
+      config.window, archive_lateness=config.replay_lateness)
   if config.mode is CollectionMode.UNBOUNDED:
     # Batches must stay inside windows while the watermark moves: a batch of
     # the global window is emitted at its end, which no watermark hold covers.

@@ -39,6 +39,7 @@ class JobConfig:
   sinks: Tuple[SinkTarget, ...] = ()  # parsed --sink entries
   write: WritePolicy = WritePolicy()
   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # a larger record is a too_large dead letter
+  replay_lateness: bool = False  # archives judged late in file order, as live (--replay_lateness)
 
   @property
   def mode(self) -> CollectionMode:
@@ -92,7 +93,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
                    # The one place the batch-or-streaming choice is read from the options.
                    streaming=bool(options.view_as(StandardOptions).streaming),
                    sinks=parse_sinks(output_opts.sink, output_opts.output), write=write,
-                   max_record_bytes=mapping_opts.max_record_bytes)
+                   max_record_bytes=mapping_opts.max_record_bytes,
+                   replay_lateness=bool(options.view_as(ArchiveOptions).replay_lateness))
 
 
 def csv_delimiter(options: PipelineOptions) -> str:

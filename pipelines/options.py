@@ -28,6 +28,10 @@ class ArchiveOptions(PipelineOptions):
     parser.add_argument('--csv_delimiter', default=',',
                         help='The CSV field delimiter (one character; \\t for a tab). CSV '
                         'files need a header row; every value is read as a string.')
+    parser.add_argument('--replay_lateness', action='store_true',
+                        help='Judge lateness as a live stream would, in each file\'s order '
+                        '(reproduces the live decisions); by default a replay enriches every '
+                        'record, however its archive is ordered. future_time stays on.')
 
 
 class MappingOptions(PipelineOptions):

@@ -93,11 +93,12 @@ class AssignEventTime(beam.PTransform):
 
 class _FlagLateFn(beam.DoFn):
   """Judges archive records by their stream's own order (it runs fused behind
-  the reader); live records by the watermark their source stamped on them.
+  the reader), where asked; live records by the watermark their source stamped on them.
   An event from the far future is split off first, so it moves no watermark."""
 
-  def __init__(self, spec: WindowSpec):
+  def __init__(self, spec: WindowSpec, archive_lateness: bool):
     self._spec = spec
+    self._archive_lateness = archive_lateness
     self._watermarks = {}  # stream -> Watermark
 
   def process(self, event: r.Event):
@@ -107,6 +108,9 @@ class _FlagLateFn(beam.DoFn):
           f'event time {format_micros(event.event_time_us)} is more than '
           f'{self._spec.max_future_skew_s:g}s ahead of the clock '
           f'({format_micros(time.time_ns() // 1000)})'))
+      return
+    if event.watermark_us is None and not self._archive_lateness:
+      yield event  # a backfill enriches every record, however its archive is ordered
       return
     mark = self._watermarks.get(event.stream)
     if mark is None:
@@ -135,14 +139,22 @@ class _FlagLateFn(beam.DoFn):
 
 class FlagLateEvents(beam.PTransform):
   """Splits off events that arrive after their windows closed, or from the far
-  future; returns (events, dead letters)."""
+  future; returns (events, dead letters).
 
-  def __init__(self, spec: WindowSpec):
+  Args:
+    archive_lateness: judge archive records (no watermark of their own) late as a live
+      stream would, in their file's order (replay's --replay_lateness); else only live
+      records can be late.
+  """
+
+  def __init__(self, spec: WindowSpec, archive_lateness: bool = True):
     super().__init__()
     self._spec = spec
+    self._archive_lateness = archive_lateness
 
   def expand(self, events):
-    outputs = events | 'Flag late' >> beam.ParDo(_FlagLateFn(self._spec)).with_outputs(
+    outputs = events | 'Flag late' >> beam.ParDo(
+        _FlagLateFn(self._spec, self._archive_lateness)).with_outputs(
         DEADLETTER, main='on_time')
     return outputs.on_time, outputs[DEADLETTER]
 
