@@ -89,7 +89,7 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters(
       periodic=config.mode.unbounded)
   written = windows | 'Write enriched' >> WriteEnrichedParquet(
-      config.output, config.model.model, config.write)
+      config.output, config.model.model, config.write, config.window)
   for target in config.sinks:
     written = written | sink_label(target) >> sink(target, config)
   if derive.topic_distance is not None:

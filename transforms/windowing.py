@@ -70,6 +70,15 @@ class WindowSpec(NamedTuple):
     latest = event_time_us - event_time_us % step
     return range(latest, event_time_us - round(self.size_s * _MICROS), -step)
 
+  def in_last_window(self, event_time_us: int, start_us: int) -> bool:
+    """Whether the window starting at `start_us` is the event's last (fixed windows and
+    sessions: its only one), after which nothing of it is still open."""
+    return self.kind != 'sliding' or self.window_starts_us(event_time_us)[0] == start_us
+
+  def windows_of(self, event_time_us: int) -> int:
+    """How many windows an event falls in: 1, or on sliding windows size / period (rounded)."""
+    return len(self.window_starts_us(event_time_us)) if self.kind == 'sliding' else 1
+
   def last_window_end_us(self, event_time_us: int) -> int:
     """The end of the latest window an event belongs to (before any session merge)."""
     if self.kind == 'sessions':

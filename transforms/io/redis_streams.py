@@ -195,9 +195,18 @@ class _RedisClientFn(beam.DoFn):
 
 class _AcknowledgeFn(_RedisClientFn):
 
+  def __init__(self, address: RedisStreamAddress, role: str, policy: faults.WritePolicy,
+               window=None):
+    super().__init__(address, role, policy)
+    self._window = window
+
   def process(self, written):
     if isinstance(written, WindowRows):
-      sources = [row.event.source for row in written.rows]
+      # Sliding windows: an entry is done once its last window is written; a kill before
+      # that would otherwise lose it from the windows still open.
+      sources = [row.event.source for row in written.rows
+                 if self._window is None
+                 or self._window.in_last_window(row.event.event_time_us, written.start_us)]
     else:
       sources = [letter.source for letter in written.letters]
     ids = entry_ids(sources, self._address.stream)
@@ -216,17 +225,20 @@ class AcknowledgeRedisEntries(beam.PTransform):
 
   Applied after the writes, so an entry is acknowledged only once its row or
   dead letter is durably stored; a crash before that leaves it pending, and
-  the next start reads it again.
+  the next start reads it again. With sliding windows (`window`, the job's WindowSpec) an
+  entry is acknowledged with its last window.
   """
 
   def __init__(self, address: RedisStreamAddress,
-               policy: faults.WritePolicy = faults.WritePolicy()):
+               policy: faults.WritePolicy = faults.WritePolicy(), window=None):
     super().__init__()
     self._address = address
     self._policy = policy
+    self._window = window
 
   def expand(self, written):
-    return written | 'XACK' >> beam.ParDo(_AcknowledgeFn(self._address, 'source', self._policy))
+    return written | 'XACK' >> beam.ParDo(
+        _AcknowledgeFn(self._address, 'source', self._policy, self._window))
 
 
 class _XaddFn(_RedisClientFn):
