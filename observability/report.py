@@ -19,6 +19,7 @@ import numpy as np
 
 from observability import charts
 from observability.monitoring import quantile
+from transforms.io.files import write_text
 from transforms.io.uri_query import redacted
 
 REPORT_NAME = 'report.html'
@@ -284,8 +285,5 @@ def write_report(facts: RunFacts) -> Optional[str]:
     logging.info('No run report: %s is not a local folder', output)
     return None
   path = os.path.join(output, REPORT_NAME)
-  temporary = path + '.tmp'
-  with open(temporary, 'w', encoding='utf-8') as f:
-    f.write(render(facts))
-  os.replace(temporary, path)
+  write_text(path, render(facts), facts.config.write.fsync)
   return path

@@ -87,7 +87,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
     raise ConfigError('--write_retry_timeout is seconds, more than 0')
   derive = derive_spec(options.view_as(DeriveOptions), model, window)
   write = WritePolicy(retry_s=output_opts.write_retry_timeout,
-                      stop_job=runs_locally(options), job=uuid.uuid4().hex)
+                      stop_job=runs_locally(options), job=uuid.uuid4().hex,
+                      fsync=not output_opts.no_fsync)
   return JobConfig(mapping=mapping, time_parser=time_parser, window=window, model=model,
                    output=output_opts.output, derive=derive,
                    # The one place the batch-or-streaming choice is read from the options.

@@ -20,6 +20,7 @@ from pipelines.options import ConfigError
 from runners.choice import choose_local_runner, share_cores
 from transforms import job_state
 from transforms.io.cloud_io import UnavailableIO
+from transforms.io.files import remove_stale_temporaries
 from transforms.io.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.io.uri_query import redacted
 
@@ -172,7 +173,9 @@ def _write_report(job: JobResult, config: JobConfig, started_at: float, final, s
 
 
 def _make_output_folders(output: str) -> None:
-  """Both folders exist after a run, even when one stays empty, so readers need no special case."""
+  """Both folders exist after a run, even when one stays empty, so readers need no special
+  case; temporary files a killed run left there are removed."""
+  remove_stale_temporaries(output)
   for sub in (ENRICHED_DIR, DEADLETTER_DIR):
     path = f'{output.rstrip("/")}/{sub}'
     if not FileSystems.exists(path):

@@ -171,6 +171,10 @@ class OutputOptions(PipelineOptions):
                         help='Seconds a failing write (disk full, Redis sink or XACK down) '
                         'is retried with backoff before a local job stops; unacknowledged '
                         'records stay pending for a restart.')
+    parser.add_argument('--no_fsync', action='store_true',
+                        help='Skip flushing each local file and its folder to the disk before '
+                        'and after its rename (faster; a power loss may then leave an empty '
+                        'file).')
 
 
 class StreamOptions(PipelineOptions):

@@ -83,7 +83,9 @@ def part_name(sources) -> str:
   """
   digest = hashlib.blake2b(digest_size=8)
   for source in sorted(sources):
-    digest.update(source.encode('utf-8', 'surrogatepass') + b'\\0')
+    encoded = source.encode('utf-8', 'surrogatepass')
+    # Length-prefixed: no source can spell a boundary (['a\\0b'] and ['a', 'b'] differ).
+    digest.update(len(encoded).to_bytes(8, 'big') + encoded)
   return f'part-{digest.hexdigest()}.parquet'
 
 
