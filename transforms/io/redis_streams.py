@@ -243,15 +243,18 @@ class AcknowledgeRedisEntries(beam.PTransform):
 
 class _XaddFn(_RedisClientFn):
 
-  def __init__(self, address: RedisStreamAddress, model: str, policy: faults.WritePolicy):
+  def __init__(self, address: RedisStreamAddress, model: str, policy: faults.WritePolicy,
+               maxlen: int):
     super().__init__(address, 'sink', policy)
     self._model = model
+    self._trim = {'maxlen': maxlen, 'approximate': True} if maxlen else {}
 
   def process(self, batch: WindowRows):
     def send():
       pipe = self._client.pipeline(transaction=False)
       for record in enriched_records(batch, self._model):
-        pipe.xadd(self._address.stream, {self._address.field: record_json(record)})
+        pipe.xadd(self._address.stream, {self._address.field: record_json(record)},
+                  **self._trim)
       pipe.execute()
 
     try:
@@ -266,15 +269,18 @@ class WriteRedisStream(beam.PTransform):
   """XADDs each enriched row as JSON to a Redis Stream; passes the WindowRows on.
 
   The JSON holds every Parquet column (the embedding as a list) and the derived ones.
-  A retried XADD after a lost connection may add a row twice (at least once).
+  A retried XADD after a lost connection may add a row twice (at least once). The stream
+  is trimmed to about `maxlen` entries (XADD MAXLEN ~; 0: never trimmed).
   """
 
   def __init__(self, address: RedisStreamAddress, model: str,
-               policy: faults.WritePolicy = faults.WritePolicy()):
+               policy: faults.WritePolicy = faults.WritePolicy(), maxlen: int = 0):
     super().__init__()
     self._address = address
     self._model = model
     self._policy = policy
+    self._maxlen = maxlen
 
   def expand(self, windows):
-    return windows | 'XADD rows' >> beam.ParDo(_XaddFn(self._address, self._model, self._policy))
+    return windows | 'XADD rows' >> beam.ParDo(
+        _XaddFn(self._address, self._model, self._policy, self._maxlen))

@@ -93,7 +93,7 @@ def sink(target: SinkTarget, config) -> beam.PTransform:
   """
   model = config.model.model
   if isinstance(target, RedisTarget):
-    return WriteRedisStream(target.address, model, config.write)
+    return WriteRedisStream(target.address, model, config.write, target.maxlen)
   if isinstance(target, PubSubTarget):
     return WritePubSub(target, model)
   if isinstance(target, KafkaTarget):
