@@ -33,7 +33,8 @@ from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
 from transforms import job_state
 from transforms.io.live_sources import EventTimeOf
-from transforms.io.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
+from transforms.io.redis_streams import (AcknowledgeRedisEntries, RedisStreamAddress,
+                                         claim_idle_s)
 from transforms.records import WindowRows
 from transforms.io.targets import BigQueryTarget, KafkaTarget, PubSubTarget
 from transforms.io.uri_query import redacted
@@ -98,7 +99,7 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
                                                   config.window.max_future_skew_s),
                        config.window.max_out_of_orderness_s, stream.poll_interval,
                        options.view_as(ArchiveOptions).input_format, csv_delimiter(options),
-                       job=config.write.job)
+                       job=config.write.job, claim_idle_s=claim_idle_s(config.window))
     acknowledged = acknowledged_stream(stream.source)
   except ValueError as e:
     raise ConfigError(str(e)) from None

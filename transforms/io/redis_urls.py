@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 
 from transforms.io.uri_query import redacted, uri_query
 
-JOB_PARAMETERS = ('stream', 'group', 'field', 'consumer', 'password_file')
+JOB_PARAMETERS = ('stream', 'group', 'field', 'consumer', 'password_file', 'claim_idle')
 REDIS_PASSWORD_ENV = 'ENRICH_REDIS_PASSWORD'
 SCHEMES = ('redis', 'rediss', 'unix')
 # Connection parameters redis-py reads from a URL's query (ConnectionPool.from_url).
@@ -83,6 +83,11 @@ class RedisStreamAddress(NamedTuple):
     tls = sorted(set(query) & _TLS_PARAMETERS)
     if tls and parsed.scheme != 'rediss':
       raise ValueError(f'{", ".join(tls)} need a rediss:// (TLS) address: {shown}')
+    try:
+      if float(query.get('claim_idle', 1)) <= 0:
+        raise ValueError
+    except ValueError:
+      raise ValueError(f'claim_idle in {shown} is seconds, more than 0') from None
     stream = query.get('stream', default_stream)
     if not stream:
       raise ValueError(f'{shown} names no stream (add ?stream=NAME)')
