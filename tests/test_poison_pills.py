@@ -163,3 +163,18 @@ def test_upserts_dedupe_ids_within_a_batch_and_stay_one_vector_per_id(tmp_path):
   assert sorted(table.column('id').to_pylist()) == sorted(set(ids))
   last = {row['id']: row['text'] for row in table.to_pylist()}
   assert last['id0'] in ('text 30', 'text 10')  # a later row of the bundle wins
+
+
+def test_the_vector_store_is_compacted_and_its_old_versions_removed(tmp_path):
+  from transforms.io.vector_store import _UpsertFn
+  uri = str(tmp_path / 'vectors')
+  upsert = _UpsertFn(uri, 'm', compact_every=10, keep_versions_s=0)
+  for n in range(35):  # a bundle each: a merge each
+    upsert.start_bundle()
+    upsert.process(_window([f'id{n}', f'id{n + 1}']), None, 0)
+    list(upsert.finish_bundle())
+  assert len(open_table(uri).list_versions()) < 10
+  upsert.teardown()  # at drain
+  table = open_table(uri)
+  assert len(table.list_versions()) <= 2
+  assert table.count_rows() == 36
