@@ -58,3 +58,19 @@ def test_a_live_peer_s_backlog_is_never_claimed_a_dead_one_s_is_and_it_leaves_th
     _poll_for(newcomer, 12 * IDLE_MS / 1000)
     names = [c['name'] for c in client.xinfo_consumers('ev', 'g')]
     assert names == [b'newcomer']
+
+
+def test_reading_pauses_while_too_much_is_in_flight_and_reads_fit_a_byte_budget():
+  with redis_server() as url:
+    address = RedisStreamAddress.parse(f'{url}?stream=ev&group=g&consumer=c')
+    reader = RedisStreamReader(address, block_ms=10, max_in_flight=30, read_bytes=250_000)
+    reader.open()
+    client = reader._client
+    for n in range(100):
+      client.xadd('ev', {'event': json.dumps({'n': n, 'text': 'x' * 100_000})})
+    sizes = [len(reader.poll(10)) for _ in range(20)]
+    assert sizes[0] == 10 and max(sizes[1:]) <= 2  # ~100 KB entries: 2 fit 250 KB
+    assert sum(sizes) == 30 and sizes[-1] == 0  # paused: 30 in flight
+    ids = [entry_id for entry_id, _ in client.xrange('ev', count=10)]
+    client.xack('ev', 'g', *ids)  # ten written and acknowledged: ten more may be read
+    assert sum(len(reader.poll(10)) for _ in range(20)) == 10

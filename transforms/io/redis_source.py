@@ -41,6 +41,10 @@ CLAIM_MARGIN_S = 120.0
 # A consumer with nothing pending, silent this many claim thresholds, is removed from the group.
 CONSUMER_EXPIRY_CLAIMS = 10
 _PENDING_PAGE = 1000
+# Entries one consumer holds read and unacknowledged before it pauses reading.
+MAX_IN_FLIGHT = 20_000
+# Bytes one XREADGROUP asks for (its COUNT sized by the entries seen so far).
+READ_BYTES = 8 * 1024 * 1024
 
 
 def claim_idle_s(window) -> float:
@@ -64,13 +68,21 @@ class RedisStreamReader(Reader):
   pending that were silent for CONSUMER_EXPIRY_CLAIMS thresholds. Entries stay pending
   until AcknowledgeRedisEntries acknowledges them after their rows or dead letters are
   written.
+
+  Bounded: reading pauses while this consumer holds `max_in_flight` entries read but not
+  acknowledged (backpressure: reading never runs far ahead of inference and writes), and
+  each read asks for as many entries as fit `read_bytes` at the sizes seen so far.
   """
 
   def __init__(self, address: RedisStreamAddress, block_ms: int = 100,
-               claim_idle_ms: int = 150_000, job: str = ''):
+               claim_idle_ms: int = 150_000, job: str = '',
+               max_in_flight: int = MAX_IN_FLIGHT, read_bytes: int = READ_BYTES):
     """Args: job: the job's token (transforms.job_state.of), whose health this source reports."""
     if not address.group:
       raise ValueError(f'{address.describe()}: a source needs a consumer group (?group=NAME)')
+    self._max_in_flight = max_in_flight
+    self._read_bytes = read_bytes
+    self._entry_bytes = 0.0  # a running mean of the entries' sizes
     self._address = address
     self._block_ms = block_ms
     self._claim_idle_ms = max(int(claim_idle_ms), 1)
@@ -135,9 +147,27 @@ class RedisStreamReader(Reader):
       claimed = self.claim(max_records)
       if claimed:
         return self._records(claimed)
+    room = self._max_in_flight - self._in_flight(consumer)
+    if room <= 0:
+      time.sleep(self._block_ms / 1000)  # backpressure: what was read must be written first
+      return []
+    count = min(max_records, room)
+    if self._entry_bytes:
+      count = max(1, min(count, int(self._read_bytes // self._entry_bytes)))
     reply = self._client.xreadgroup(address.group, consumer, {address.stream: '>'},
-                                    count=max_records, block=self._block_ms)
-    return self._records(reply[0][1]) if reply else []
+                                    count=count, block=self._block_ms)
+    entries = reply[0][1] if reply else []
+    for _, fields in entries:
+      size = sum(len(k) + len(v) for k, v in (fields or {}).items())
+      self._entry_bytes = size if not self._entry_bytes else 0.9 * self._entry_bytes + 0.1 * size
+    return self._records(entries)
+
+  def _in_flight(self, consumer: str) -> int:
+    """Entries this consumer read and has not acknowledged (its pending entries)."""
+    for peer in self._client.xpending(self._address.stream, self._address.group)['consumers']:
+      if _text(peer['name']) == consumer:
+        return int(peer['pending'])
+    return 0
 
   def claim(self, max_records: int):
     """Touches this consumer's pending entries, claims a dead peer's, removes long-silent
