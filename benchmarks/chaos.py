@@ -16,8 +16,14 @@ entry acknowledged), SIGTERM drains it, and the output is counted:
 records produced, written (unique ids in the enriched Parquet), dead
 letters, unacknowledged at the end (still pending in Redis, e.g. when the job
 made no progress for 300 s: a restart would read them), lost (produced, but
-none of these) and duplicated (enriched rows beyond one per id). Prints one JSON line and
-writes it under benchmarks/results/.
+none of these) and duplicated (enriched rows beyond one per id and window). Prints one JSON
+line and writes it under benchmarks/results/.
+
+`--window_period S` runs sliding windows (each event written once per window it falls in:
+`missing_window_copies` counts events written in fewer windows than they fall in);
+`--vectors` adds the LanceDB store (`store_rows`, `store_missing`: written ids not in it);
+`--redis_sink` adds a Redis sink stream (`sink_duplicated`: entries beyond one per id and
+window, `sink_missing`: written rows not in it).
 """
 import argparse
 import collections
@@ -39,7 +45,8 @@ from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, archive_texts, descr
 from pipelines.produce import now_iso
 from tests.redis_server import RedisServer
 
-_STREAM, _GROUP = 'events', 'chaos'
+_STREAM, _GROUP, _SINK = 'events', 'chaos', 'enriched'
+_WINDOW_S = 5
 
 
 def comments(archive: str, count: int):
@@ -130,6 +137,53 @@ def schedule(seconds: float, kills: int, redis_restarts: int, rng: random.Random
           for n, action in enumerate(actions)]
 
 
+def _rows(folder: pathlib.Path):
+  """(id, window start in µs) of every enriched row."""
+  if not folder.exists() or not any(folder.rglob('*.parquet')):
+    return []
+  table = ds.dataset(folder, format='parquet', partitioning='hive').to_table(
+      columns=['id', 'window_start'])
+  starts = table.column('window_start').cast('int64').to_pylist()
+  return list(zip(table.column('id').to_pylist(), starts))
+
+
+def _sink_rows(port: int):
+  """(id, window start in µs) of every entry of the Redis sink stream."""
+  from transforms.eventtime import TimeParser
+  client, parser, rows = redis.Redis(port=port, socket_timeout=10), TimeParser(), []
+  for _, fields in client.xrange(_SINK):
+    record = json.loads(fields[b'event'])
+    rows.append((record['id'], parser.parse(record['window_start'])))
+  client.close()
+  return rows
+
+
+def _store_ids(folder: pathlib.Path):
+  from transforms.io.vector_store import open_table
+  try:
+    return open_table(str(folder)).to_arrow().column('id').to_pylist()
+  except (ValueError, OSError):
+    return []
+
+
+def extra_outputs(out: pathlib.Path, port: int, rows, window_period, vectors, redis_sink):
+  """The counts of the sliding windows, the vector store and the Redis sink (module doc)."""
+  found = {}
+  if window_period:
+    copies = collections.Counter(event_id for event_id, _ in set(rows))
+    found['missing_window_copies'] = sum(1 for n in copies.values() if n < _WINDOW_S / window_period)
+  if vectors:
+    stored = _store_ids(out / 'vectors')
+    written = {event_id for event_id, _ in rows}
+    found.update(store_rows=len(stored), store_duplicated=len(stored) - len(set(stored)),
+                 store_missing=len(written - set(stored)))
+  if redis_sink:
+    sink = _sink_rows(port)
+    found.update(sink_entries=len(sink), sink_duplicated=len(sink) - len(set(sink)),
+                 sink_missing=len(set(rows) - set(sink)))
+  return found
+
+
 def _ids(folder: pathlib.Path):
   if not folder.exists() or not any(folder.rglob('*.parquet')):
     return []
@@ -173,7 +227,8 @@ def _unacknowledged(port: int) -> set:
 
 
 def run(seconds: float, rate: float, kills: int, redis_restarts: int, redis_down_s: float,
-        seed: int, archive: str, folder: pathlib.Path, precision: str = 'bf16') -> dict:
+        seed: int, archive: str, folder: pathlib.Path, precision: str = 'bf16',
+        window_period=None, vectors: bool = False, redis_sink: bool = False) -> dict:
   rng = random.Random(seed)
   data = folder / 'redis'
   data.mkdir()
@@ -183,8 +238,12 @@ def run(seconds: float, rate: float, kills: int, redis_restarts: int, redis_down
   supervisor = Supervisor(
       ['--source', f'redis://127.0.0.1:{port}/0?stream={_STREAM}&group={_GROUP}&consumer=chaos',
        '--output', str(out), '--id_field', 'id', '--time_field', 'time',
-       '--text_field', 'comment', '--window_size', '5', '--max_out_of_orderness', '1',
-       '--precision', precision],
+       '--text_field', 'comment', '--window_size', str(_WINDOW_S), '--max_out_of_orderness', '1',
+       '--precision', precision,
+       *(['--window_period', str(window_period)] if window_period else []),
+       *(['--sink', ','.join((['vectors'] if vectors else []) + (
+           [f'redis://127.0.0.1:{port}/0?stream={_SINK}&maxlen=0'] if redis_sink else []))]
+         if vectors or redis_sink else [])],
       folder / 'job.log')
   producer = Producer(port, comments(archive, int(seconds * rate)), rate)
   started = time.monotonic()
@@ -222,12 +281,13 @@ def run(seconds: float, rate: float, kills: int, redis_restarts: int, redis_down
   caught_up_after = time.monotonic() - started - produced_for
   drain_status = supervisor.drain()
   unacknowledged = _unacknowledged(port)
+  pairs = _rows(out / 'enriched')
+  extra = extra_outputs(out, port, pairs, window_period, vectors, redis_sink)
   server.stop()
 
   produced = {f'e{n:07d}' for n in range(producer.sent)}
-  rows = _ids(out / 'enriched')
   letters = _ids(out / 'deadletter')
-  written = set(rows)
+  written = {event_id for event_id, _ in pairs}
   return {
       'seconds': seconds, 'rate': rate, 'seed': seed,
       'produced': len(produced), 'written': len(written & produced),
@@ -236,7 +296,7 @@ def run(seconds: float, rate: float, kills: int, redis_restarts: int, redis_down
       # Still pending in Redis when the run ended (a restart would read them): not lost.
       'unacknowledged_at_end': len(unacknowledged - written - set(letters)),
       'lost': len(produced - written - set(letters) - unacknowledged),
-      'duplicated': len(rows) - len(written),
+      'duplicated': len(pairs) - len(set(pairs)), **extra,
       'kills': supervisor.kills, 'job_starts': supervisor.starts,
       'unplanned_exits': {str(k): v for k, v in supervisor.exits.items()},
       'redis_restarts': redis_restarts, 'redis_down_s': round(redis_down_total, 1),
@@ -260,6 +320,10 @@ def main(argv=None):
   # What is measured is delivery, not embeddings; bf16 keeps a busy 2-core host
   # near 40 events/s (fp32 fell behind there), so restarts are not hidden in a backlog.
   parser.add_argument('--precision', default='bf16', help="The job's --precision.")
+  parser.add_argument('--window_period', type=float, default=None,
+                      help='Sliding windows of 5 s every this many seconds.')
+  parser.add_argument('--vectors', action='store_true', help='Add the LanceDB store.')
+  parser.add_argument('--redis_sink', action='store_true', help='Add a Redis sink stream.')
   parser.add_argument('--input', default=str(DEFAULT_INPUT))
   parser.add_argument('--results', default=str(RESULTS), help='Folder for the JSON result.')
   parser.add_argument('--keep', default=None, help='Keep the output, Redis files and job log '
@@ -269,7 +333,8 @@ def main(argv=None):
     folder = pathlib.Path(args.keep or scratch)
     folder.mkdir(parents=True, exist_ok=True)
     result = run(args.seconds, args.rate, args.kills, args.redis_restarts, args.redis_down_s,
-                 args.seed, args.input, folder, args.precision)
+                 args.seed, args.input, folder, args.precision, args.window_period,
+                 args.vectors, args.redis_sink)
   result = {'machine': describe(), 'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
             **result}
   print(json.dumps(result), flush=True)

@@ -18,6 +18,23 @@ import numpy as np
 
 # Texts per pass for a model whose tokenizer cannot be asked: sentence-transformers' own.
 COUNTED_BATCH = 32
+# Characters kept per token the model reads: a text is cut to max_seq_length x this before it
+# is tokenized, so a 20 MB text costs what its readable beginning costs. Word pieces of real
+# text average 3 to 5 characters; 16 leaves room for long words, numbers, markup and blanks.
+CHARS_PER_TOKEN = 16
+
+
+def readable_part(model, texts: Sequence[str]) -> List[str]:
+  """`texts`, each cut to what the model can read (max_seq_length x CHARS_PER_TOKEN
+  characters); unchanged where the model names no max_seq_length."""
+  try:
+    limit = getattr(model, 'max_seq_length', None)
+  except (AttributeError, NotImplementedError, ValueError):
+    limit = None
+  if not isinstance(limit, int) or limit <= 0:
+    return list(texts)
+  most = limit * CHARS_PER_TOKEN
+  return [text if len(text) <= most else text[:most] for text in texts]
 
 
 def token_counts(model, texts: Sequence[str]) -> Optional[List[int]]:
@@ -70,6 +87,7 @@ def encode_in_passes(model, texts: List[str], encode_kwargs: dict, token_budget:
   a model without a tokenizer or a caller's own batch_size: `encode` batches by itself)."""
   if not texts:  # tokenizers refuse an empty list
     return np.zeros((0, 0), np.float32)
+  texts = readable_part(model, texts)
   kwargs = dict(encode_kwargs)
   counts = None
   if (token_budget or max_texts) and 'batch_size' not in kwargs:

@@ -19,6 +19,8 @@ import numpy as np
 
 from observability import charts
 from observability.monitoring import quantile
+from transforms.io.files import write_text
+from transforms.io.uri_query import redacted
 
 REPORT_NAME = 'report.html'
 _MAX_BINS = 120
@@ -200,7 +202,9 @@ def render(facts: RunFacts) -> str:
   config = facts.config
   seconds = max(facts.ended_at - facts.started_at, 1e-9)
   final = facts.final
-  e = html.escape
+  def e(text) -> str:  # every shown text redacted before it is escaped: no password in the page
+    return html.escape(redacted(str(text)))
+
   cards = [(f'{facts.records_read:,}', 'records read'),
            (f'{facts.enriched_rows:,}', 'enriched rows'),
            (f'{facts.deadletters:,}', 'dead letters'
@@ -253,7 +257,7 @@ def render(facts: RunFacts) -> str:
     body.append(f'<div class="panel"><h2>{e(title)}</h2>{svg or ""}'
                 f'<div class="note">{e(note)}</div></div>')
   body.append('</div><table>')
-  body.extend(f'<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>' for k, v in details)
+  body.extend(f'<tr><td>{e(k)}</td><td>{e(v)}</td></tr>' for k, v in details)
   command = f'{facts.command[0]} {shlex.join(facts.command[1:])}'
   body.append(f'<tr><td>command</td><td><code>{e(command)}</code></td></tr></table>')
   return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -281,8 +285,5 @@ def write_report(facts: RunFacts) -> Optional[str]:
     logging.info('No run report: %s is not a local folder', output)
     return None
   path = os.path.join(output, REPORT_NAME)
-  temporary = path + '.tmp'
-  with open(temporary, 'w', encoding='utf-8') as f:
-    f.write(render(facts))
-  os.replace(temporary, path)
+  write_text(path, render(facts), facts.config.write.fsync)
   return path

@@ -47,15 +47,24 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
   handler = model_handler or SentenceTransformerHandler(config.model)
   job = config.write.job
   events, unparsable = raw_records | 'Parse events' >> ParseEvents(
-      config.mapping, config.time_parser)
-  on_time, late = events | 'Flag late events' >> FlagLateEvents(config.window)
+      config.mapping, config.time_parser, config.max_record_bytes)
+  on_time, late = events | 'Flag late events' >> FlagLateEvents(
+      config.window, archive_lateness=config.replay_lateness)
   if config.mode is CollectionMode.UNBOUNDED:
     # Batches must stay inside windows while the watermark moves: a batch of
     # the global window is emitted at its end, which no watermark hold covers.
+    window = config.window
+    if window.kind == 'sliding':
+      # Embedded inside sliding windows, every row was written twice per window (size =
+      # 2 x period; found by the sliding count check, the cause inside batching not pinned
+      # down). Batch inside fixed windows of one period (one inference per event), then slide.
+      window = window._replace(size_s=window.period_s, period_s=None)
     windowed, failed = (on_time
                         | 'Assign event time' >> AssignEventTime()
-                        | 'Window events' >> WindowEvents(config.window)
+                        | 'Window events' >> WindowEvents(window)
                         | 'Embed events' >> EmbedEvents(handler, job=job))
+    if window is not config.window:
+      windowed = windowed | 'Slide windows' >> WindowEvents(config.window)
   elif config.mode is CollectionMode.PER_STREAM:
     # Bounded input: batch across windows, so batches fill even when windows
     # are small, and a sliding window's copies share one inference. Batching
@@ -88,7 +97,7 @@ def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles
   letters = outputs.deadletters | 'Group dead letters' >> GroupDeadLetters(
       periodic=config.mode.unbounded)
   written = windows | 'Write enriched' >> WriteEnrichedParquet(
-      config.output, config.model.model, config.write)
+      config.output, config.model.model, config.write, config.window)
   for target in config.sinks:
     written = written | sink_label(target) >> sink(target, config)
   if derive.topic_distance is not None:

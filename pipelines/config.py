@@ -18,6 +18,7 @@ from transforms.grouping import CollectionMode
 from transforms.io.faults import WritePolicy
 from transforms.io.targets import SinkTarget, parse_sink
 from transforms.io.uris import watermark_slack_s
+from transforms.records import DEFAULT_MAX_RECORD_BYTES
 from transforms.windowing import WindowSpec
 
 
@@ -38,6 +39,8 @@ class JobConfig:
   sinks: Tuple[SinkTarget, ...] = ()  # parsed --sink entries
   write: WritePolicy = WritePolicy()
   on_other_settings: str = 'refuse'  # an output folder of other settings (pipelines.manifest)
+  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # a larger record is a too_large dead letter
+  replay_lateness: bool = False  # archives judged late in file order, as live (--replay_lateness)
 
   @property
   def mode(self) -> CollectionMode:
@@ -79,6 +82,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
   output_opts = options.view_as(OutputOptions)
   if not output_opts.output:
     raise ConfigError('--output must name a folder')
+  if not mapping_opts.max_record_bytes > 0:
+    raise ConfigError('--max_record_bytes is a size in bytes, more than 0')
   if not output_opts.write_retry_timeout > 0:
     raise ConfigError('--write_retry_timeout is seconds, more than 0')
   if output_opts.overwrite and output_opts.append:
@@ -87,13 +92,16 @@ def job_config(options: PipelineOptions) -> JobConfig:
                        'append' if output_opts.append else 'refuse')
   derive = derive_spec(options.view_as(DeriveOptions), model, window)
   write = WritePolicy(retry_s=output_opts.write_retry_timeout,
-                      stop_job=runs_locally(options), job=uuid.uuid4().hex)
+                      stop_job=runs_locally(options), job=uuid.uuid4().hex,
+                      fsync=not output_opts.no_fsync)
   return JobConfig(mapping=mapping, time_parser=time_parser, window=window, model=model,
                    output=output_opts.output, derive=derive,
                    # The one place the batch-or-streaming choice is read from the options.
                    streaming=bool(options.view_as(StandardOptions).streaming),
                    sinks=parse_sinks(output_opts.sink, output_opts.output), write=write,
-                   on_other_settings=on_other_settings)
+                   on_other_settings=on_other_settings,
+                   max_record_bytes=mapping_opts.max_record_bytes,
+                   replay_lateness=bool(options.view_as(ArchiveOptions).replay_lateness))
 
 
 def csv_delimiter(options: PipelineOptions) -> str:

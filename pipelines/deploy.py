@@ -103,7 +103,7 @@ def main(argv=None) -> None:
   try:
     full = command(argv)
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {redacted(str(e))}', file=sys.stderr)
     sys.exit(2)
   if '--print' in argv:
     print(redacted(shlex.join(full)))  # a shown command keeps no password

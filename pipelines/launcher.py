@@ -22,6 +22,7 @@ from runners.choice import choose_local_runner, share_cores
 from runners.local_streaming import PatchRefused
 from transforms import job_state
 from transforms.io.cloud_io import UnavailableIO
+from transforms.io.files import remove_stale_temporaries
 from transforms.io.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.io.uri_query import redacted
 
@@ -37,17 +38,28 @@ class JobResult(NamedTuple):
   report: Optional[str] = None  # DIR/report.html
   cache_hits: int = 0  # texts served by the exact-repeat embedding cache
   cache_misses: int = 0  # texts the model encoded (with the cache on)
+  enriched_events: int = 0  # sliding windows: events written in their last window
+  window_copies: int = 0  # sliding windows: the rows those events should have made
 
   @property
   def balanced(self) -> bool:
+    if self.window_kind == 'sliding':
+      # An event is written once per window it falls in: rows = windows x events.
+      return (self.records_read == self.enriched_events + self.deadletters
+              and self.enriched_rows == self.window_copies)
     return self.records_read == self.enriched_rows + self.deadletters
 
   @property
   def check(self) -> str:
     if self.balanced:
+      if self.window_kind == 'sliding':
+        return (f'every record accounted for: {self.enriched_events} events, each written '
+                f'once per window it falls in, {self.enriched_rows} rows')
       return 'every record accounted for'
     if self.window_kind == 'sliding':
-      return 'sliding windows write an event once per window it falls in'
+      return (f'MISMATCH: {self.enriched_events} events in their last window plus dead '
+              f'letters differ from records read, or {self.enriched_rows} rows from the '
+              f'{self.window_copies} their windows make')
     return 'MISMATCH: records read differ from rows plus dead letters'
 
   def summary(self) -> str:
@@ -124,7 +136,9 @@ def run_job(job: Job, resume: str = _RERUN) -> JobResult:
                         job.config.output, job.config.window.kind,
                         _failure(state, records_read, resume),
                         cache_hits=counts.get('embedding_cache_hits', 0),
-                        cache_misses=counts.get('embedding_cache_misses', 0))
+                        cache_misses=counts.get('embedding_cache_misses', 0),
+                        enriched_events=counts.get('enriched_events', 0),
+                        window_copies=counts.get('window_copies', 0))
     final = job.monitor.samples[-1] if len(job.monitor.samples) else None
     return outcome._replace(report=_write_report(
         outcome, job.config, job.started_at, final, job.monitor.samples,
@@ -162,7 +176,9 @@ def _write_report(job: JobResult, config: JobConfig, started_at: float, final, s
 
 
 def _make_output_folders(output: str) -> None:
-  """Both folders exist after a run, even when one stays empty, so readers need no special case."""
+  """Both folders exist after a run, even when one stays empty, so readers need no special
+  case; temporary files a killed run left there are removed."""
+  remove_stale_temporaries(output)
   for sub in (ENRICHED_DIR, DEADLETTER_DIR):
     path = f'{output.rstrip("/")}/{sub}'
     if not FileSystems.exists(path):
@@ -184,5 +200,5 @@ def main(run: Callable[..., JobResult], argv=None) -> None:
     print(f'error: {redacted(result.failure)}', file=sys.stderr)
     sys.exit(1)
   print(result.summary())
-  if not result.balanced and result.window_kind != 'sliding':
+  if not result.balanced:
     sys.exit(1)

@@ -5,6 +5,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.loading import DEFAULT_EMBEDDING_CACHE, DEFAULT_MODEL, DEVICES, PRECISIONS
 from transforms.io.faults import DEFAULT_WRITE_RETRY_S
 from transforms.io.sources import FORMATS
+from transforms.records import DEFAULT_MAX_RECORD_BYTES
 
 
 # Measured on tests/data/paraphrases.jsonl with the default model: precision 1.0,
@@ -27,6 +28,10 @@ class ArchiveOptions(PipelineOptions):
     parser.add_argument('--csv_delimiter', default=',',
                         help='The CSV field delimiter (one character; \\t for a tab). CSV '
                         'files need a header row; every value is read as a string.')
+    parser.add_argument('--replay_lateness', action='store_true',
+                        help='Judge lateness as a live stream would, in each file\'s order '
+                        '(reproduces the live decisions); by default a replay enriches every '
+                        'record, however its archive is ordered. future_time stays on.')
 
 
 class MappingOptions(PipelineOptions):
@@ -49,6 +54,9 @@ class MappingOptions(PipelineOptions):
     parser.add_argument('--time_format', default=None,
                         help='strptime format of the time; default ISO-8601 or epoch s/ms.')
     parser.add_argument('--timezone', default='UTC', help='Zone of times without an offset.')
+    parser.add_argument('--max_record_bytes', type=int, default=DEFAULT_MAX_RECORD_BYTES,
+                        help='A record over this many bytes is a too_large dead letter, '
+                        f'refused before it is decoded (default {DEFAULT_MAX_RECORD_BYTES:,}).')
 
 
 class WindowOptions(PipelineOptions):
@@ -169,6 +177,10 @@ class OutputOptions(PipelineOptions):
                         help='Seconds a failing write (disk full, Redis sink or XACK down) '
                         'is retried with backoff before a local job stops; unacknowledged '
                         'records stay pending for a restart.')
+    parser.add_argument('--no_fsync', action='store_true',
+                        help='Skip flushing each local file and its folder to the disk before '
+                        'and after its rename (faster; a power loss may then leave an empty '
+                        'file).')
 
 
 class StreamOptions(PipelineOptions):

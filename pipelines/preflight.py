@@ -26,6 +26,7 @@ from transforms.io.targets import RedisTarget, is_redis
 
 _CONNECT_TIMEOUT_S = 3
 _SAMPLE_RECORDS = 100  # records of the first archive file the field paths are tried on
+_SAMPLE_ENTRIES = 20  # latest entries of a Redis source its field= is looked for in
 
 
 def check_start(options: PipelineOptions, config: JobConfig, source: Optional[str] = None):
@@ -110,6 +111,7 @@ def check_redis(address: RedisStreamAddress, role: str) -> None:
     client.ping()
     if role == 'source':
       ensure_group(client, address)
+      check_stream_field(client, address)
   except redis.AuthenticationError as e:
     raise ConfigError(f'{role} {address.server()} refused the user or password: {e}') from None
   except redis.RedisError as e:
@@ -117,6 +119,18 @@ def check_redis(address: RedisStreamAddress, role: str) -> None:
     raise ConfigError(f'cannot use {role} {address.describe()}: {detail}') from None
   finally:
     client.close()
+
+
+def check_stream_field(client, address: RedisStreamAddress) -> None:
+  """Refuses a `field=` that none of the stream's latest entries holds: every entry would
+  be an empty_record dead letter, and acknowledged."""
+  latest = client.xrevrange(address.stream, count=_SAMPLE_ENTRIES)
+  if not latest or any(address.field.encode() in fields for _, fields in latest):
+    return
+  held = sorted({name.decode('utf-8', 'replace') for _, fields in latest for name in fields})
+  raise ConfigError(f'source {address.describe()}: none of its latest {len(latest)} entries '
+                    f'has the field {address.field!r} (they hold {", ".join(held)}); '
+                    'name it with field=NAME in the source URI')
 
 
 def check_archive(pattern: Optional[str], declared_format: Optional[str], config: JobConfig,

@@ -33,8 +33,11 @@ from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
 from transforms import job_state
 from transforms.io.live_sources import EventTimeOf
-from transforms.io.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
+from transforms.io.redis_streams import (AcknowledgeRedisEntries, RedisStreamAddress,
+                                         claim_idle_s)
 from transforms.records import WindowRows
+from transforms.io.targets import BigQueryTarget, KafkaTarget, PubSubTarget
+from transforms.io.uri_query import redacted
 from transforms.io.uris import acknowledged_stream, live_source
 
 _STREAM_DEFAULTS = ('--id_field', 'id', '--window_size', '5', '--max_out_of_orderness', '2',
@@ -96,10 +99,11 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
                                                   config.window.max_future_skew_s),
                        config.window.max_out_of_orderness_s, stream.poll_interval,
                        options.view_as(ArchiveOptions).input_format, csv_delimiter(options),
-                       job=config.write.job)
+                       job=config.write.job, claim_idle_s=claim_idle_s(config.window))
     acknowledged = acknowledged_stream(stream.source)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  refuse_early_acknowledgement(acknowledged, config.sinks)
   if test_pipeline is None:
     check_start(options, config, stream.source)
   _drain_on_signals(job_state.of(config.write.job).drain, stream.duration)
@@ -108,10 +112,26 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
       _ReportWindowFn(config.write.job))
   if acknowledged is not None:
     # Only what is written reaches these steps: nothing is acknowledged before that.
-    windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(acknowledged, config.write)
+    windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(
+        acknowledged, config.write, config.window)
     job.written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(
         acknowledged, config.write)
   return run_job(job, _resume(stream.source, acknowledged))
+
+
+def refuse_early_acknowledgement(acknowledged: Optional[RedisStreamAddress], sinks) -> None:
+  """Raises ConfigError where an acknowledged source feeds a sink that Beam's IO writes on a
+  side branch (Pub/Sub, Kafka, BigQuery): nothing tells when those rows are durable, so an
+  entry would be acknowledged before they are (BigQuery buffers up to its triggering
+  frequency)."""
+  if acknowledged is None:
+    return
+  for target in sinks:
+    if isinstance(target, (PubSubTarget, KafkaTarget, BigQueryTarget)):
+      raise ConfigError(
+          f'--sink {redacted(target.spelled)} does not say when a row is durable, so entries of '
+          f'{acknowledged.describe()} would be acknowledged before they are: write it from a '
+          'job that reads a source without acknowledgements (the Redis sink, Pub/Sub, Kafka)')
 
 
 def _resume(source: str, acknowledged: Optional[RedisStreamAddress]) -> str:

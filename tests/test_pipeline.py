@@ -23,7 +23,7 @@ from transforms.windowing import WindowSpec
 def config(output='unused', window=WindowSpec(10, max_out_of_orderness_s=5), streaming=False):
   return JobConfig(mapping=FieldMapping.from_flags('id', 'time', 'text'),
                    time_parser=TimeParser(), window=window, model=ModelConfig(),
-                   output=str(output), streaming=streaming)
+                   output=str(output), streaming=streaming, replay_lateness=True)
 
 
 def raw(n, seconds, text='hello', **extra):

@@ -192,7 +192,7 @@ def test_live_file_stream_agrees_with_replay_and_dead_letters_late_events(tmp_pa
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   done = subprocess.run([sys.executable, '-m', 'pipelines.replay', '--input', str(archive),
-                         '--output', str(replayed), *flags],
+                         '--output', str(replayed), '--replay_lateness', *flags],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   results = []

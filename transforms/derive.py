@@ -13,9 +13,14 @@ from transforms.records import WindowRows
 from transforms.io.sinks import embedding_matrix
 
 
+# Rows compared at once: memory stays rows x SIMILARITY_BLOCK floats (a 50,000-event window
+# needed a 50,000 x 50,000 matrix, ~10 GB), the result is the same.
+SIMILARITY_BLOCK = 512
+
+
 def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float,
                     times_us: Optional[Sequence[int]] = None, context=(),
-                    horizon_us: int = 0) -> Dict[str, list]:
+                    horizon_us: int = 0, block: int = SIMILARITY_BLOCK) -> Dict[str, list]:
   """Columns duplicate_of, duplicate_score for rows sorted by (event time, id).
 
   A row duplicates the most similar earlier row at cosine >= threshold:
@@ -24,23 +29,26 @@ def near_duplicates(ids: Sequence[str], embeddings: np.ndarray, threshold: float
   `horizon_us` older than it.
   """
   unit = unit_rows(embeddings)
-  similarity = unit @ unit.T
   if context:
     context_ids = [row.event.id for row in context]
     context_times = np.array([row.event.event_time_us for row in context])
-    context_similarity = unit @ unit_rows(embedding_matrix(context)).T
+    context_unit = unit_rows(embedding_matrix(context))
   duplicate_of, duplicate_score = [], []
   for i in range(len(ids)):
+    if i % block == 0:  # the next block of rows against every row before its end
+      similarity = unit[i:i + block] @ unit[:i + block].T
+      if context:
+        context_similarity = unit[i:i + block] @ context_unit.T
     best_id, best = None, -2.0
     if i:
-      j = int(similarity[i, :i].argmax())
-      best_id, best = ids[j], float(similarity[i, j])
+      j = int(similarity[i % block, :i].argmax())
+      best_id, best = ids[j], float(similarity[i % block, j])
     if context:
       recent = np.flatnonzero(context_times >= times_us[i] - horizon_us)
       if recent.size:
-        j = recent[int(context_similarity[i, recent].argmax())]
-        if float(context_similarity[i, j]) > best:
-          best_id, best = context_ids[j], float(context_similarity[i, j])
+        j = recent[int(context_similarity[i % block, recent].argmax())]
+        if float(context_similarity[i % block, j]) > best:
+          best_id, best = context_ids[j], float(context_similarity[i % block, j])
     found = best_id is not None and best >= threshold
     duplicate_of.append(best_id if found else None)
     duplicate_score.append(best if found else None)

@@ -7,9 +7,9 @@ Three shapes, one per CollectionMode, applied by collect_windows:
   windows keyed by their bounds in the global window, a plain GroupByKey that
   skips the generic trigger machinery (a batch run has one pane per window);
 - bounded input otherwise: no grouping at all. Each stream (archive file) is
-  read in order and decided late in that order (FlagLateEvents), so a window
-  of a stream is complete once that stream's watermark passed it; its rows are
-  handed on then, as one part of the window. Memory holds only the open
+  read in order, so a window of a stream is complete once that stream's watermark
+  passed it; its rows are handed on then, as one part of the window (a record that
+  comes back to it later, where lateness is not judged, makes another part). Memory holds only the open
   windows of each stream, not the archive.
 """
 import enum

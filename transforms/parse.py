@@ -10,13 +10,20 @@ from transforms.fields import MISSING, FieldMapping, format_path, derive_id, res
 
 
 
-def parse_record(record: r.RawRecord, mapping: FieldMapping,
-                 time_parser: TimeParser) -> Union[r.Event, r.DeadLetter]:
+def parse_record(record: r.RawRecord, mapping: FieldMapping, time_parser: TimeParser,
+                 max_record_bytes: int = r.DEFAULT_MAX_RECORD_BYTES
+                 ) -> Union[r.Event, r.DeadLetter]:
   """Turns one raw record into an Event, or a DeadLetter saying why not."""
 
   def dead(reason, error, **kwargs):
     return r.DeadLetter(record.raw, reason, error, record.source, **kwargs)
 
+  size = r.size_over(record, max_record_bytes)
+  if size is not None:
+    # Refused before it is decoded; its dead letter keeps only its beginning.
+    return r.DeadLetter(record.raw[:r.KEPT_OF_REFUSED], r.TOO_LARGE,
+                        f'{size:,} bytes, over --max_record_bytes {max_record_bytes:,} '
+                        f'(the first {r.KEPT_OF_REFUSED:,} characters kept)', record.source)
   obj = r.decode_object(record)
   if isinstance(obj, r.Undecodable):
     return dead(obj.reason, obj.error)
@@ -65,16 +72,27 @@ def _encodable(text: str) -> bool:
     return False
 
 
+def record_error(record: r.RawRecord, error: Exception) -> r.DeadLetter:
+  """The dead letter of a record on which a per-record step raised (a poison pill otherwise:
+  live, the entry would be re-read and raise again after every restart)."""
+  return r.DeadLetter(record.raw[:r.KEPT_OF_REFUSED * 64], r.RECORD_ERROR,
+                      f'{type(error).__name__}: {error}', record.source)
+
+
 class _ParseFn(beam.DoFn):
 
-  def __init__(self, mapping: FieldMapping, time_parser: TimeParser):
+  def __init__(self, mapping: FieldMapping, time_parser: TimeParser, max_record_bytes: int):
     self._mapping = mapping
     self._time_parser = time_parser
+    self._max_record_bytes = max_record_bytes
     self._read = Metrics.counter('enrichment', 'records_read')
 
   def process(self, record: r.RawRecord):
     self._read.inc()
-    parsed = parse_record(record, self._mapping, self._time_parser)
+    try:
+      parsed = parse_record(record, self._mapping, self._time_parser, self._max_record_bytes)
+    except Exception as e:  # pylint: disable=broad-except
+      parsed = record_error(record, e)
     if isinstance(parsed, r.Event):
       yield parsed
     else:
@@ -82,14 +100,20 @@ class _ParseFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-  """Parses raw records into Events; returns (events, dead letters)."""
+  """Parses raw records into Events; returns (events, dead letters).
 
-  def __init__(self, mapping: FieldMapping, time_parser: TimeParser):
+  Args:
+    max_record_bytes: a record over this many bytes is a `too_large` dead letter.
+  """
+
+  def __init__(self, mapping: FieldMapping, time_parser: TimeParser,
+               max_record_bytes: int = r.DEFAULT_MAX_RECORD_BYTES):
     super().__init__()
     self._mapping = mapping
     self._time_parser = time_parser
+    self._max_record_bytes = max_record_bytes
 
   def expand(self, raw_records):
     outputs = raw_records | 'Parse' >> beam.ParDo(
-        _ParseFn(self._mapping, self._time_parser)).with_outputs(r.DEADLETTER, main='events')
+        _ParseFn(self._mapping, self._time_parser, self._max_record_bytes)).with_outputs(r.DEADLETTER, main='events')
     return outputs.events, outputs[r.DEADLETTER]

@@ -79,8 +79,15 @@ LATE = 'late'
 FUTURE_TIME = 'future_time'
 DAMAGED_FILE = 'damaged_file'
 INFERENCE_ERROR = 'inference_error'
+TOO_LARGE = 'too_large'  # over --max_record_bytes, refused before it is decoded
+RECORD_ERROR = 'record_error'  # a per-record step raised on it: a bug, kept from crashing the job
 REASONS = (INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, EMPTY_RECORD, NO_TEXT, NO_TIME, BAD_TIME,
-           BAD_ID, LATE, FUTURE_TIME, DAMAGED_FILE, INFERENCE_ERROR)
+           BAD_ID, LATE, FUTURE_TIME, DAMAGED_FILE, INFERENCE_ERROR, TOO_LARGE, RECORD_ERROR)
+
+# The default of --max_record_bytes: far above any event, far below what costs gigabytes.
+DEFAULT_MAX_RECORD_BYTES = 4 * 1024 * 1024
+# How much of a refused record its dead letter keeps.
+KEPT_OF_REFUSED = 1024
 
 # Everything json.loads raises on bad input: JSONDecodeError, the integer digit
 # limit and surrogate errors are ValueErrors; deep nesting is a RecursionError.
@@ -91,6 +98,14 @@ class Undecodable(NamedTuple):
   """Why a record holds no JSON object: a dead-letter reason and a readable error."""
   reason: str
   error: str
+
+
+def size_over(record: RawRecord, limit: int) -> Optional[int]:
+  """The record's size in UTF-8 bytes where it is over `limit`, else None."""
+  if len(record.raw) * 4 <= limit:  # at most 4 bytes a character: no need to count
+    return None
+  size = len(record.raw.encode('utf-8', 'surrogatepass'))
+  return size if size > limit else None
 
 
 def decode_object(record: RawRecord) -> Union[dict, Undecodable]:

@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 import pyarrow as pa
 
 from models.vectors import unit_rows
@@ -34,9 +35,42 @@ SUMMARY_SCHEMA = pa.schema([
 ])
 
 
+# Rows of a window clustered (average linkage needs rows^2 memory: 50,000 rows ~10 GB);
+# beyond it an evenly spaced sample of this many is clustered and every other row joins
+# the topic whose centroid is nearest (counted in topic_rows_assigned).
+MAX_CLUSTERED = 3000
+_ASSIGN_BLOCK = 4096
+
+
+def topic_assignment(embeddings: np.ndarray, distance: float,
+                     max_clustered: int = MAX_CLUSTERED) -> np.ndarray:
+  """The topic of each row: clustered, or past `max_clustered` rows sampled (see above)."""
+  n = len(embeddings)
+  if n == 1:
+    return np.zeros(1, int)
+  from sklearn.cluster import AgglomerativeClustering
+  sample = (np.arange(n) if n <= max_clustered
+            else np.linspace(0, n - 1, max_clustered).round().astype(int))
+  clustered = AgglomerativeClustering(
+      n_clusters=None, metric='cosine', linkage='average',
+      distance_threshold=distance).fit_predict(embeddings[sample])
+  if n <= max_clustered:
+    return clustered
+  unit = unit_rows(embeddings)
+  centroids = unit_rows(np.stack([unit[sample[clustered == c]].mean(axis=0)
+                                  for c in range(clustered.max() + 1)]))
+  assignment = np.empty(n, int)
+  for start in range(0, n, _ASSIGN_BLOCK):
+    assignment[start:start + _ASSIGN_BLOCK] = (
+        unit[start:start + _ASSIGN_BLOCK] @ centroids.T).argmax(axis=1)
+  assignment[sample] = clustered
+  return assignment
+
+
 def window_topics(texts: Sequence[str], embeddings: np.ndarray,
                   labels: Optional[Sequence[Optional[str]]], distance: float,
-                  examples: int = 3, earlier: Optional[np.ndarray] = None) -> List[dict]:
+                  examples: int = 3, earlier: Optional[np.ndarray] = None,
+                  max_clustered: int = MAX_CLUSTERED) -> List[dict]:
   """Clusters embeddings (average linkage, cosine distance below `distance`), largest first.
 
   Each topic lists its size, the texts nearest its centroid, and its label mix.
@@ -44,13 +78,7 @@ def window_topics(texts: Sequence[str], embeddings: np.ndarray,
   them lies within `distance` of its centroid; without, `new` is None.
   Deterministic: agglomerative clustering has no random start.
   """
-  if len(texts) == 1:
-    assignment = np.zeros(1, int)
-  else:
-    from sklearn.cluster import AgglomerativeClustering
-    assignment = AgglomerativeClustering(
-        n_clusters=None, metric='cosine', linkage='average',
-        distance_threshold=distance).fit_predict(embeddings)
+  assignment = topic_assignment(embeddings, distance, max_clustered)
   unit = unit_rows(embeddings)
   if earlier is not None and len(earlier):
     earlier = unit_rows(earlier)
@@ -83,11 +111,13 @@ class _SummarizeFn(beam.DoFn):
     self._horizon_us = round(horizon_s * 1_000_000)
     self._policy = policy
     self._files = None
+    self._assigned = Metrics.counter('enrichment', 'topic_rows_assigned')
 
   def setup(self):
     self._files = ParquetFiles(self._policy)
 
   def process(self, batch: WindowRows):
+    self._assigned.inc(max(0, len(batch.rows) - MAX_CLUSTERED))
     extras = batch.extras or {}
     labels = extras.get('label')
     texts = [row.event.text for row in batch.rows]

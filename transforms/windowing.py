@@ -70,6 +70,15 @@ class WindowSpec(NamedTuple):
     latest = event_time_us - event_time_us % step
     return range(latest, event_time_us - round(self.size_s * _MICROS), -step)
 
+  def in_last_window(self, event_time_us: int, start_us: int) -> bool:
+    """Whether the window starting at `start_us` is the event's last (fixed windows and
+    sessions: its only one), after which nothing of it is still open."""
+    return self.kind != 'sliding' or self.window_starts_us(event_time_us)[0] == start_us
+
+  def windows_of(self, event_time_us: int) -> int:
+    """How many windows an event falls in: 1, or on sliding windows size / period (rounded)."""
+    return len(self.window_starts_us(event_time_us)) if self.kind == 'sliding' else 1
+
   def last_window_end_us(self, event_time_us: int) -> int:
     """The end of the latest window an event belongs to (before any session merge)."""
     if self.kind == 'sessions':
@@ -93,11 +102,12 @@ class AssignEventTime(beam.PTransform):
 
 class _FlagLateFn(beam.DoFn):
   """Judges archive records by their stream's own order (it runs fused behind
-  the reader); live records by the watermark their source stamped on them.
+  the reader), where asked; live records by the watermark their source stamped on them.
   An event from the far future is split off first, so it moves no watermark."""
 
-  def __init__(self, spec: WindowSpec):
+  def __init__(self, spec: WindowSpec, archive_lateness: bool):
     self._spec = spec
+    self._archive_lateness = archive_lateness
     self._watermarks = {}  # stream -> Watermark
 
   def process(self, event: r.Event):
@@ -107,6 +117,9 @@ class _FlagLateFn(beam.DoFn):
           f'event time {format_micros(event.event_time_us)} is more than '
           f'{self._spec.max_future_skew_s:g}s ahead of the clock '
           f'({format_micros(time.time_ns() // 1000)})'))
+      return
+    if event.watermark_us is None and not self._archive_lateness:
+      yield event  # a backfill enriches every record, however its archive is ordered
       return
     mark = self._watermarks.get(event.stream)
     if mark is None:
@@ -135,14 +148,22 @@ class _FlagLateFn(beam.DoFn):
 
 class FlagLateEvents(beam.PTransform):
   """Splits off events that arrive after their windows closed, or from the far
-  future; returns (events, dead letters)."""
+  future; returns (events, dead letters).
 
-  def __init__(self, spec: WindowSpec):
+  Args:
+    archive_lateness: judge archive records (no watermark of their own) late as a live
+      stream would, in their file's order (replay's --replay_lateness); else only live
+      records can be late.
+  """
+
+  def __init__(self, spec: WindowSpec, archive_lateness: bool = True):
     super().__init__()
     self._spec = spec
+    self._archive_lateness = archive_lateness
 
   def expand(self, events):
-    outputs = events | 'Flag late' >> beam.ParDo(_FlagLateFn(self._spec)).with_outputs(
+    outputs = events | 'Flag late' >> beam.ParDo(
+        _FlagLateFn(self._spec, self._archive_lateness)).with_outputs(
         DEADLETTER, main='on_time')
     return outputs.on_time, outputs[DEADLETTER]
 

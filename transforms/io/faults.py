@@ -30,10 +30,13 @@ class WritePolicy(NamedTuple):
     stop_job: the job runs in this process (a local runner): a write given up stops
       it cleanly. Elsewhere the error is raised, so the runner's own retry applies.
     job: the job's token; its steps in one process find its JobState by it.
+    fsync: local files (and their folder) are flushed to the disk before and after the
+      rename, so a power loss leaves the old file or the new one, never an empty one.
   """
   retry_s: float = DEFAULT_WRITE_RETRY_S
   stop_job: bool = False
   job: str = ''
+  fsync: bool = True
 
 
 class WriteAbandoned(Exception):

@@ -2,6 +2,10 @@
 Beam's FileSystems (local disks and object stores alike), retried under the job's
 WritePolicy."""
 import collections
+import io
+import logging
+import os
+import time
 import uuid
 
 import pyarrow as pa
@@ -17,6 +21,77 @@ _DICTIONARY_COLUMNS = frozenset({'window_start', 'window_end', 'model', 'label',
 # Folders one writer remembers having made, so that each is made once, not once per
 # file; bounded, since a live job makes a folder per window for months.
 _MADE_DIRS_KEPT = 256
+# A hidden temporary file untouched this long is left by a killed writer (a write in
+# flight touches its file every few milliseconds); such files are removed at start.
+STALE_TEMPORARY_S = 600.0
+
+
+def is_temporary(name: str) -> bool:
+  """Whether a file name is one of the hidden temporary names writers use (.NAME.tmp)."""
+  return name.startswith('.') and name.endswith('.tmp')
+
+
+def sync_file(stream) -> None:
+  """Flushes a local file's data to the disk (nothing to do for an object store's stream)."""
+  fileno = getattr(stream, 'fileno', None)
+  if fileno is None:
+    return
+  try:
+    number = fileno()
+  except (OSError, ValueError, io.UnsupportedOperation):
+    return
+  stream.flush()
+  os.fsync(number)
+
+
+def sync_folder(directory: str) -> None:
+  """Makes a rename in a local folder durable (the folder's entry is flushed too)."""
+  if '://' in directory or not os.path.isdir(directory):
+    return
+  descriptor = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(descriptor)
+  finally:
+    os.close(descriptor)
+
+
+def write_text(path: str, text: str, fsync: bool = True) -> None:
+  """Writes a local text file atomically: under a hidden name of its own (two jobs into one
+  folder never share one), synced where `fsync`, then renamed over `path`."""
+  directory, name = os.path.split(path)
+  temporary = os.path.join(directory, f'.{name}.{uuid.uuid4().hex}.tmp')
+  try:
+    with open(temporary, 'w', encoding='utf-8') as f:
+      f.write(text)
+      if fsync:
+        sync_file(f)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+  if fsync:
+    sync_folder(directory or '.')
+
+
+def remove_stale_temporaries(folder: str, older_than_s: float = STALE_TEMPORARY_S) -> int:
+  """Removes hidden temporary files under a local `folder` left by killed writers; returns
+  how many. A file younger than `older_than_s` may be a live peer's write: it is kept."""
+  if '://' in folder or not os.path.isdir(folder):
+    return 0
+  removed, now = 0, time.time()
+  for directory, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(directory, name)
+      try:
+        if is_temporary(name) and now - os.stat(path).st_mtime > older_than_s:
+          os.remove(path)
+          removed += 1
+      except OSError:
+        pass  # gone meanwhile, or not ours to remove
+  if removed:
+    logging.info('Removed %d temporary files left by a stopped run under %s', removed, folder)
+  return removed
 
 
 class ParquetFiles:
@@ -62,7 +137,11 @@ class ParquetFiles:
         pq.write_table(table, stream, compression='zstd',
                        use_dictionary=[c for c in table.column_names
                                        if c in _DICTIONARY_COLUMNS])
+        if self._policy.fsync:
+          sync_file(stream)
       FileSystems.rename([temporary], [path])
+      if self._policy.fsync:
+        sync_folder(directory)
     except Exception:
       try:
         FileSystems.delete([temporary])  # a full disk needs its space back

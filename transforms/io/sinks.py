@@ -59,8 +59,12 @@ def enriched_schema(dimensions: int) -> pa.Schema:
 
 
 def window_label(start_us: int) -> str:
-  """A path-safe UTC label for a window start, e.g. 20150912T004500Z."""
-  moment = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=start_us)
+  """A path-safe UTC label for a window start, e.g. 20150912T004500Z; a start outside years
+  1-9999 (a window of an event in year 1 may start in year 0) is labelled in microseconds."""
+  try:
+    moment = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=start_us)
+  except OverflowError:
+    return f'{start_us:+d}us'
   fraction = f'.{moment.microsecond:06d}' if moment.microsecond else ''
   return moment.strftime('%Y%m%dT%H%M%S') + fraction + 'Z'
 
@@ -79,7 +83,9 @@ def part_name(sources) -> str:
   """
   digest = hashlib.blake2b(digest_size=8)
   for source in sorted(sources):
-    digest.update(source.encode('utf-8', 'surrogatepass') + b'\\0')
+    encoded = source.encode('utf-8', 'surrogatepass')
+    # Length-prefixed: no source can spell a boundary (['a\\0b'] and ['a', 'b'] differ).
+    digest.update(len(encoded).to_bytes(8, 'big') + encoded)
   return f'part-{digest.hexdigest()}.parquet'
 
 
@@ -124,12 +130,16 @@ def deadletter_table(letters) -> pa.Table:
 
 class _WriteWindowFn(beam.DoFn):
 
-  def __init__(self, output_dir: str, model: str, policy: faults.WritePolicy):
+  def __init__(self, output_dir: str, model: str, policy: faults.WritePolicy, spec):
     self._output_dir = output_dir.rstrip('/')
     self._model = model
     self._policy = policy
+    self._spec = spec
     self._files = None
     self._written = Metrics.counter('enrichment', 'enriched_rows')
+    # Each event counted once, in its last window, with the rows it should have made.
+    self._events = Metrics.counter('enrichment', 'enriched_events')
+    self._copies = Metrics.counter('enrichment', 'window_copies')
 
   def setup(self):
     self._files = ParquetFiles(self._policy)
@@ -142,22 +152,33 @@ class _WriteWindowFn(beam.DoFn):
       pass  # the job is stopping; not passed on, so never acknowledged
     else:
       self._written.inc(len(batch.rows))
+      if self._spec is not None:
+        times = [row.event.event_time_us for row in batch.rows]
+        last = [t for t in times if self._spec.in_last_window(t, batch.start_us)]
+        self._events.inc(len(last))
+        self._copies.inc(sum(self._spec.windows_of(t) for t in last))
       yield batch
 
 
 class WriteEnrichedParquet(beam.PTransform):
-  """Writes each WindowRows to DIR/enriched/window=START/part-CONTENT.parquet; passes it on."""
+  """Writes each WindowRows to DIR/enriched/window=START/part-CONTENT.parquet; passes it on.
+
+  Args:
+    window: the job's WindowSpec, for the count check of sliding windows (each event counted
+      in its last window, with the windows it falls in); None counts only rows.
+  """
 
   def __init__(self, output_dir: str, model: str,
-               policy: faults.WritePolicy = faults.WritePolicy()):
+               policy: faults.WritePolicy = faults.WritePolicy(), window=None):
     super().__init__()
     self._output_dir = output_dir
     self._model = model
     self._policy = policy
+    self._window = window
 
   def expand(self, windows):
     return windows | 'Write window file' >> beam.ParDo(
-        _WriteWindowFn(self._output_dir, self._model, self._policy))
+        _WriteWindowFn(self._output_dir, self._model, self._policy, self._window))
 
 
 class _WriteReasonFn(beam.DoFn):

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import lzma
+import sys
 import types
 import zlib
 from typing import Iterator, Optional
@@ -67,6 +68,9 @@ def _csv_lines(stream) -> Iterator[str]:
 
 def read_csv(stream, path: str, delimiter: str = ',') -> Iterator[RawRecord]:
   """Rows of a CSV file with a header row, every value a string (ids keep leading zeros)."""
+  # Fields of any size: csv's default limit (131,072 characters) would stop the whole file at
+  # one long field; a record too large for the job is a too_large dead letter in the parse step.
+  csv.field_size_limit(sys.maxsize)
   reader = csv.DictReader(_csv_lines(stream), delimiter=delimiter)
   number = 0
   try:

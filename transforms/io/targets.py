@@ -22,10 +22,27 @@ class VectorStoreTarget(NamedTuple):
   spelled: str
 
 
+# Entries the Redis sink keeps (XADD MAXLEN ~, about 8 KB each with 384 floats: ~800 MB);
+# `maxlen=N` in its URI sets another bound, `maxlen=0` none.
+DEFAULT_REDIS_MAXLEN = 100_000
+
+
 class RedisTarget(NamedTuple):
-  """A Redis Stream the enriched rows are XADDed to."""
+  """A Redis Stream the enriched rows are XADDed to, trimmed to about `maxlen` entries."""
   address: RedisStreamAddress
   spelled: str
+  maxlen: int = DEFAULT_REDIS_MAXLEN
+
+
+def _redis(uri: str) -> RedisTarget:
+  parsed = urllib.parse.urlsplit(uri)
+  pairs = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+  given = [v for k, v in pairs if k == 'maxlen']
+  if given and not given[-1].isdigit():
+    raise ValueError(f'maxlen in {redacted(uri)} is a number of entries (0: no trimming)')
+  rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k != 'maxlen'])
+  address = RedisStreamAddress.parse(urllib.parse.urlunsplit(parsed._replace(query=rest)))
+  return RedisTarget(address, uri, int(given[-1]) if given else DEFAULT_REDIS_MAXLEN)
 
 
 class PubSubTarget(NamedTuple):
@@ -109,7 +126,7 @@ def parse_sink(uri: str, output_dir: str) -> SinkTarget:
     output_dir: the job's --output, under which `vectors` puts its store.
   """
   if is_redis(uri):
-    return RedisTarget(RedisStreamAddress.parse(uri), uri)
+    return _redis(uri)
   if uri.startswith('pubsub://'):
     return PubSubTarget(pubsub_path(uri, 'topics'), uri)
   if uri.startswith('kafka://'):

@@ -4,7 +4,9 @@ import urllib.parse
 from typing import Dict
 
 # user:password@ in any scheme://, and password-like query parameters.
-_USERINFO_PASSWORD = re.compile(r'(\b[a-z][a-z0-9+.-]*://[^\s/@:]*:)[^\s@/]+@', re.IGNORECASE)
+# The password runs to the last @ of the address's authority (as urllib and redis-py read
+# it), so redis://:p@ss@host shows redis://:***@host.
+_USERINFO_PASSWORD = re.compile(r'(\b[a-z][a-z0-9+.-]*://[^\s/@:?#]*:)[^\s/?#]*@', re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r'([?&](?:ssl_)?password=)[^&\s]*', re.IGNORECASE)
 
 

@@ -25,7 +25,8 @@ from transforms.io.vector_store import UpsertVectors
 
 
 def reader_factory(uri: str, input_format: Optional[str] = None,
-                   csv_delimiter: str = ',', job: str = '') -> Callable[[], Reader]:
+                   csv_delimiter: str = ',', job: str = '',
+                   claim_idle_s: float = 150.0) -> Callable[[], Reader]:
   """What a live source polls, built on the worker; raises ValueError for a bad URI.
 
   Args:
@@ -40,8 +41,9 @@ def reader_factory(uri: str, input_format: Optional[str] = None,
     return lambda: SyntheticReader(rate, seed)
   if is_redis(uri):
     address = RedisStreamAddress.parse(uri)
+    claim_ms = round(1000 * float(uri_query(uri).get('claim_idle', claim_idle_s)))
     RedisStreamReader(address)  # checks the address here rather than on a worker
-    return lambda: RedisStreamReader(address, job=job)
+    return lambda: RedisStreamReader(address, claim_idle_ms=claim_ms, job=job)
   if uri.startswith('file://'):
     pattern = uri[len('file://'):]
     return lambda: ArchiveReader(pattern, input_format, csv_delimiter)
@@ -51,14 +53,16 @@ def reader_factory(uri: str, input_format: Optional[str] = None,
 
 def live_source(uri: str, event_time_us: Callable, max_out_of_orderness_s: float,
                 poll_interval_s: float, input_format: Optional[str] = None,
-                csv_delimiter: str = ',', job: str = '') -> beam.PTransform:
-  """The unbounded read for a source URI (job: the job's control token)."""
+                csv_delimiter: str = ',', job: str = '',
+                claim_idle_s: float = 150.0) -> beam.PTransform:
+  """The unbounded read for a source URI (job: the job's control token; claim_idle_s: how
+  long a Redis entry stays pending before a peer may claim it)."""
   if uri.startswith('pubsub://'):
     return ReadPubSub(uri, max_out_of_orderness_s)
   if uri.startswith('kafka://'):
     return ReadKafka(uri, max_out_of_orderness_s)
-  return ReadLive(reader_factory(uri, input_format, csv_delimiter, job), event_time_us,
-                  max_out_of_orderness_s, poll_interval_s, job=job)
+  return ReadLive(reader_factory(uri, input_format, csv_delimiter, job, claim_idle_s),
+                  event_time_us, max_out_of_orderness_s, poll_interval_s, job=job)
 
 
 def watermark_slack_s(uri: str, max_out_of_orderness_s: float) -> float:
@@ -93,7 +97,7 @@ def sink(target: SinkTarget, config) -> beam.PTransform:
   """
   model = config.model.model
   if isinstance(target, RedisTarget):
-    return WriteRedisStream(target.address, model, config.write)
+    return WriteRedisStream(target.address, model, config.write, target.maxlen)
   if isinstance(target, PubSubTarget):
     return WritePubSub(target, model)
   if isinstance(target, KafkaTarget):
