@@ -22,6 +22,7 @@ from tests.conftest import ROOT
 from tests.fakes import HashingModelHandler
 from tests.test_pipeline import RECORDS, config
 from transforms.derive import DeriveSpec
+from transforms.io.targets import parse_sink
 
 
 def test_flink_flags_assemble_as_documented():
@@ -63,7 +64,7 @@ def test_handler_and_steps_pickle_and_translate_with_unique_labels(tmp_path):
   handler = SentenceTransformerHandler(ModelConfig())
   assert pickler.loads(pickler.dumps(handler)).config == handler.config
   job = config(tmp_path)._replace(derive=DeriveSpec(dedup_threshold=0.9, topic_distance=0.5),
-                                  sinks=('vectors',))
+                                  sinks=(parse_sink('vectors', str(tmp_path)),))
   pipeline = beam.Pipeline(runner='FnApiRunner')
   build(pipeline | 'Read records' >> beam.Create(RECORDS), job, handler)
   proto = pipeline.to_runner_api()  # pickles every DoFn into the portable proto
@@ -79,8 +80,9 @@ def test_a_cloud_streaming_job_translates_with_unique_labels(tmp_path):
   from transforms.io.uris import live_source
   options = PipelineOptions(['--streaming'])
   pipeline = beam.Pipeline(runner='FnApiRunner', options=options)
-  job = config(str(tmp_path))._replace(sinks=('bq://my-project.analytics.enriched',
-                                              'pubsub://projects/my-project/topics/enriched'))
+  job = config(str(tmp_path), streaming=True)._replace(sinks=tuple(
+      parse_sink(uri, str(tmp_path)) for uri in ('bq://my-project.analytics.enriched',
+                                                 'pubsub://projects/my-project/topics/enriched')))
   read = live_source('pubsub://projects/my-project/subscriptions/events?id_attribute=id',
                      None, 5, 0.2)
   build(pipeline | 'Read records' >> read, job, SentenceTransformerHandler(ModelConfig()))
@@ -98,7 +100,9 @@ def test_sink_labels_stay_when_the_sinks_are_reordered(tmp_path):
   def labels(order):
     pipeline = beam.Pipeline(runner='FnApiRunner', options=PipelineOptions(['--streaming']))
     build(pipeline | 'Read records' >> beam.Create(RECORDS),
-          config(str(tmp_path))._replace(sinks=order), SentenceTransformerHandler(ModelConfig()))
+          config(str(tmp_path), streaming=True)._replace(
+              sinks=tuple(parse_sink(uri, str(tmp_path)) for uri in order)),
+          SentenceTransformerHandler(ModelConfig()))
     return {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
 
   first, reordered = labels(sinks), labels(tuple(reversed(sinks)))
