@@ -6,7 +6,9 @@ from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from models.chunking import embed_documents
 from models.embedding_cache import CachingEncoder, EmbeddingCache
+from models.identity import of_config
 from models.loading import ModelConfig, forward_pass_limits, load_sentence_transformer, shares_model
 
 _PROGRESS_EVERY_S = 5.0
@@ -44,6 +46,11 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
   def load_model(self) -> CachingEncoder:
     return self.wrap(load_sentence_transformer(self._config))
 
+  def update_model_path(self, model_path: Optional[str] = None):
+    """Beam's hook for a new model: the next load_model loads `model_path`."""
+    if model_path:
+      self._config = self._config._replace(model=model_path)
+
   def wrap(self, model, cached: bool = True) -> CachingEncoder:
     """The model with this handler's encode arguments and a fresh cache (if configured)."""
     config = self._config
@@ -52,8 +59,10 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
     if cached and config.embedding_cache:
       cache = EmbeddingCache(config.embedding_cache, '|'.join(map(str, (
           config.model, config.precision, config.normalize, config.backend, config.quantize))))
-    return CachingEncoder(model, {'normalize_embeddings': config.normalize}, cache,
-                          token_budget, max_texts)
+    encoder = CachingEncoder(model, {'normalize_embeddings': config.normalize}, cache,
+                             token_budget, max_texts)
+    encoder.identity = of_config(config)  # once per load: rows say which model made them
+    return encoder
 
   def run_inference(self, batch: Sequence[str], model,
                     inference_args: Optional[Dict[str, Any]] = None
@@ -62,26 +71,34 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
     encoder = model if hasattr(model, 'embed') else self.wrap(model, cached=False)
     texts = list(batch)
     started = time.monotonic()
-    hits = misses = 0
+    chunking = (self._config.chunk_tokens, self._config.chunk_overlap)
     try:
-      vectors, hits, misses = encoder.embed(texts, inference_args)
+      results, hits, misses, chunks, cut = embed_documents(encoder, texts, *chunking,
+                                                           inference_args)
     except Exception:  # pylint: disable=broad-except
-      vectors = []
+      results, hits, misses, chunks, cut = [], 0, 0, 0, 0
       for text in texts:
         try:
-          vector, hit, miss = encoder.embed([text], inference_args)
-          vectors.append(vector[0])
-          hits, misses = hits + hit, misses + miss
+          one, hit, miss, pieces, over = embed_documents(encoder, [text], *chunking,
+                                                         inference_args)
+          results.append(one[0])
+          hits, misses, chunks, cut = hits + hit, misses + miss, chunks + pieces, cut + over
         except Exception as e:  # pylint: disable=broad-except
-          vectors.append(InferenceFailure(f'{type(e).__name__}: {e}'))
-    self._count(hits, misses)
+          results.append(InferenceFailure(f'{type(e).__name__}: {e}'))
+    self._count(hits, misses, cut, chunks - len(texts))
     self._progress.add(len(texts), started)
-    return [PredictionResult(text, vector) for text, vector in zip(texts, vectors)]
+    identity = getattr(encoder, 'identity', None)  # rows say which model made them
+    model_id = str(identity) if identity else None
+    return [PredictionResult(text, result, model_id) for text, result in zip(texts, results)]
 
-  def _count(self, hits: int, misses: int) -> None:
+  def _count(self, hits: int, misses: int, truncated: int, extra_chunks: int) -> None:
     if self._config.embedding_cache:
       Metrics.counter('enrichment', 'embedding_cache_hits').inc(hits)
       Metrics.counter('enrichment', 'embedding_cache_misses').inc(misses)
+    # Texts longer than the window, chunked or cut: counted whether or not chunks are on.
+    Metrics.counter('enrichment', 'truncated').inc(truncated)
+    if extra_chunks:
+      Metrics.counter('enrichment', 'extra_chunks').inc(extra_chunks)
 
   def batch_elements_kwargs(self) -> Dict[str, Any]:
     kwargs = {

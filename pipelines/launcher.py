@@ -17,6 +17,7 @@ from observability.report import RunFacts, invocation, write_report
 from pipelines.builder import WrittenFiles, build
 from pipelines.config import JobConfig
 from pipelines.options import ConfigError
+from models.identity import of_config
 from runners.choice import choose_local_runner, share_cores
 from transforms import job_state
 from transforms.io.cloud_io import UnavailableIO
@@ -35,6 +36,9 @@ class JobResult(NamedTuple):
   report: Optional[str] = None  # DIR/report.html
   cache_hits: int = 0  # texts served by the exact-repeat embedding cache
   cache_misses: int = 0  # texts the model encoded (with the cache on)
+  model: str = ''  # the model's identity, NAME@FINGERPRINT (models/identity.py)
+  truncated: int = 0  # texts longer than the model's window
+  chunked: bool = False  # whether those were embedded in chunks (else cut at the window)
 
   @property
   def balanced(self) -> bool:
@@ -62,6 +66,11 @@ class JobResult(NamedTuple):
         f'Enriched rows: {self.output.rstrip("/")}/enriched/   '
         f'dead letters: {self.output.rstrip("/")}/deadletter/',
     ]
+    if self.model:
+      over = (f'; {self.truncated} texts were longer than its window '
+              f'({"embedded in chunks" if self.chunked else "cut at the window"})'
+              if self.truncated else '')
+      lines.append(f'Model: {self.model}{over}.')
     if self.report:
       lines.append(f'Report: {self.report}')
     return '\n'.join(lines)
@@ -121,7 +130,10 @@ def run_job(job: Job, resume: str = _RERUN) -> JobResult:
                         job.config.output, job.config.window.kind,
                         _failure(state, records_read, resume),
                         cache_hits=counts.get('embedding_cache_hits', 0),
-                        cache_misses=counts.get('embedding_cache_misses', 0))
+                        cache_misses=counts.get('embedding_cache_misses', 0),
+                        model=str(of_config(job.config.model)),
+                        truncated=counts.get('truncated', 0),
+                        chunked=bool(job.config.model.chunk_tokens))
     final = job.monitor.samples[-1] if len(job.monitor.samples) else None
     return outcome._replace(report=_write_report(
         outcome, job.config, job.started_at, final, job.monitor.samples,
@@ -148,7 +160,7 @@ def _write_report(job: JobResult, config: JobConfig, started_at: float, final, s
   try:
     return write_report(RunFacts(
         kind, command, started_at, time.time(), job.records_read, job.enriched_rows,
-        job.deadletters, job.check, job.balanced, config, final, samples, calls))
+        job.deadletters, job.check, job.balanced, config, final, samples, calls, job.model))
   except OSError as e:  # a full disk or a read-only folder: the run's own error says more
     logging.warning('could not write the run report: %s', e)
     return None

@@ -4,7 +4,9 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 
+from models.chunking import Chunked
 from models.handler import InferenceFailure
+from models.identity import ModelIdentity
 from observability.instruments import MeasuredKeyedHandler
 from transforms import records as r
 from transforms.records import DEADLETTER
@@ -24,12 +26,14 @@ class _SplitResultsFn(beam.DoFn):
           id=event.id, event_time_us=event.event_time_us))
     else:
       self._embedded.inc()
+      found, model = result.inference, ModelIdentity.parse(result.model_id)
+      row = (r.Embedded(event, found.vector, found.chunks, found.chunk_vectors, model)
+             if isinstance(found, Chunked) else r.Embedded(event, found, model=model))
       if self._stamp:
         # Batching loses element timestamps; each row gets its event time back.
-        yield window.TimestampedValue(r.Embedded(event, result.inference),
-                                      event.event_time_us / 1_000_000)
+        yield window.TimestampedValue(row, event.event_time_us / 1_000_000)
       else:
-        yield r.Embedded(event, result.inference)
+        yield row
 
 
 class EmbedEvents(beam.PTransform):
