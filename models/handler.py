@@ -1,7 +1,7 @@
 """A RunInference model handler for sentence-transformers models."""
 import logging
 import time
-from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -38,6 +38,7 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
     super().__init__()
     self._config = config
     self._progress = _Progress()
+    self._swapped: Dict[str, CachingEncoder] = {}  # models that replaced it, by path
 
   @property
   def config(self) -> ModelConfig:
@@ -51,9 +52,10 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
     if model_path:
       self._config = self._config._replace(model=model_path)
 
-  def wrap(self, model, cached: bool = True) -> CachingEncoder:
+  def wrap(self, model, cached: bool = True, config: Optional[ModelConfig] = None
+           ) -> CachingEncoder:
     """The model with this handler's encode arguments and a fresh cache (if configured)."""
-    config = self._config
+    config = config or self._config
     token_budget, max_texts = forward_pass_limits(config, getattr(model, 'device', None))
     cache = None
     if cached and config.embedding_cache:
@@ -64,12 +66,41 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
     encoder.identity = of_config(config)  # once per load: rows say which model made them
     return encoder
 
-  def run_inference(self, batch: Sequence[str], model,
+  def run_inference(self, batch: Sequence[Union[str, Tuple[str, str]]], model,
                     inference_args: Optional[Dict[str, Any]] = None
                     ) -> Iterable[PredictionResult]:
+    """Vectors (or Chunked, models/chunking.py) of texts; an element (text, model path) is
+    embedded by the model pinned to its window (models/updates.py)."""
     # A bare model (tests hand one in) is wrapped on the spot, without a lasting cache.
     encoder = model if hasattr(model, 'embed') else self.wrap(model, cached=False)
-    texts = list(batch)
+    items = list(batch)
+    if not items or not isinstance(items[0], tuple):
+      return self._embed(items, encoder, inference_args)
+    results: List[Optional[PredictionResult]] = [None] * len(items)
+    by_model: Dict[str, List[int]] = {}
+    for index, (_, path) in enumerate(items):
+      by_model.setdefault(path, []).append(index)
+    for path, indices in by_model.items():
+      found = self._embed([items[i][0] for i in indices], self._encoder_for(path, encoder),
+                          inference_args)
+      for index, result in zip(indices, found):
+        results[index] = result
+    return results
+
+  def _encoder_for(self, path: str, loaded: CachingEncoder) -> CachingEncoder:
+    """The job's own model, or one that replaced it (loaded once; the last two kept)."""
+    if not path or path == self._config.model:
+      return loaded
+    if path not in self._swapped:
+      config = self._config._replace(model=path)
+      logging.info('Loading the updated model %s', path)
+      self._swapped[path] = self.wrap(load_sentence_transformer(config), config=config)
+      while len(self._swapped) > 2:
+        self._swapped.pop(next(iter(self._swapped)))
+    return self._swapped[path]
+
+  def _embed(self, texts: List[str], encoder: CachingEncoder,
+             inference_args: Optional[Dict[str, Any]]) -> List[PredictionResult]:
     started = time.monotonic()
     chunking = (self._config.chunk_tokens, self._config.chunk_overlap)
     try:

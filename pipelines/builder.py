@@ -55,7 +55,9 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
     windowed, failed = (on_time
                         | 'Assign event time' >> AssignEventTime()
                         | 'Window events' >> WindowEvents(config.window)
-                        | 'Embed events' >> EmbedEvents(handler, job=job))
+                        | 'Embed events' >> EmbedEvents(handler, job=job,
+                                                        watch=config.model.model_watch,
+                                                        default=config.model.model))
   elif config.mode is CollectionMode.PER_STREAM:
     # Bounded input: batch across windows, so batches fill even when windows
     # are small, and a sliding window's copies share one inference. Batching

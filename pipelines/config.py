@@ -1,5 +1,6 @@
 """The options made into one immutable, validated JobConfig: once, before anything is built."""
 import dataclasses
+import os
 import uuid
 from typing import Tuple
 
@@ -81,6 +82,11 @@ def job_config(options: PipelineOptions) -> JobConfig:
   if not output_opts.output:
     raise ConfigError('--output must name a folder')
   sinks = parse_sinks(output_opts.sink, output_opts.output)
+  # The one place the batch-or-streaming choice is read from the options.
+  streaming = bool(options.view_as(StandardOptions).streaming)
+  if model_opts.model_watch and not (streaming and os.path.isdir(
+      os.path.expanduser(model_opts.model_watch))):
+    raise ConfigError('--model_watch needs a live job (pipelines.stream) and an existing folder')
   model = chunked(model, model_opts.chunk_tokens, model_opts.chunk_overlap, sinks)
   if not output_opts.write_retry_timeout > 0:
     raise ConfigError('--write_retry_timeout is seconds, more than 0')
@@ -89,8 +95,7 @@ def job_config(options: PipelineOptions) -> JobConfig:
                       stop_job=runs_locally(options), job=uuid.uuid4().hex)
   return JobConfig(mapping=mapping, time_parser=time_parser, window=window, model=model,
                    output=output_opts.output, derive=derive,
-                   # The one place the batch-or-streaming choice is read from the options.
-                   streaming=bool(options.view_as(StandardOptions).streaming),
+                   streaming=streaming,
                    sinks=sinks, write=write)
 
 

@@ -54,7 +54,8 @@ def open_rows(store: str, since: Optional[str], until: Optional[str],
       raise ValueError('--label: these rows carry no labels (run the job with --label_file)')
     clause = ds.field('label') == label
     condition = clause if condition is None else condition & clause
-  columns = ['id', 'text', 'embedding', 'model'] + [c for c in _PAYLOAD if c in names]
+  columns = ['id', 'text', 'embedding', 'model'] + [c for c in _PAYLOAD
+                                                    if c in names and c != 'model']
   return dataset.to_table(columns=columns, filter=condition)
 
 

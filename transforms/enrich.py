@@ -7,6 +7,7 @@ from apache_beam.transforms import window
 from models.chunking import Chunked
 from models.handler import InferenceFailure
 from models.identity import ModelIdentity
+from models.updates import ModelWatch, WindowPins
 from observability.instruments import MeasuredKeyedHandler
 from transforms import records as r
 from transforms.records import DEADLETTER
@@ -36,6 +37,21 @@ class _SplitResultsFn(beam.DoFn):
         yield row
 
 
+class _PinModelFn(beam.DoFn):
+  """Keys each event by itself with (text, the model pinned to its window): models/updates.py."""
+
+  def __init__(self, watch: str, default: str):
+    self._watch = watch
+    self._default = default
+    self._pins = None
+
+  def setup(self):
+    self._pins = WindowPins(ModelWatch(self._watch), self._default)
+
+  def process(self, event, win=beam.DoFn.WindowParam):
+    yield event, (event.text, self._pins.model_for(win))
+
+
 class EmbedEvents(beam.PTransform):
   """Embeds each Event's text with RunInference; returns (embedded, dead letters).
 
@@ -49,18 +65,26 @@ class EmbedEvents(beam.PTransform):
     stamp: give each output its event time as timestamp (not needed where
       windows are computed from the event time itself, transforms.grouping).
     job: the job's token (transforms.job_state), where inference calls are kept.
+    watch: a folder of model updates (models/updates.py): each window is embedded by the
+      newest model there when its first event came (windowed input only); '' none.
+    default: the model used until the folder holds one.
   """
 
-  def __init__(self, model_handler: ModelHandler, stamp: bool = True, job: str = ''):
+  def __init__(self, model_handler: ModelHandler, stamp: bool = True, job: str = '',
+               watch: str = '', default: str = ''):
     super().__init__()
     self._model_handler = model_handler
     self._stamp = stamp
     self._job = job
+    self._watch = watch
+    self._default = default
 
   def expand(self, events):
+    key = ('Pin model' >> beam.ParDo(_PinModelFn(self._watch, self._default)) if self._watch
+           else 'Key by event' >> beam.Map(lambda event: (event, event.text)))
     outputs = (
         events
-        | 'Key by event' >> beam.Map(lambda event: (event, event.text))
+        | key
         | 'Embed text' >> RunInference(MeasuredKeyedHandler(self._model_handler, self._job))
         | 'Split failures' >> beam.ParDo(_SplitResultsFn(self._stamp)).with_outputs(
             DEADLETTER, main='embedded'))

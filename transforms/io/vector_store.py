@@ -27,7 +27,7 @@ from transforms.io.sinks import TIMESTAMP
 
 TABLE = 'events'
 IDENTITY_KEY = b'model_identity'
-KEYS = ['id', 'chunk']
+KEYS = ('id', 'chunk')
 from transforms.io.targets import VECTORS_DIR  # noqa: F401 (where the store lives)
 
 
@@ -159,7 +159,7 @@ class _UpsertFn(beam.DoFn):
     for identity, parts in by_identity.items():
       data = pa.concat_tables(parts)
       (self._store(identity, data.schema.field('vector').type.list_size)
-       .merge_insert(KEYS).when_matched_update_all().when_not_matched_insert_all()
+       .merge_insert(list(KEYS)).when_matched_update_all().when_not_matched_insert_all()
        .execute(data))
     for batch, win, timestamp in self._pending:  # only now durable: pass them on
       yield WindowedValue(batch, timestamp, [win])
