@@ -37,7 +37,8 @@ class Chunked(NamedTuple):
 
 def _tokenize(tokenizer, texts: Sequence[str]):
   encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
-                      return_attention_mask=False, return_token_type_ids=False)
+                      return_attention_mask=False, return_token_type_ids=False,
+                      verbose=False)  # longer than the window is the point: no warning
   return encoded['offset_mapping']
 
 
