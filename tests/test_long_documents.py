@@ -152,3 +152,10 @@ def test_another_model_is_refused_then_reembedded_into_a_new_table(archive, othe
                                                  '"pooling_mode_max_tokens": true'))
   done = command('pipelines.search', query, '--store', str(out), '--table', table)
   assert done.returncode == 2 and done.stderr.startswith('error: the vector table')
+
+
+def test_the_truncated_counter_reaches_prometheus():
+  from observability.metrics import Snapshot
+  from observability.monitoring import families
+  found = {f.name: f.samples[0].value for f in families(Snapshot(0.0, {'truncated': 3}, {}))}
+  assert found['enrichment_truncated'] == 3
