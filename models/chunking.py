@@ -36,10 +36,15 @@ class Chunked(NamedTuple):
 
 
 def _tokenize(tokenizer, texts: Sequence[str]):
-  encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
-                      return_attention_mask=False, return_token_type_ids=False,
-                      verbose=False)  # longer than the window is the point: no warning
-  return encoded['offset_mapping']
+  """Each text's word-piece character offsets; None where the tokenizer gives none (a slow
+  tokenizer has no offsets)."""
+  try:
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
+                        return_attention_mask=False, return_token_type_ids=False,
+                        verbose=False)  # longer than the window is the point: no warning
+    return encoded['offset_mapping']
+  except (NotImplementedError, TypeError, KeyError, ValueError):
+    return None
 
 
 def chunk_spans(text: str, offsets: Sequence[Tuple[int, int]], chunk_tokens: int,
@@ -69,9 +74,8 @@ def chunk_spans(text: str, offsets: Sequence[Tuple[int, int]], chunk_tokens: int
     spans.append((offsets[first][0], offsets[end - 1][1]))
     if end >= n:
       return spans
-    nxt = end - overlap
-    while nxt < end and not word_start(nxt):
-      nxt += 1
+    # The overlap starts at a word where one starts within it, else at a word piece.
+    nxt = next((j for j in range(end - overlap, end) if word_start(j)), end - overlap)
     first = max(nxt, first + 1)
 
 
@@ -89,12 +93,13 @@ def embed_documents(encoder, texts: Sequence[str], chunk_tokens: int, overlap: i
   model = encoder.model
   tokenizer = getattr(model, 'tokenizer', None)
   window = getattr(model, 'max_seq_length', None)
-  if not (callable(tokenizer) and window):
+  offsets = _tokenize(tokenizer, texts) if callable(tokenizer) and window and texts else None
+  if offsets is None:
     vectors, hits, misses = encoder.embed(list(texts), inference_args)
     return list(vectors), hits, misses, len(texts), 0
   limit = min(chunk_tokens, window) if chunk_tokens else 0
   plans, pieces, truncated = [], [], 0
-  for text, marks in zip(texts, _tokenize(tokenizer, texts) if texts else []):
+  for text, marks in zip(texts, offsets):
     spans = chunk_spans(text, marks, limit, overlap) if limit else [(0, len(text))]
     truncated += len(marks) + _SPECIAL_TOKENS > window
     plans.append(spans)

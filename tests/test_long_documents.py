@@ -159,3 +159,14 @@ def test_the_truncated_counter_reaches_prometheus():
   from observability.monitoring import families
   found = {f.name: f.samples[0].value for f in families(Snapshot(0.0, {'truncated': 3}, {}))}
   assert found['enrichment_truncated'] == 3
+
+
+def test_a_text_without_word_breaks_is_cut_at_word_pieces_and_covered(real_model):
+  from models.chunking import _tokenize, chunk_spans
+  text = 'ab-' * 400  # one "word" of 800 word pieces: no boundary to prefer
+  marks = _tokenize(real_model.tokenizer, [text])[0]
+  spans = chunk_spans(text, marks, 64, 8)
+  assert spans[0][0] == 0 and spans[-1][1] == len(text)
+  assert all(c < b and c > a for (a, b), (c, _) in zip(spans, spans[1:]))
+  assert max(len(real_model.tokenizer(text[a:b])['input_ids']) for a, b in spans) <= 64
+  assert chunk_spans('Short.', _tokenize(real_model.tokenizer, ['Short.'])[0], 64, 8) == [(0, 6)]
