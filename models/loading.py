@@ -41,6 +41,12 @@ class ModelConfig:
       and every text is encoded, repeats within a batch included.
     share_model: one model copy for all worker processes of a machine: 'auto'
       when it runs on CUDA, 'always' or 'never'.
+    chunk_tokens: a text longer than this many word pieces (special tokens
+      included, at most the model's window) is embedded in chunks
+      (models/chunking.py); 0: texts are cut at the window, as the model does.
+    chunk_overlap: word pieces each chunk repeats of the one before.
+    model_watch: a folder whose newest model subfolder replaces the model
+      between windows of a live job (models/updates.py); '' watches nothing.
   """
   model: str = DEFAULT_MODEL
   device: str = 'auto'
@@ -56,6 +62,9 @@ class ModelConfig:
   embedding_cache: int = DEFAULT_EMBEDDING_CACHE
   share_model: str = 'auto'
   encode_batch_tokens: int = 0
+  chunk_tokens: int = 0
+  chunk_overlap: int = 0
+  model_watch: str = ''
 
   def _replace(self, **changes) -> 'ModelConfig':
     """A copy with `changes` (the NamedTuple spelling the other config values use)."""
@@ -82,6 +91,12 @@ class ModelConfig:
       raise ValueError('--quantize needs --backend onnx')
     if self.backend == 'onnx' and (self.precision != 'fp32' or self.device.startswith('cuda')):
       raise ValueError('--backend onnx runs fp32 on the CPU (use --quantize int8 to go lower)')
+    if self.chunk_overlap < 0 or self.chunk_tokens < 0 or (
+        self.chunk_tokens and not 2 * self.chunk_overlap <= self.chunk_tokens - 2):
+      raise ValueError('--chunk_overlap must be at least 0 and at most half of --chunk_tokens '
+                       'less its two special tokens')
+    if self.chunk_tokens and self.chunk_tokens < 16:
+      raise ValueError('--chunk_tokens must be at least 16 word pieces (or 0: no chunks)')
     if self.is_packaged_default():
       packaged_model_path()  # fails early and clearly when the package is missing
     elif self.model.startswith(('/', './', '../', '~')) and not os.path.exists(

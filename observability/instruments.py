@@ -66,7 +66,8 @@ class MeasuredKeyedHandler(KeyedModelHandler):
     self._job = job
 
   def get_num_bytes(self, batch) -> int:
-    return sum(len(text) for _, text in batch)
+    # A text, or (text, model path) where a live job pins models to windows.
+    return sum(len(text if isinstance(text, str) else text[0]) for _, text in batch)
 
   def run_inference(self, batch, model, inference_args=None):
     started = time.perf_counter()

@@ -41,6 +41,7 @@ class RunFacts(NamedTuple):
   final: object  # observability.monitoring.Snapshot or None
   samples: Sequence = ()  # Snapshots taken while it ran
   calls: Sequence[Tuple[float, int, float]] = ()  # (end, texts, seconds) per inference call
+  model: str = ''  # the model's identity, NAME@FINGERPRINT
 
 
 def _read_times(folder: str, columns: List[str]) -> Optional[Dict[str, np.ndarray]]:
@@ -220,6 +221,8 @@ def render(facts: RunFacts) -> str:
     ratio = final.cache_hit_ratio()
     cards.append((f'{100 * ratio:.1f}%' if ratio is not None else 'n/a',
                   'embedding cache hit rate'))
+    cards.append((f'{final.counters.get("truncated", 0):,}', 'texts over the model window'
+                  + (' (chunked)' if config.model.chunk_tokens else ' (cut)')))
   panels = []
   svg, note = event_time_chart(config.output, config.window)
   panels.append(('Events and dead letters per window (event time)', svg, note))
@@ -240,7 +243,10 @@ def render(facts: RunFacts) -> str:
   window_text += f', out-of-orderness {window.max_out_of_orderness_s:g} s'
   if window.allowed_lateness_s:
     window_text += f', allowed lateness {window.allowed_lateness_s:g} s'
-  details = [('model', model.model), ('precision', model.precision),
+  details = [('model', model.model), ('model identity', facts.model or 'n/a'),
+             ('chunks', f'{model.chunk_tokens} word pieces, overlap {model.chunk_overlap}'
+              if model.chunk_tokens else 'off (texts cut at the window)'),
+             ('precision', model.precision),
              ('backend', f'{model.backend}' + (f', {model.quantize}'
                                                  if model.quantize != 'none' else '')),
              ('device', model.device), ('windows', window_text),

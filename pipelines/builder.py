@@ -55,14 +55,16 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
     # the global window is emitted at its end, which no watermark hold covers.
     window = config.window
     if window.kind == 'sliding':
-      # Embedded inside sliding windows, every row was written twice per window (size =
-      # 2 x period; found by the sliding count check, the cause inside batching not pinned
-      # down). Batch inside fixed windows of one period (one inference per event), then slide.
+      # Batched inside sliding windows, each event is embedded once per window it is in
+      # (and re-stamping used to copy rows into every window: transforms/enrich.py).
+      # Batch inside fixed windows of one period (one inference per event), then slide.
       window = window._replace(size_s=window.period_s, period_s=None)
     windowed, failed = (on_time
                         | 'Assign event time' >> AssignEventTime()
                         | 'Window events' >> WindowEvents(window)
-                        | 'Embed events' >> EmbedEvents(handler, job=job))
+                        | 'Embed events' >> EmbedEvents(handler, job=job,
+                                                        watch=config.model.model_watch,
+                                                        default=config.model.model))
     if window is not config.window:
       windowed = windowed | 'Slide windows' >> WindowEvents(config.window)
   elif config.mode is CollectionMode.PER_STREAM:

@@ -1,5 +1,6 @@
 """The options made into one immutable, validated JobConfig: once, before anything is built."""
 import dataclasses
+import os
 import uuid
 from typing import Tuple
 
@@ -7,7 +8,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from models.labels import LabelIndex, read_label_file
 from models.loading import ModelConfig
-from pipelines.options import (DEFAULT_DEDUP_THRESHOLD, ArchiveOptions, ConfigError,
+from models.identity import window_of
+from pipelines.options import (DEFAULT_CHUNK_TOKENS, DEFAULT_DEDUP_THRESHOLD, ArchiveOptions, ConfigError,
                                DeriveOptions, MappingOptions, ModelOptions, OutputOptions,
                                StreamOptions, WindowOptions)
 from runners.choice import is_plain_direct, runs_locally
@@ -16,7 +18,7 @@ from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
 from transforms.grouping import CollectionMode
 from transforms.io.faults import WritePolicy
-from transforms.io.targets import SinkTarget, parse_sink
+from transforms.io.targets import SinkTarget, VectorStoreTarget, parse_sink
 from transforms.io.uris import watermark_slack_s
 from transforms.records import DEFAULT_MAX_RECORD_BYTES
 from transforms.windowing import WindowSpec
@@ -75,7 +77,8 @@ def job_config(options: PipelineOptions) -> JobConfig:
         encode_batch_size=model_opts.encode_batch_size,
         encode_batch_tokens=model_opts.encode_batch_tokens, backend=model_opts.backend,
         quantize=model_opts.quantize, torch_threads=model_opts.torch_threads,
-        embedding_cache=model_opts.embedding_cache, share_model=model_opts.share_model)
+        embedding_cache=model_opts.embedding_cache, share_model=model_opts.share_model,
+        model_watch=model_opts.model_watch)
     model.validate()
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -84,6 +87,13 @@ def job_config(options: PipelineOptions) -> JobConfig:
     raise ConfigError('--output must name a folder')
   if not mapping_opts.max_record_bytes > 0:
     raise ConfigError('--max_record_bytes is a size in bytes, more than 0')
+  sinks = parse_sinks(output_opts.sink, output_opts.output)
+  # The one place the batch-or-streaming choice is read from the options.
+  streaming = bool(options.view_as(StandardOptions).streaming)
+  if model_opts.model_watch and not (streaming and os.path.isdir(
+      os.path.expanduser(model_opts.model_watch))):
+    raise ConfigError('--model_watch needs a live job (pipelines.stream) and an existing folder')
+  model = chunked(model, model_opts.chunk_tokens, model_opts.chunk_overlap, sinks)
   if not output_opts.write_retry_timeout > 0:
     raise ConfigError('--write_retry_timeout is seconds, more than 0')
   if output_opts.overwrite and output_opts.append:
@@ -96,12 +106,28 @@ def job_config(options: PipelineOptions) -> JobConfig:
                       fsync=not output_opts.no_fsync)
   return JobConfig(mapping=mapping, time_parser=time_parser, window=window, model=model,
                    output=output_opts.output, derive=derive,
-                   # The one place the batch-or-streaming choice is read from the options.
-                   streaming=bool(options.view_as(StandardOptions).streaming),
-                   sinks=parse_sinks(output_opts.sink, output_opts.output), write=write,
+                   streaming=streaming, sinks=sinks, write=write,
                    on_other_settings=on_other_settings,
                    max_record_bytes=mapping_opts.max_record_bytes,
                    replay_lateness=bool(options.view_as(ArchiveOptions).replay_lateness))
+
+
+def chunked(model: ModelConfig, chunk_tokens, overlap: int, sinks) -> ModelConfig:
+  """The model config with its chunk settings: --chunk_tokens, or by default chunks where a
+  vector store is written (retrieval finds late passages; Parquet rows keep one vector)."""
+  window = window_of(model)
+  if chunk_tokens is None:
+    chunk_tokens = min(DEFAULT_CHUNK_TOKENS, window or DEFAULT_CHUNK_TOKENS) if any(
+        isinstance(target, VectorStoreTarget) for target in sinks) else 0
+  if window and chunk_tokens > window:
+    raise ConfigError(f'--chunk_tokens {chunk_tokens} is more than the model\'s window of '
+                      f'{window} word pieces')
+  model = model._replace(chunk_tokens=chunk_tokens, chunk_overlap=overlap if chunk_tokens else 0)
+  try:
+    model.validate()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return model
 
 
 def csv_delimiter(options: PipelineOptions) -> str:

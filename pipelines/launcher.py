@@ -9,6 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.embedding_cache import hit_rate
+from models.identity import of_config
 from observability import monitoring
 from observability.instruments import CountByReason, MeasureLatency
 from observability.logs import configure_logging
@@ -40,6 +41,9 @@ class JobResult(NamedTuple):
   cache_misses: int = 0  # texts the model encoded (with the cache on)
   enriched_events: int = 0  # sliding windows: events written in their last window
   window_copies: int = 0  # sliding windows: the rows those events should have made
+  model: str = ''  # the model's identity, NAME@FINGERPRINT (models/identity.py)
+  truncated: int = 0  # texts longer than the model's window
+  chunked: bool = False  # whether those were embedded in chunks (else cut at the window)
 
   @property
   def balanced(self) -> bool:
@@ -76,6 +80,11 @@ class JobResult(NamedTuple):
         f'Enriched rows: {self.output.rstrip("/")}/enriched/   '
         f'dead letters: {self.output.rstrip("/")}/deadletter/',
     ]
+    if self.model:
+      over = (f'; {self.truncated} texts were longer than its window '
+              f'({"embedded in chunks" if self.chunked else "cut at the window"})'
+              if self.truncated else '')
+      lines.append(f'Model: {self.model}{over}.')
     if self.report:
       lines.append(f'Report: {self.report}')
     return '\n'.join(lines)
@@ -138,7 +147,10 @@ def run_job(job: Job, resume: str = _RERUN) -> JobResult:
                         cache_hits=counts.get('embedding_cache_hits', 0),
                         cache_misses=counts.get('embedding_cache_misses', 0),
                         enriched_events=counts.get('enriched_events', 0),
-                        window_copies=counts.get('window_copies', 0))
+                        window_copies=counts.get('window_copies', 0),
+                        model=str(of_config(job.config.model)),
+                        truncated=counts.get('truncated', 0),
+                        chunked=bool(job.config.model.chunk_tokens))
     final = job.monitor.samples[-1] if len(job.monitor.samples) else None
     return outcome._replace(report=_write_report(
         outcome, job.config, job.started_at, final, job.monitor.samples,
@@ -165,7 +177,7 @@ def _write_report(job: JobResult, config: JobConfig, started_at: float, final, s
   try:
     return write_report(RunFacts(
         kind, command, started_at, time.time(), job.records_read, job.enriched_rows,
-        job.deadletters, job.check, job.balanced, config, final, samples, calls))
+        job.deadletters, job.check, job.balanced, config, final, samples, calls, job.model))
   except OSError as e:  # a full disk or a read-only folder: the run's own error says more
     logging.warning('could not write the run report: %s', e)
     return None

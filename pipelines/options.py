@@ -11,6 +11,10 @@ from transforms.records import DEFAULT_MAX_RECORD_BYTES
 # Measured on tests/data/paraphrases.jsonl with the default model: precision 1.0,
 # recall 0.6 (README, "Derived columns").
 DEFAULT_DEDUP_THRESHOLD = 0.75
+# Chunks where a vector store is written (docs/long-documents.md has the measurements):
+# word pieces per chunk, special tokens included, and word pieces each chunk repeats.
+DEFAULT_CHUNK_TOKENS = 128
+DEFAULT_CHUNK_OVERLAP = 32
 
 
 class ConfigError(ValueError):
@@ -121,6 +125,15 @@ class ModelOptions(PipelineOptions):
                         help='With --backend onnx: none or int8 (dynamic, per channel).')
     parser.add_argument('--max_batch_duration_secs', type=float, default=None,
                         help='Longest wait for a batch to fill (streaming).')
+    parser.add_argument('--chunk_tokens', type=int, default=None,
+                        help='Embed a text longer than this many word pieces (at most the '
+                        "model's window) in overlapping chunks; 0: cut at the window. Default: "
+                        f'{DEFAULT_CHUNK_TOKENS} where a vector store is written, else 0.')
+    parser.add_argument('--chunk_overlap', type=int, default=DEFAULT_CHUNK_OVERLAP,
+                        help='Word pieces each chunk repeats of the one before.')
+    parser.add_argument('--model_watch', default='',
+                        help='Live jobs: a folder watched for new model folders; the newest '
+                        '(by name) replaces the model between windows, without a restart.')
 
 
 class DeriveOptions(PipelineOptions):

@@ -22,7 +22,8 @@ from runners.choice import runs_locally
 from transforms.fields import MISSING, format_path, resolve
 from transforms.io.sources import format_of, read_archive
 from transforms.records import Undecodable, decode_object
-from transforms.io.targets import RedisTarget, is_redis
+from transforms.io.targets import RedisTarget, VectorStoreTarget, is_redis
+from transforms.io.vector_store import check_store
 
 _CONNECT_TIMEOUT_S = 3
 _SAMPLE_RECORDS = 100  # records of the first archive file the field paths are tried on
@@ -41,6 +42,11 @@ def check_start(options: PipelineOptions, config: JobConfig, source: Optional[st
   for target in config.sinks:
     if isinstance(target, RedisTarget):
       check_redis(target.address, 'sink')
+    elif isinstance(target, VectorStoreTarget):
+      try:
+        check_store(target.uri, target.table, config.model)
+      except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_output(output: str) -> None:

@@ -1,13 +1,17 @@
 """Semantic search over the job's output.
 
   python -m pipelines.search "query text" --store DIR [-k 10] [--since T] [--until T]
-      [--label L] [--json] [--queries FILE] [--model NAME_OR_PATH]
+      [--label L] [--json] [--queries FILE] [--model NAME_OR_PATH] [--table NAME]
 
 DIR is the job's --output. When it holds a vector store (the job ran with
---sink vectors), or --store is lancedb:URI, the store answers; otherwise the
-rows of DIR/enriched are ranked by exact search over their Parquet embeddings,
-with the query embedded by the model named in the rows (or --model). --json
-prints one object per result: query, rank, id, score, text and the payload.
+--sink vectors), or --store is lancedb:URI, the store's --table answers (default
+events): queries are embedded by the model identity the table records
+(models/identity.py), and a model that no longer gives that identity is refused.
+Results are documents: the best chunk of each, with its offsets and text, never
+one document twice. Otherwise the rows of DIR/enriched are ranked by exact search
+over their Parquet embeddings, with the query embedded by the model named in the
+rows (or --model). --json prints one object per result: query, rank, id, score,
+text and the payload.
 """
 import argparse
 import json
@@ -20,12 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from models.loading import DEFAULT_MODEL, ModelConfig, load_sentence_transformer
+from models.identity import of_config
+from models.loading import ModelConfig, load_sentence_transformer
 from models.vectors import unit_rows
 from transforms.eventtime import TimeParser, format_micros
-from transforms.io.vector_store import open_table
+from transforms.io.vector_store import TABLE, open_table, table_identity
 
-_PAYLOAD = ('event_time', 'window_start', 'window_end', 'label', 'duplicate_of', 'source')
+_PAYLOAD = ('event_time', 'window_start', 'window_end', 'label', 'duplicate_of', 'source',
+            'chunk', 'chunk_start', 'chunk_end', 'model', 'model_fingerprint')
 
 
 def open_rows(store: str, since: Optional[str], until: Optional[str],
@@ -48,13 +54,16 @@ def open_rows(store: str, since: Optional[str], until: Optional[str],
       raise ValueError('--label: these rows carry no labels (run the job with --label_file)')
     clause = ds.field('label') == label
     condition = clause if condition is None else condition & clause
-  columns = ['id', 'text', 'embedding', 'model'] + [c for c in _PAYLOAD if c in names]
+  columns = ['id', 'text', 'embedding', 'model'] + [c for c in _PAYLOAD
+                                                    if c in names and c != 'model']
   return dataset.to_table(columns=columns, filter=condition)
 
 
-def embed_queries(queries: List[str], model_name: str) -> np.ndarray:
-  """Unit-length query embeddings from the model that embedded the rows."""
-  model = load_sentence_transformer(ModelConfig(model=model_name, device='auto'))
+def embed_queries(queries: List[str], model_name) -> np.ndarray:
+  """Unit-length query embeddings from the model (a name or a ModelConfig) of the rows."""
+  config = model_name if isinstance(model_name, ModelConfig) else ModelConfig(
+      model=model_name, device='auto')
+  model = load_sentence_transformer(config)
   vectors = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
   return np.asarray(vectors, np.float32)
 
@@ -64,6 +73,11 @@ def search(table: pa.Table, queries: List[str], k: int, model_name: Optional[str
   if table.num_rows == 0:
     return
   names = pc.unique(table.column('model')).to_pylist()
+  if 'model_fingerprint' in table.column_names:
+    prints = [p for p in pc.unique(table.column('model_fingerprint')).to_pylist() if p]
+    if len(prints) > 1:
+      raise ValueError(f'rows from several model identities ({", ".join(prints)}): vectors of '
+                       'two models cannot be ranked together; narrow --since/--until')
   if model_name is None and len(names) > 1:
     raise ValueError(f'rows from several models ({", ".join(names)}): pass --model')
   embeddings = table.column('embedding').combine_chunks()
@@ -86,10 +100,30 @@ def vector_store_uri(store: str) -> Optional[str]:
   return folder if os.path.isdir(folder) else None
 
 
+def store_model(table, name: str, model_name: Optional[str]) -> ModelConfig:
+  """The ModelConfig whose identity filled `table`; raises ValueError where the model found
+  here (or --model) does not give that identity."""
+  recorded = table_identity(table)
+  if recorded is None:
+    raise ValueError(f'the vector table {name} records no model identity: re-embed it into a '
+                     'new table (docs/long-documents.md)')
+  config = ModelConfig(model=model_name or recorded['model'], device='auto',
+                       precision=recorded['precision'], backend=recorded['backend'],
+                       quantize=recorded['quantize'], normalize=recorded['normalize'])
+  found = of_config(config)
+  if found.fingerprint != recorded['fingerprint']:
+    raise ValueError(f'the vector table {name} holds vectors of {recorded["model"]}@'
+                     f'{recorded["fingerprint"]}; the model here is {found}: its query vectors '
+                     'would not compare (search the table that model filled)')
+  return config
+
+
 def search_vector_store(uri: str, queries: List[str], k: int, since, until, label,
-                        model_name: Optional[str]):
-  """Yields (query, rank, score, row dict) from the LanceDB store."""
-  table = open_table(uri)
+                        model_name: Optional[str], table_name: str = TABLE):
+  """Yields (query, rank, score, row dict) from the LanceDB store: the best chunk of each of
+  the k best documents."""
+  table = open_table(uri, table=table_name)
+  config = store_model(table, table_name, model_name)
   clauses = []
   parser = TimeParser()
   for bound, op in ((since, '>='), (until, '<')):
@@ -97,15 +131,21 @@ def search_vector_store(uri: str, queries: List[str], k: int, since, until, labe
       clauses.append(f"event_time {op} timestamp '{format_micros(parser.parse(bound))}'")
   if label:
     clauses.append("label = '{}'".format(label.replace("'", "''")))
-  if model_name is None:
-    head = table.search().select(['model']).limit(1).to_arrow()
-    model_name = head.column('model')[0].as_py() if head.num_rows else DEFAULT_MODEL
-  for query, vector in zip(queries, embed_queries(queries, model_name)):
-    request = table.search(vector).metric('cosine').limit(k)
-    if clauses:
-      request = request.where(' AND '.join(clauses), prefilter=True)
-    hits = request.to_arrow().drop_columns(['vector', 'model']).to_pylist()
-    for rank, row in enumerate(hits, start=1):
+  total = table.count_rows()
+  for query, vector in zip(queries, embed_queries(queries, config)):
+    limit, best = 4 * k, {}
+    while True:  # chunks of one document crowd the top: ask for more until k documents
+      request = table.search(vector).metric('cosine').limit(limit)
+      if clauses:
+        request = request.where(' AND '.join(clauses), prefilter=True)
+      hits = request.to_arrow().drop_columns(['vector']).to_pylist()
+      best = {}
+      for row in hits:  # by distance: the first chunk of a document is its best
+        best.setdefault(row['id'], row)
+      if len(best) >= k or len(hits) < limit or limit >= total:
+        break
+      limit *= 4
+    for rank, row in enumerate(list(best.values())[:k], start=1):
       yield query, rank, 1.0 - float(row.pop('_distance')), row
 
 
@@ -130,6 +170,8 @@ def main(argv=None) -> None:
   parser.add_argument('--label', help='Only events with this label.')
   parser.add_argument('--queries', help='A file with one query per line.')
   parser.add_argument('--model', help='The model to embed queries with; default: the rows\'.')
+  parser.add_argument('--table', default=TABLE,
+                      help='The vector-store table to search (a re-embedded store\'s new one).')
   parser.add_argument('--json', action='store_true', help='One JSON object per result.')
   args = parser.parse_args(argv)
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -145,7 +187,7 @@ def main(argv=None) -> None:
     uri = vector_store_uri(args.store)
     if uri is not None:
       results = list(search_vector_store(uri, queries, args.k, args.since, args.until,
-                                         args.label, args.model))
+                                         args.label, args.model, args.table))
     else:
       table = open_rows(args.store, args.since, args.until, args.label)
       rows = table.to_pylist()

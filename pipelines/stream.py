@@ -66,6 +66,8 @@ class _ReportWindowFn(beam.DoFn):
     snap = job_state.of(self._job).snapshot
     ratio = snap.cache_hit_ratio() if snap is not None else None
     cache = f', embedding cache hit rate {ratio:.0%}' if ratio is not None else ''
+    cut = snap.counters.get('truncated', 0) if snap is not None else 0
+    cache += f', {cut} texts over the model window' if cut else ''
     logging.info('window %s..%s pane %d: %d events, latency p50 %.2f s p99 %.2f s, '
                  '%.1f events/s so far%s',
                  format_micros(batch.start_us)[11:], format_micros(batch.end_us)[11:],

@@ -125,6 +125,7 @@ def test_bigquery_sink_appends_rows_that_match_its_schema():
       ('window_start', 'TIMESTAMP', 'NULLABLE'), ('window_end', 'TIMESTAMP', 'NULLABLE'),
       ('text', 'STRING', 'NULLABLE'), ('embedding', 'FLOAT', 'REPEATED'),
       ('model', 'STRING', 'NULLABLE'), ('source', 'STRING', 'NULLABLE'),
+      ('model_fingerprint', 'STRING', 'NULLABLE'), ('chunk_count', 'INTEGER', 'NULLABLE'),
       ('label', 'STRING', 'NULLABLE'), ('label_score', 'FLOAT', 'NULLABLE'),
       ('labels', 'STRING', 'REPEATED'), ('duplicate_of', 'STRING', 'NULLABLE'),
       ('duplicate_score', 'FLOAT', 'NULLABLE')]

@@ -157,7 +157,7 @@ def test_upserts_dedupe_ids_within_a_batch_and_stay_one_vector_per_id(tmp_path):
   for _ in range(2):  # replayed twice
     with batch_pipeline() as p:
       _ = (p | beam.Create([_window(ids[:20]), _window(ids[20:])], reshuffle=False)
-           | UpsertVectors(uri, 'm'))
+           | UpsertVectors(uri, ModelConfig()))
   table = open_table(uri).to_arrow()
   assert table.num_rows == 30
   assert sorted(table.column('id').to_pylist()) == sorted(set(ids))
@@ -168,7 +168,8 @@ def test_upserts_dedupe_ids_within_a_batch_and_stay_one_vector_per_id(tmp_path):
 def test_the_vector_store_is_compacted_and_its_old_versions_removed(tmp_path):
   from transforms.io.vector_store import _UpsertFn
   uri = str(tmp_path / 'vectors')
-  upsert = _UpsertFn(uri, 'm', compact_every=10, keep_versions_s=0)
+  upsert = _UpsertFn(uri, 'events', ModelConfig(), compact_every=10, keep_versions_s=0)
+  upsert.setup()
   for n in range(35):  # a bundle each: a merge each
     upsert.start_bundle()
     upsert.process(_window([f'id{n}', f'id{n + 1}']), None, 0)

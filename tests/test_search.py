@@ -11,7 +11,7 @@ import pytest
 from models.loading import DEFAULT_MODEL
 from pipelines.search import main as search_main
 from tests.conftest import ROOT
-from transforms.records import Embedded, Event
+from transforms.records import Embedded, Event, WindowRows
 from transforms.io.files import write_parquet
 from transforms.io.sinks import enriched_table
 
@@ -23,11 +23,28 @@ OTHERS = ['Quarterly revenue grew by twelve percent.', 'The football match ended
           'The train to Berlin is delayed by an hour.']
 
 
+class Store(os.PathLike):
+  """The output folder of the planted rows, and the window firings that wrote them."""
+
+  def __init__(self, folder, batches):
+    self.folder, self.batches = folder, batches
+
+  def __fspath__(self):
+    return str(self.folder)
+
+  def __str__(self):
+    return str(self.folder)
+
+  def __truediv__(self, other):
+    return self.folder / other
+
+
 @pytest.fixture(scope='module')
 def store(tmp_path_factory, real_model):
   out = tmp_path_factory.mktemp('store')
   texts = OTHERS + [PLANTED]
   vectors = real_model.encode(texts)
+  batches = []
   rows = [Embedded(Event(f'id-{n}', (n + 1) * 10 * S, t, f'f:{n}', 'f', '{}'), v)
           for n, (t, v) in enumerate(zip(texts, vectors))]
   for start in (0, 60):  # two windows of a minute
@@ -36,22 +53,24 @@ def store(tmp_path_factory, real_model):
                            {'label': ['planted' if r.event.text == PLANTED else 'other'
                                       for r in batch]})
     write_parquet(table, f'{out}/enriched/window={start}/part-00000.parquet')
-  return out
+    batches.append(WindowRows(start * S, (start + 60) * S, 0, batch, {
+        'label': ['planted' if r.event.text == PLANTED else 'other' for r in batch]}))
+  return Store(out, batches)
 
 
 @pytest.fixture(scope='module')
 def vector_store(store, tmp_path_factory):
   """The same rows in a LanceDB store, as `--sink vectors` writes them."""
-  import pyarrow.dataset as ds
-  from transforms.io.vector_store import open_table
+  from models.identity import of_config
+  from models.loading import ModelConfig
+  from transforms.io.vector_store import identity_record, open_table, vector_tables
   uri = str(tmp_path_factory.mktemp('vectors') / 'db')
-  rows = ds.dataset(store / 'enriched', format='parquet', partitioning='hive').to_table()
-  table = rows.select(['id', 'embedding', 'event_time', 'window_start', 'window_end', 'text',
-                       'label', 'model']).rename_columns(
-      ['id', 'vector', 'event_time', 'window_start', 'window_end', 'text', 'label', 'model'])
-  table = table.append_column('duplicate_of', pa.nulls(len(table), pa.string()))
-  target = open_table(uri, 384)
-  target.add(table.select(target.schema.names).cast(target.schema))
+  config = ModelConfig()
+  identity = of_config(config)
+  target = open_table(uri, 384, identity=identity_record(identity, config))
+  for batch in store.batches:
+    for data in vector_tables(batch, identity).values():
+      target.add(data)
   return uri
 
 

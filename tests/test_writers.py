@@ -82,8 +82,10 @@ def _upsert(store, writer, windows):
 import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from transforms import records as r
+from models.loading import ModelConfig
 from transforms.io.vector_store import _UpsertFn
-upsert = _UpsertFn({str(store)!r}, 'm')
+upsert = _UpsertFn({str(store)!r}, 'events', ModelConfig())
+upsert.setup()
 for w in range({windows}):
   rows = [r.Embedded(r.Event(f'{writer}-{{w}}-{{k}}', w * 10_000_000 + k, 't', 's', 's', ''),
                      np.full(8, k, np.float32)) for k in range(30)]

@@ -133,9 +133,21 @@ def decode_object(record: RawRecord) -> Union[dict, Undecodable]:
 
 
 class Embedded(NamedTuple):
-  """An event with its embedding (float32)."""
+  """An event with its embedding (float32).
+
+  chunks: (start, end) character offsets of its text's chunks, () when embedded whole
+    (models/chunking.py); chunk_vectors: their vectors (chunks x dimensions).
+  model: the models.identity.ModelIdentity that made it (None: not known, e.g. a test model).
+  """
   event: Event
   embedding: Any  # numpy.ndarray, float32
+  chunks: Tuple[Tuple[int, int], ...] = ()
+  chunk_vectors: Any = None
+  model: Any = None
+
+  @property
+  def chunk_count(self) -> int:
+    return len(self.chunks) or 1
 
 
 class WindowRows(NamedTuple):

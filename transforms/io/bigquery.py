@@ -14,7 +14,7 @@ from transforms.io.targets import BigQueryTarget
 
 
 _BIGQUERY_TYPES = types.MappingProxyType({'string': 'STRING', 'float': 'FLOAT', 'double': 'FLOAT',
-                   'timestamp[us, tz=UTC]': 'TIMESTAMP'})
+                   'int32': 'INTEGER', 'timestamp[us, tz=UTC]': 'TIMESTAMP'})
 
 
 def bigquery_schema(extra_columns=()) -> dict:

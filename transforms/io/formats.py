@@ -18,8 +18,10 @@ def enriched_records(batch: WindowRows, model: str):
         'window_end': end,
         'text': row.event.text,
         'embedding': [float(x) for x in row.embedding],
-        'model': model,
+        'model': row.model.name if row.model else model,
         'source': row.event.source,
+        'model_fingerprint': row.model.fingerprint if row.model else None,
+        'chunk_count': row.chunk_count,
     }
     for name, values in extras.items():
       record[name] = values[n]

@@ -55,6 +55,8 @@ def enriched_schema(dimensions: int) -> pa.Schema:
       ('embedding', pa.list_(pa.float32(), dimensions)),
       ('model', pa.string()),
       ('source', pa.string()),
+      ('model_fingerprint', pa.string()),  # models/identity.py
+      ('chunk_count', pa.int32()),  # 1, or the chunks a long text was embedded in
   ])
 
 
@@ -108,8 +110,10 @@ def enriched_table(rows, window_start_us: int, window_end_us: int, model: str,
       pa.array(np.full(n, window_end_us, np.int64), TIMESTAMP),
       pa.array([event.text for event in events], pa.string()),
       pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dimensions),
-      pa.array([model] * n, pa.string()),
+      pa.array([row.model.name if row.model else model for row in rows], pa.string()),
       pa.array([event.source for event in events], pa.string()),
+      pa.array([row.model.fingerprint if row.model else None for row in rows], pa.string()),
+      pa.array([row.chunk_count for row in rows], pa.int32()),
   ], schema=enriched_schema(dimensions))
   for name, values in (extras or {}).items():
     table = table.append_column(name, pa.array(values, EXTRA_TYPES.get(name)))

@@ -5,6 +5,7 @@
 Every value keeps `spelled`, the URI as the user wrote it, for step labels
 and messages (redacted where shown).
 """
+import re
 import urllib.parse
 from typing import NamedTuple, Optional, Union
 
@@ -17,9 +18,11 @@ BIGQUERY_METHODS = ('STREAMING_INSERTS', 'FILE_LOADS', 'STORAGE_WRITE_API')
 
 
 class VectorStoreTarget(NamedTuple):
-  """A LanceDB store: `vectors` (DIR/vectors under the output) or lancedb:URI."""
+  """A LanceDB store: `vectors` (DIR/vectors under the output) or lancedb:URI, each with an
+  optional ?table=NAME (default events): the table this job's model fills."""
   uri: str
   spelled: str
+  table: str = 'events'
 
 
 # Entries the Redis sink keeps (XADD MAXLEN ~, about 8 KB each with 384 floats: ~800 MB);
@@ -119,6 +122,16 @@ def _bigquery(uri: str) -> BigQueryTarget:
   return BigQueryTarget(bigquery_table(uri), method, every_s, uri)
 
 
+def _vector_store(uri: str, output_dir: str) -> VectorStoreTarget:
+  location, _, query = uri.partition('?')
+  table = uri_query(uri).get('table', 'events') if query else 'events'
+  if not re.fullmatch(r'[A-Za-z0-9_][A-Za-z0-9_.-]*', table):
+    raise ValueError(f'{uri}: table is a name of letters, digits, _ . and -')
+  if location == 'vectors':
+    return VectorStoreTarget(f'{output_dir.rstrip("/")}/{VECTORS_DIR}', uri, table)
+  return VectorStoreTarget(location[len('lancedb:'):], uri, table)
+
+
 def parse_sink(uri: str, output_dir: str) -> SinkTarget:
   """The typed value of one --sink entry; raises ValueError for a bad URI.
 
@@ -134,10 +147,8 @@ def parse_sink(uri: str, output_dir: str) -> SinkTarget:
     return KafkaTarget(brokers, topic, uri_query(uri).get('expansion_service'), uri)
   if uri.startswith('bq://'):
     return _bigquery(uri)
-  if uri == 'vectors':
-    return VectorStoreTarget(f'{output_dir.rstrip("/")}/{VECTORS_DIR}', uri)
-  if uri.startswith('lancedb:') and uri[len('lancedb:'):]:
-    return VectorStoreTarget(uri[len('lancedb:'):], uri)
+  if uri.split('?')[0] == 'vectors' or (uri.startswith('lancedb:') and uri[len('lancedb:'):]):
+    return _vector_store(uri, output_dir)
   raise ValueError(f'unknown --sink {redacted(uri)}: use vectors, lancedb:URI, '
                    'redis://HOST:PORT/DB?stream=NAME (or rediss://, unix://), '
                    'pubsub://projects/P/topics/T, '

@@ -104,4 +104,4 @@ def sink(target: SinkTarget, config) -> beam.PTransform:
     return WriteKafka(target, model)
   if isinstance(target, BigQueryTarget):
     return WriteBigQuery(target, model, config.derive.extra_columns, config.mode.unbounded)
-  return UpsertVectors(target.uri, model)
+  return UpsertVectors(target.uri, config.model, target.table)
