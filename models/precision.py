@@ -97,8 +97,9 @@ def _missing(setting: Setting) -> Optional[str]:
   return None
 
 
-def choose(config: ModelConfig, device: str = 'cpu') -> Choice:
-  """The concrete setting for `config` on `device` ('cpu', 'cuda', 'cuda:N')."""
+def choose(config: ModelConfig, device: str = 'cpu', units: Optional[str] = None) -> Choice:
+  """The concrete setting for `config` on `device` ('cpu', 'cuda', 'cuda:N'), whose CPU
+  has `units` (this machine's vector_units() when None)."""
   if config.precision not in (AUTO, FAST):
     return Choice(config, config.precision, EXACT if config.precision == 'fp32' else 'asked',
                   f'--precision {config.precision} as asked')
@@ -107,7 +108,7 @@ def choose(config: ModelConfig, device: str = 'cpu') -> Choice:
     return Choice(config._replace(precision='fp32'), config.backend, EXACT,
                   f'--precision {config.precision} with --backend {config.backend}: fp32 on it')
   kind = 'cuda' if device.startswith('cuda') else 'cpu'
-  units = vector_units() if kind == 'cpu' else None
+  units = (units or vector_units()) if kind == 'cpu' else None
   row = TABLE.get((kind, units), Row(None, None, f'no row for {kind} {units}'))
   tier = NEAR_EXACT if config.precision == AUTO else ACCURATE
   name = row.near_exact if tier == NEAR_EXACT else row.accurate or row.near_exact
