@@ -216,6 +216,8 @@ def main(argv=None):
     measured = measure(encode, sts, texts, reference, DEFAULT_DEDUP_THRESHOLD)
     measured.update(verdicts(measured, fp32_spearman), chosen=choice.name, why=choice.reason)
     results[name] = measured
+    print(f'{name}: rho {measured["sts_spearman"]:.5f}, top-10 {measured["top10_overlap"]:.4f}, '
+          f'min cosine {measured["min_cosine"]:.4f}', flush=True)
   machine = describe()
   print(f'{len(sts[0])} STS-B dev pairs, {len(texts)} distinct archive texts, dedup threshold '
         f'{DEFAULT_DEDUP_THRESHOLD}; {machine}')
