@@ -108,17 +108,23 @@ def measure(rate: float, args, setting_flags) -> dict:
       producer = subprocess.Popen(
           [sys.executable, '-m', 'pipelines.produce', '--input', args.slice, '--target',
            f'{url}?stream=events', '--rate', str(rate), '--retime', '--limit', str(count)],
-          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-      started, started_wall = time.monotonic(), time.time()
-      samples = []
+          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      samples = []  # (wall time, backlog) while the producer runs
       while producer.poll() is None:
-        samples.append((time.monotonic() - started, _backlog(client, 'events')))
+        samples.append((time.time(), _backlog(client, 'events')))
         time.sleep(1.0)
-      sent_for = time.monotonic() - started
+      if producer.returncode:
+        raise SystemExit(f'the producer failed ({producer.returncode})')
+      # The first and last events' times from their stream ids (ms): the producer's own
+      # start-up (imports) is not part of the step.
+      first_s, last_s = (int(entries[0][0].split(b'-')[0]) / 1000
+                         for entries in (client.xrange('events', count=1),
+                                         client.xrevrange('events', count=1)))
+      sent_for = max(last_s - first_s, 1e-3)
       deadline = time.monotonic() + args.drain_s
       while time.monotonic() < deadline and _backlog(client, 'events') > 0:
         time.sleep(0.5)
-      drained_after = time.monotonic() - started - sent_for
+      drained_after = time.time() - last_s
       left = _backlog(client, 'events')
     finally:
       job.send_signal(signal.SIGTERM)
@@ -127,13 +133,15 @@ def measure(rate: float, args, setting_flags) -> dict:
       except subprocess.TimeoutExpired:
         job.kill()
     values, times = latencies_with_times(out)
-  warm = times >= started_wall + args.warmup
+  warm = times >= first_s + args.warmup
   measured = values[warm] if warm.any() else values
-  growth = backlog_growth([s for s in samples if s[0] >= args.warmup], rate)
+  growth = backlog_growth([(t - first_s, n) for t, n in samples
+                           if first_s + args.warmup <= t <= last_s], rate)
   p99 = float(np.percentile(measured, 99)) if len(measured) else float('inf')
   return {
       'rate': rate, 'events': count, 'written': int(len(values)),
-      'sent_in_s': round(sent_for, 1), 'achieved_send_rate': round(count / sent_for, 1),
+      'sent_in_s': round(sent_for, 1),
+      'achieved_send_rate': round((count - 1) / sent_for, 1) if count > 1 else None,
       'job_ready_after_s': ready_after,
       'latency_p50_s': round(float(np.percentile(measured, 50)), 2) if len(measured) else None,
       'latency_p99_s': round(p99, 2),
