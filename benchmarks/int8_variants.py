@@ -9,7 +9,6 @@ measures, benchmarks/accuracy.py), the time to build it and to encode the texts
   bf16                         no quantization (the reference speed);
   static                       NNCF static int8, transformer preset, calibrated on
                                models/calibration/ (what --quantize int8 builds);
-  static-mixed                 the same with the mixed preset (asymmetric activations);
   static-keep-ffn-out          the feed-forward output MatMuls left unquantized;
   static-keep-ffn-out-last     ... and the last layer's MatMuls;
   static-keep-ffn-out-ends     ... and the first and last layers' MatMuls;
@@ -27,7 +26,7 @@ import numpy as np
 from benchmarks.accuracy import row_cosines, top_k_overlap
 from benchmarks.common import DEFAULT_INPUT, RESULTS, archive_texts, describe
 
-VARIANTS = ('bf16', 'static', 'static-mixed', 'static-keep-ffn-out',
+VARIANTS = ('bf16', 'static', 'static-keep-ffn-out',
             'static-keep-ffn-out-last', 'static-keep-ffn-out-ends', 'weights-int8')
 
 
@@ -54,8 +53,6 @@ def build(name, onnx_path, items):
   kwargs = {'model_type': nncf.ModelType.TRANSFORMER, 'subset_size': 16 * len(items)}
   if ignored:
     kwargs['ignored_scope'] = nncf.IgnoredScope(names=sorted(set(ignored)))
-  if name == 'static-mixed':
-    kwargs['preset'] = nncf.QuantizationPreset.MIXED
   return nncf.quantize(graph, nncf.Dataset(items), **kwargs)
 
 
