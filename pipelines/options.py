@@ -93,7 +93,8 @@ class ModelOptions(PipelineOptions):
     parser.add_argument('--precision', default='auto',
                         help=f'One of {", ".join(PRECISIONS)}. auto: the fastest near-exact '
                         'setting measured for this machine (every cosine to fp32 >= 0.995); '
-                        'fast: the fastest accurate one (STS-B within 0.005 of fp32); both '
+                        'fast: the fastest accurate one (STS-B within 0.005 of fp32, top-10 '
+                        'neighbours kept 95%%); both '
                         'choose the backend too and say so at start (docs/precision.md).')
     parser.add_argument('--normalize', action='store_true',
                         help='Scale embeddings to unit length.')
