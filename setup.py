@@ -13,6 +13,7 @@ setuptools.setup(
                                                'transforms.*', 'models', 'models.*',
                                                'observability', 'observability.*',
                                                'runners', 'runners.*']),
+    package_data={'models': ['calibration/*.jsonl', 'calibration/*.md']},
     python_requires='>=3.10',
     install_requires=[
         'apache-beam==2.77.0',  # the local-runner compatibility work is pinned to it
@@ -31,7 +32,11 @@ setuptools.setup(
         'test': ['pytest>=8', 'hypothesis>=6.100', 'pytest-xdist>=3.5'],
         'bench': ['matplotlib>=3.8', 'qdrant-client>=1.12'],
         'vectors': ['lancedb>=0.20'],
-        'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.2'],
+        # Exported-graph backends: ONNX Runtime, and OpenVINO with NNCF for int8. With
+        # OpenVINO, --precision auto runs openvino-bf16 where measured (docs/precision.md);
+        # without it, fp32.
+        'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.2', 'openvino>=2026.4,<2027',
+                 'nncf>=3.4,<4'],
         # Pub/Sub and BigQuery IO (Dataflow's workers have these already).
         'gcp': ['apache-beam[gcp]==2.77.0'],
     },

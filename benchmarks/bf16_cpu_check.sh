@@ -37,8 +37,9 @@ step 'forward passes, fp32 and bf16' "$PY" -m benchmarks.forward_batch --input "
 step 'pipeline bf16 against bare bf16, 3000 distinct' "$PY" -m benchmarks.throughput \
     --input "$ARCHIVE" --precisions fp32,bf16 --variants bare,pipeline --limit 3000 --distinct \
     --rounds 2 --e2e_only --skip_accuracy --label bf16-host-distinct --results "$RESULTS"
+# The default is --precision auto (docs/precision.md): pipeline@auto is what a user gets.
 step 'default pipeline against bare fp32, first 10,000' "$PY" -m benchmarks.throughput \
-    --input "$ARCHIVE" --precisions fp32 --variants bare,pipeline --limit 10000 --rounds 2 \
+    --input "$ARCHIVE" --precisions fp32,auto --variants bare,pipeline --limit 10000 --rounds 2 \
     --e2e_only --skip_accuracy --label bf16-host-10k --results "$RESULTS"
 echo "== done $(date -u +%H:%M:%S), results in $RESULTS"
 exit $failed

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check, one prepared script under 8 minutes: the card, bare encode against the
-# pipeline at fp32 and fp16, the pipeline at fp16 with one and several worker processes
-# (one model copy on the GPU for all of them: --share_model auto), and the plumbing
-# benchmark where the checkout has it.
+# The GPU check, one prepared script under 9 minutes: the card, the accuracy guard's
+# verdict on fp16 (near-exact? accurate? against fp32 on the same GPU), bare encode
+# against the pipeline at fp32 and fp16, the pipeline at fp16 with one and several worker
+# processes (one model copy on the GPU for all of them: --share_model auto), and the
+# plumbing benchmark where the checkout has it. The first two fill the ('cuda', None)
+# row of models/precision.py TABLE (--precision auto and fast; fp16 is the row expected).
+# The CPU-only settings (onnx, openvino) have no GPU rows.
 #
 #   benchmarks/gpu_check.sh [ARCHIVE] [LIMIT] [WORKERS]
 #
@@ -11,7 +14,7 @@
 # shared Wikipedia stream beside the checkout, or a copy under ./shared/data (a device
 # machine gets only the checkout). Results (JSON, PNG, the log) go to $OUT when it is
 # set, else benchmarks/results/. Each step has its own time limit, so that one slow step
-# cannot take the others' time; the whole stays under 8 minutes. CI never runs this.
+# cannot take the others' time; the whole stays under 9 minutes. CI never runs this.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -41,11 +44,16 @@ assert torch.cuda.is_available(), 'no CUDA device visible to torch'
 print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__,
       '| CUDA', torch.version.cuda)
 PY
+# The tiers: fp16 (and bf16, where the card has it) against plain fp32 encode on the
+# STS-B dev split and 2,000 archive texts; what auto and fast choose here.
+step 60 'accuracy guard, fp16 and bf16' "$PY" -m benchmarks.accuracy --device cuda \
+    --input "$ARCHIVE" --sts "$(dirname "$ARCHIVE")/sts-dev.csv" --settings fp16,bf16,auto,fast \
+    --label gpu --results "$RESULTS"
 BENCH=("$PY" -m benchmarks.throughput --device cuda --input "$ARCHIVE" --limit "$LIMIT"
        --results "$RESULTS")
 # Bare encode and the pipeline (one worker) at fp32 and fp16, ratios to bare fp32.
 step 200 'bare vs pipeline, fp32 and fp16' "${BENCH[@]}" --precisions fp32,fp16 \
-    --variants bare,pipeline --rounds 2 --label gpu
+    --variants bare,pipeline --rounds 2 --skip_accuracy --label gpu
 # The pipeline at fp16 with several worker processes sharing one model on the GPU.
 step 150 "pipeline fp16, $WORKERS workers" "${BENCH[@]}" --precisions fp16 \
     --variants pipeline --rounds 1 --label "gpu-${WORKERS}workers" -- \

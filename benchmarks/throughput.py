@@ -16,8 +16,10 @@ End to end runs from the child's spawn through imports, model load and the
 first full pass. Steady state leaves start-up out: bare times a second
 `encode` of all texts; the pipelines subtract a 64-event run from a second
 full run (each run builds its pipeline and loads its model, so fixed costs cancel).
-Each setting beyond fp32 (fp16, bf16, onnx, onnx-int8) runs bare and pipeline with it, with the
-minimum and mean cosine of its embeddings to fp32 ones (first round).
+Each setting beyond fp32 (fp16, bf16, onnx, onnx-int8, openvino, openvino-bf16,
+openvino-int8, openvino-int8-bf16, and auto and fast: models/precision.py) runs bare
+and pipeline with it, with the minimum and mean cosine of its embeddings to fp32 ones
+(first round); `python -m benchmarks.accuracy` judges the settings' tiers.
 Prints events/s, ratios to bare fp32, peak RSS; writes JSON and PNG to benchmarks/results/.
 """
 import argparse
@@ -39,14 +41,17 @@ from models.embedding_cache import hit_rate
 VARIANTS = ('bare', 'bare-tuned', 'pipeline', 'mltransform')
 ST_DEFAULT_BATCH = 32  # SentenceTransformer.encode's batch_size
 SMALL = 64
-# Model settings a variant can run with: flags for the job, and the same as a ModelConfig.
-SETTINGS = {
-    'fp32': [],
-    'fp16': ['--precision', 'fp16'],
-    'bf16': ['--precision', 'bf16'],
-    'onnx': ['--backend', 'onnx'],
-    'onnx-int8': ['--backend', 'onnx', '--quantize', 'int8'],
-}
+
+
+def _settings():
+  """Model settings a variant can run with, as the job's flags: the named ones of
+  models/precision.py, and auto and fast (chosen for the machine where they run)."""
+  from models.precision import SETTINGS as NAMED
+  named = {name: setting.flags() for name, setting in NAMED.items()}
+  return {**named, 'auto': ['--precision', 'auto'], 'fast': ['--precision', 'fast']}
+
+
+SETTINGS = _settings()
 
 
 def setting_config(setting: str, device: str):
@@ -56,6 +61,8 @@ def setting_config(setting: str, device: str):
   return ModelConfig(device=device, precision=values.get('--precision', 'fp32'),
                      backend=values.get('--backend', 'torch'),
                      quantize=values.get('--quantize', 'none'))
+
+
 BASELINE = 'bare@fp32'
 
 

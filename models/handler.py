@@ -10,6 +10,7 @@ from models.chunking import embed_documents
 from models.embedding_cache import CachingEncoder, EmbeddingCache
 from models.identity import of_config
 from models.loading import ModelConfig, forward_pass_limits, load_sentence_transformer, shares_model
+from models.precision import resolved
 
 _PROGRESS_EVERY_S = 5.0
 
@@ -55,8 +56,10 @@ class SentenceTransformerHandler(ModelHandler[str, PredictionResult, Any]):
   def wrap(self, model, cached: bool = True, config: Optional[ModelConfig] = None
            ) -> CachingEncoder:
     """The model with this handler's encode arguments and a fresh cache (if configured)."""
-    config = config or self._config
-    token_budget, max_texts = forward_pass_limits(config, getattr(model, 'device', None))
+    device = getattr(model, 'device', None)
+    # auto and fast as load_sentence_transformer chose them for this machine.
+    config = resolved(config or self._config, str(device or 'cpu'))
+    token_budget, max_texts = forward_pass_limits(config, device)
     cache = None
     if cached and config.embedding_cache:
       cache = EmbeddingCache(config.embedding_cache, '|'.join(map(str, (

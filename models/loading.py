@@ -8,9 +8,10 @@ from typing import FrozenSet, NamedTuple, Optional, Tuple
 
 DEFAULT_MODEL = 'sentence-transformers/all-MiniLM-L6-v2'
 _PACKAGED_ALIASES = frozenset({DEFAULT_MODEL, 'all-MiniLM-L6-v2'})
-PRECISIONS = ('fp32', 'fp16', 'bf16')
+# auto and fast choose a concrete setting for the machine (models/precision.py).
+PRECISIONS = ('auto', 'fast', 'fp32', 'fp16', 'bf16')
 DEVICES = ('auto', 'cpu', 'cuda')
-BACKENDS = ('torch', 'onnx')
+BACKENDS = ('torch', 'onnx', 'openvino')
 QUANTIZATIONS = ('none', 'int8')
 SHARE_MODEL = ('auto', 'always', 'never')
 # Vectors the exact-repeat cache holds per model copy: at 384 dimensions about
@@ -25,7 +26,10 @@ class ModelConfig:
   Attributes:
     model: a sentence-transformers model name or a local path.
     device: 'auto' (CUDA when present), 'cpu' or 'cuda' (or 'cuda:N').
-    precision: 'fp32', 'fp16' or 'bf16'.
+    precision: 'fp32', 'fp16' or 'bf16'; 'auto', the fastest near-exact setting
+      measured for the machine, or 'fast', the fastest accurate one: both choose
+      the backend and quantization too (models/precision.py). The job's flag
+      defaults to auto; this value to exact fp32.
     normalize: whether embeddings are scaled to unit length.
     min_batch_size, max_batch_size: bounds for Beam's batching (texts per call).
     encode_batch_tokens: padded tokens per forward pass: texts are sorted by their
@@ -87,9 +91,13 @@ class ModelConfig:
       raise ValueError(f'--backend must be one of {", ".join(BACKENDS)}')
     if self.quantize not in QUANTIZATIONS:
       raise ValueError('--quantize must be none or int8')
-    if self.quantize != 'none' and self.backend != 'onnx':
-      raise ValueError('--quantize needs --backend onnx')
-    if self.backend == 'onnx' and (self.precision != 'fp32' or self.device.startswith('cuda')):
+    if self.quantize != 'none' and self.backend == 'torch':
+      raise ValueError('--quantize needs --backend onnx or openvino')
+    if self.precision == 'fast' and (self.backend != 'torch' or self.quantize != 'none'):
+      raise ValueError('--precision fast chooses the backend and quantization itself: '
+                       'leave out --backend and --quantize')
+    if self.backend == 'onnx' and (self.precision not in ('fp32', 'auto')
+                                   or self.device.startswith('cuda')):
       raise ValueError('--backend onnx runs fp32 on the CPU (use --quantize int8 to go lower)')
     if self.chunk_overlap < 0 or self.chunk_tokens < 0 or (
         self.chunk_tokens and not 2 * self.chunk_overlap <= self.chunk_tokens - 2):
@@ -97,6 +105,9 @@ class ModelConfig:
                        'less its two special tokens')
     if self.chunk_tokens and self.chunk_tokens < 16:
       raise ValueError('--chunk_tokens must be at least 16 word pieces (or 0: no chunks)')
+    if self.backend == 'openvino' and (self.precision not in ('fp32', 'bf16', 'auto')
+                                       or self.device.startswith('cuda')):
+      raise ValueError('--backend openvino runs fp32 or bf16 on the CPU')
     if self.is_packaged_default():
       packaged_model_path()  # fails early and clearly when the package is missing
     elif self.model.startswith(('/', './', '../', '~')) and not os.path.exists(
@@ -226,7 +237,8 @@ def pick_device(requested: str) -> str:
 
 
 def load_sentence_transformer(config: ModelConfig):
-  """Loads the model on its device at its precision. Heavy: call from load_model()."""
+  """Loads the model on its device at its precision (auto and fast chosen here, for
+  this machine, and logged with why). Heavy: call from load_model()."""
   if config.is_packaged_default():
     # The packaged weights are complete; never let a worker reach for a hub.
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -238,10 +250,24 @@ def load_sentence_transformer(config: ModelConfig):
   from sentence_transformers import SentenceTransformer
   transformers.utils.logging.disable_progress_bar()  # a bar per load clutters job logs
   device = pick_device(config.device)
+  if config.precision in ('auto', 'fast'):
+    from models.precision import choose
+    choice = choose(config, device)
+    logging.info('%s', choice.reason)
+    config = choice.config
+  if config.backend != 'torch':
+    device = 'cpu'  # the exported graphs run on the CPU
   if config.torch_threads:
     torch.set_num_threads(config.torch_threads)
   model = SentenceTransformer(source, device=device)
-  if device == 'cpu' and not native_on_cpu(config.precision):
+  if config.backend == 'openvino':
+    from models.openvino_backend import load_openvino  # OpenVINO: an optional extra
+    encoder = load_openvino(model.eval(), config.precision, config.quantize,
+                            config.torch_threads)
+    logging.info('Loaded %s from %s with OpenVINO at %s (quantize: %s)', config.model, source,
+                 config.precision, config.quantize)
+    return encoder
+  if device == 'cpu' and config.backend == 'torch' and not native_on_cpu(config.precision):
     logging.warning('--precision %s: this CPU has no native %s arithmetic, so torch emulates it '
                     'and it runs several times slower than fp32; use fp32 or --backend onnx '
                     'here', config.precision, config.precision)
@@ -252,7 +278,7 @@ def load_sentence_transformer(config: ModelConfig):
   model.eval()
   if config.backend == 'onnx':
     from models.onnx_backend import load_onnx  # ONNX Runtime: an optional extra
-    encoder = load_onnx(model, source, config.quantize)
+    encoder = load_onnx(model, config.quantize)
     logging.info('Loaded %s from %s with ONNX Runtime (quantize: %s)', config.model, source,
                  config.quantize)
     return encoder

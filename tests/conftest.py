@@ -24,4 +24,4 @@ def wiki_archive():
 def real_model():
   """The packaged all-MiniLM-L6-v2, loaded once for the whole session."""
   from models.loading import ModelConfig, load_sentence_transformer
-  return load_sentence_transformer(ModelConfig(device='cpu'))
+  return load_sentence_transformer(ModelConfig(device='cpu', precision='fp32'))

@@ -88,3 +88,19 @@ def test_forward_batch_benchmark_names_each_setting(tmp_path):
         40 / statistics.median(result['seconds']), rel=0.02), name
     assert result['ratio_to_best'] == pytest.approx(result['texts_per_s'] / best), name
   assert 'cores' in record['machine']
+
+
+def test_accuracy_guard_writes_verdicts_beside_fp32(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.accuracy', '--input', str(ARCHIVE), '--limit', '40',
+       '--sts', str(SHARED_DATA / 'sts-dev.csv'), '--sts_limit', '30', '--settings', 'fp32,auto',
+       '--label', 'smoke', '--results', str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = json.loads((tmp_path / 'accuracy-cpu-smoke.json').read_text())
+  assert record['sts_pairs'] == 30 and record['archive_texts'] == 40
+  results = record['results']
+  assert set(results) == {'fp32 encode', 'fp32', 'auto'}
+  assert results['fp32']['near-exact'] and results['fp32']['chosen'] == 'fp32'
+  assert results['auto']['near-exact']  # whatever auto chose on this CPU
+  assert 'as asked' in results['fp32']['why'] and '--precision auto' in results['auto']['why']

@@ -17,7 +17,8 @@ BAD_LINES = ['{"time": "2015-09-12T01:00:00Z", "comment": "truncated',
              '{"time": "2015-09-12T01:00:00Z", "comment": "   "}',
              '{"time": "half past one", "comment": "a bad time"}',
              '']
-WIKI_FLAGS = ['--time_field', 'time', '--text_field', 'comment,page']
+# Exact fp32: the embeddings are compared with plain fp32 encode and across runs.
+WIKI_FLAGS = ['--time_field', 'time', '--text_field', 'comment,page', '--precision', 'fp32']
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,147 @@
+"""`--precision auto` and `fast`: the fastest setting of a tier for this machine, from a table.
+
+Two tiers, judged by `python -m benchmarks.accuracy` (docs/precision.md):
+  near-exact  every text's cosine to plain fp32 `encode` at least 0.995 on 2,000
+              archive texts;
+  accurate    STS-B dev Spearman within 0.005 of fp32's and top-10 neighbour
+              overlap at least 0.95 on the same 2,000 texts.
+`auto` (the job's default) takes the fastest near-exact setting measured for the
+device and its CPU's vector units, `fast` the fastest accurate one; `fp32` is
+exact. A row not measured on such a machine falls back to fp32: bf16 is emulated
+and slow on AVX2-only CPUs, and GPUs have not been lent yet (fp16 is the row
+expected there; benchmarks/gpu_check.sh measures it). The choice is made where
+the model loads, so each worker follows its own CPU.
+"""
+import importlib.util
+import types
+from typing import NamedTuple, Optional
+
+from models.loading import ModelConfig, cpu_info
+
+AUTO, FAST = 'auto', 'fast'
+NEAR_EXACT, ACCURATE, EXACT = 'near-exact', 'accurate', 'exact'
+
+
+class Setting(NamedTuple):
+  """A concrete way to run the model: what the flags --backend, --precision, --quantize say."""
+  backend: str
+  precision: str
+  quantize: str = 'none'
+
+  def flags(self):
+    return ['--backend', self.backend, '--precision', self.precision, '--quantize', self.quantize]
+
+
+# Named settings, as the benchmarks and docs name them.
+SETTINGS = types.MappingProxyType({
+    'fp32': Setting('torch', 'fp32'),
+    'fp16': Setting('torch', 'fp16'),
+    'bf16': Setting('torch', 'bf16'),
+    'onnx': Setting('onnx', 'fp32'),
+    'onnx-int8': Setting('onnx', 'fp32', 'int8'),
+    'openvino': Setting('openvino', 'fp32'),
+    'openvino-bf16': Setting('openvino', 'bf16'),
+    'openvino-int8': Setting('openvino', 'fp32', 'int8'),
+    'openvino-int8-bf16': Setting('openvino', 'bf16', 'int8'),
+})
+
+
+class Row(NamedTuple):
+  """The settings each tier takes on one kind of machine (None: not measured: fp32)."""
+  near_exact: Optional[str]
+  accurate: Optional[str]
+  measured: str
+
+
+# By (device, CPU vector units). Measured with benchmarks/accuracy.py (the verdicts) and
+# benchmarks/throughput.py (the speed); figures in docs/precision.md.
+TABLE = types.MappingProxyType({
+    # AMD EPYC, AVX512-BF16 + AVX512-VNNI, 2 cores, 2026-12-01: OpenVINO bf16 is
+    # near-exact (min cosine 0.9999, STS-B +0.0001) and the fastest such setting. No int8
+    # passed the accurate rule (top-10 overlap: ONNX dynamic 0.861, OpenVINO static 0.918,
+    # with the FFN outputs and first and last layers kept in bf16 0.948), so fast takes
+    # bf16 too.
+    ('cpu', 'avx512-bf16'): Row('openvino-bf16', 'openvino-bf16',
+                                'measured on AMD EPYC with AVX512-BF16 and AVX512-VNNI'),
+    ('cpu', 'amx'): Row(None, None, 'not measured on a CPU with AMX'),
+    ('cpu', 'avx512'): Row(None, None, 'not measured on a CPU with AVX512 but no AVX512-BF16'),
+    ('cpu', 'avx2'): Row(None, None, 'not measured on an AVX2-only CPU (bf16 is emulated '
+                         'and slow there)'),
+    ('cuda', None): Row(None, None, 'not measured on a GPU (fp16 is the row expected; '
+                        'benchmarks/gpu_check.sh measures it)'),
+})
+
+
+class Choice(NamedTuple):
+  """What auto or fast became, and why (printed at start)."""
+  config: ModelConfig
+  name: str
+  tier: str
+  reason: str
+
+
+def vector_units() -> str:
+  """This CPU's class for TABLE: 'amx', 'avx512-bf16', 'avx512' or 'avx2' (also for less)."""
+  flags = cpu_info()[1]
+  if 'amx_bf16' in flags:
+    return 'amx'
+  if 'avx512_bf16' in flags:
+    return 'avx512-bf16'
+  return 'avx512' if 'avx512f' in flags else 'avx2'
+
+
+def _missing(setting: Setting) -> Optional[str]:
+  """The Python package a setting needs that is not installed, if any."""
+  needs = {'onnx': ['onnxruntime'], 'openvino': ['openvino']}.get(setting.backend, [])
+  if setting.backend == 'openvino' and setting.quantize == 'int8':
+    needs.append('nncf')
+  for package in needs:
+    if importlib.util.find_spec(package) is None:
+      return package
+  return None
+
+
+def choose(config: ModelConfig, device: str = 'cpu', units: Optional[str] = None) -> Choice:
+  """The concrete setting for `config` on `device` ('cpu', 'cuda', 'cuda:N'), whose CPU
+  has `units` (this machine's vector_units() when None)."""
+  if config.precision not in (AUTO, FAST):
+    name = setting_name(config)
+    return Choice(config, name, EXACT if name == 'fp32' else 'asked',
+                  f'{name} as asked')
+  if config.backend != 'torch' or config.quantize != 'none':
+    # A backend named by hand: exact arithmetic on it (and int8 if asked).
+    return Choice(config._replace(precision='fp32'), config.backend, EXACT,
+                  f'--precision {config.precision} with --backend {config.backend}: fp32 on it')
+  kind = 'cuda' if device.startswith('cuda') else 'cpu'
+  units = (units or vector_units()) if kind == 'cpu' else None
+  row = TABLE.get((kind, units), Row(None, None, f'no row for {kind} {units}'))
+  tier = NEAR_EXACT if config.precision == AUTO else ACCURATE
+  name = row.near_exact if tier == NEAR_EXACT else row.accurate or row.near_exact
+  where = f'{kind}{" " + units if units else ""}'
+  if name is None:
+    return _exact(config, f'--precision {config.precision}: fp32, since the {tier} settings '
+                  f'are {row.measured}')
+  missing = _missing(SETTINGS[name])
+  if missing:
+    return _exact(config, f'--precision {config.precision}: fp32, since {name} (the fastest '
+                  f'{tier} setting measured on {where}) needs the package {missing}')
+  backend, precision, quantize = SETTINGS[name]
+  return Choice(config._replace(backend=backend, precision=precision, quantize=quantize), name,
+                tier, f'--precision {config.precision}: {name}, the fastest {tier} setting '
+                f'{row.measured} ({where} here)')
+
+
+def setting_name(config: ModelConfig) -> str:
+  """The SETTINGS name of a concrete config (its flags spelled out where none matches)."""
+  for name, setting in SETTINGS.items():
+    if setting == (config.backend, config.precision, config.quantize):
+      return name
+  return f'{config.backend}-{config.precision}-{config.quantize}'
+
+
+def _exact(config: ModelConfig, reason: str) -> Choice:
+  return Choice(config._replace(precision='fp32'), 'fp32', EXACT, reason)
+
+
+def resolved(config: ModelConfig, device: str = 'cpu') -> ModelConfig:
+  return choose(config, device).config
