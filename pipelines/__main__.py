@@ -37,18 +37,28 @@ def main(argv) -> int:
   sys.argv = [f'python -m {COMMANDS[command]}', *args]
   try:
     runpy.run_module(COMMANDS[command], run_name='__main__', alter_sys=True)
-  except KeyboardInterrupt as e:
-    name, status = interrupts.describe(e)
-    aftermath = _AFTERMATH.get(command)
-    print(f'interrupted ({name}): {command} stopped' + (f'; {aftermath}' if aftermath else ''),
-          file=sys.stderr)
-    # A run interrupted mid-way may leave a runner's worker threads behind, which
-    # would keep the process alive: what was written is whole (files are renamed
-    # into place), so the process ends here.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+  except Exception as error:  # pylint: disable=broad-except
+    interrupt = interrupts.interrupt_in(error)
+    if interrupt is None:
+      raise
+    _stopped(command, interrupt)
+  except KeyboardInterrupt as interrupt:
+    _stopped(command, interrupt)
   return 0
+
+
+def _stopped(command: str, interrupt: KeyboardInterrupt) -> None:
+  """One line, then the process ends with 130 (SIGINT) or 143 (SIGTERM)."""
+  name, status = interrupts.describe(interrupt)
+  aftermath = _AFTERMATH.get(command)
+  print(f'interrupted ({name}): {command} stopped' + (f'; {aftermath}' if aftermath else ''),
+        file=sys.stderr)
+  # A run interrupted mid-way may leave a runner's worker threads behind, which
+  # would keep the process alive: what was written is whole (files are renamed
+  # into place), so the process ends here.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
 
 
 if __name__ == '__main__':

@@ -66,3 +66,15 @@ def test_the_producer_says_how_many_entries_it_sent(tmp_path, signum, status):
     where = RedisStreamAddress.parse(f'{server.url()}?stream=events').describe()
     assert 'Traceback' not in err and err.strip().splitlines()[-1] == (
         f'interrupted ({name}): sent {sent} events to {where}'), err
+
+
+def test_an_interrupt_wrapped_by_python_machinery_is_still_an_interrupt():
+  from pipelines import interrupts
+  try:
+    try:
+      raise interrupts.Terminated()
+    except KeyboardInterrupt as e:
+      raise RuntimeError("Error calling __set_name__ on 'cached_property'") from e
+  except RuntimeError as wrapped:
+    assert interrupts.describe(interrupts.interrupt_in(wrapped)) == ('SIGTERM', 143)
+  assert interrupts.interrupt_in(ValueError('plain')) is None
