@@ -6,8 +6,9 @@
 DIR is the job's --output. When it holds a vector store (the job ran with
 --sink vectors), or --store is lancedb:URI, the store answers; otherwise the
 rows of DIR/enriched are ranked by exact search over their Parquet embeddings,
-with the query embedded by the model named in the rows (or --model). --json
-prints one object per result: query, rank, id, score, text and the payload.
+with the query embedded by the model named in the rows (or --model). Both rank
+by score, then id, so ties come out alike. --json prints one object per result:
+query, rank, id, score, text and the payload.
 """
 import argparse
 import json
@@ -70,10 +71,12 @@ def search(table: pa.Table, queries: List[str], k: int, model_name: Optional[str
   matrix = embeddings.values.to_numpy(zero_copy_only=False).reshape(len(embeddings), -1)
   matrix = unit_rows(matrix)
   scores = embed_queries(queries, model_name or names[0]) @ matrix.T
+  ids = np.asarray(table.column('id').to_pylist(), dtype=object)
   k = min(k, table.num_rows)
   for query, row_scores in zip(queries, scores):
-    best = np.argpartition(-row_scores, k - 1)[:k]
-    best = best[np.lexsort((best, -row_scores[best]))]  # by score, then position
+    kth = np.partition(-row_scores, k - 1)[k - 1]
+    best = np.flatnonzero(-row_scores <= kth)  # the k best and every row tied with the k-th
+    best = best[np.lexsort((ids[best], -row_scores[best]))][:k]  # by score, then id
     for rank, index in enumerate(best, start=1):
       yield query, rank, float(row_scores[index]), int(index)
 
@@ -101,11 +104,17 @@ def search_vector_store(uri: str, queries: List[str], k: int, since, until, labe
     head = table.search().select(['model']).limit(1).to_arrow()
     model_name = head.column('model')[0].as_py() if head.num_rows else DEFAULT_MODEL
   for query, vector in zip(queries, embed_queries(queries, model_name)):
-    request = table.search(vector).metric('cosine').limit(k)
-    if clauses:
-      request = request.where(' AND '.join(clauses), prefilter=True)
-    hits = request.to_arrow().drop_columns(['vector', 'model']).to_pylist()
-    for rank, row in enumerate(hits, start=1):
+    limit = k
+    while True:  # ask for more while rows tie with the k-th, so ties order by id as exact does
+      request = table.search(vector).metric('cosine').limit(limit)
+      if clauses:
+        request = request.where(' AND '.join(clauses), prefilter=True)
+      hits = request.to_arrow().drop_columns(['vector', 'model']).to_pylist()
+      if len(hits) < limit or hits[-1]['_distance'] > hits[k - 1]['_distance']:
+        break
+      limit *= 2
+    hits.sort(key=lambda row: (row['_distance'], row['id']))
+    for rank, row in enumerate(hits[:k], start=1):
       yield query, rank, 1.0 - float(row.pop('_distance')), row
 
 
@@ -154,13 +163,15 @@ def main(argv=None) -> None:
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  headed = 0
   for query, rank, score, row in results:
     if args.json:
       print(json.dumps({'query': query, 'rank': rank, 'id': row['id'], 'score': round(score, 6),
                         'text': row['text'], **_payload(row)}, ensure_ascii=False))
     else:
-      if rank == 1:
-        print(f'\n{query}')
+      if rank == 1 and len(queries) > 1:  # several queries: each one's results under it
+        print(f'\n{query}' if headed else query)
+        headed += 1
       text = row['text'].replace('\n', ' ')
       print(f'{rank:>3}. {score:.3f}  {row["id"]}  {text[:100]}')
 

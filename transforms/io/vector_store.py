@@ -30,6 +30,7 @@ def vector_schema(dimensions: int) -> pa.Schema:
       ('label', pa.string()),
       ('duplicate_of', pa.string()),
       ('model', pa.string()),
+      ('source', pa.string()),  # file:line or stream:entry, as in the Parquet rows
   ])
 
 
@@ -80,6 +81,8 @@ class _UpsertFn(beam.DoFn):
     data = pa.concat_tables([vector_table(batch, self._model) for batch, _, _ in self._pending])
     if self._table is None:
       self._table = open_table(self._uri, data.schema.field('vector').type.list_size)
+    # A store made before a column was added keeps its own columns.
+    data = data.select([name for name in data.column_names if name in self._table.schema.names])
     (self._table.merge_insert('id').when_matched_update_all()
      .when_not_matched_insert_all().execute(data))
     for batch, win, timestamp in self._pending:  # only now durable: pass them on
