@@ -111,7 +111,7 @@ def test_block_runs(block: Block, folders):
   if block.language == 'python':
     command = [sys.executable, '-c', block.code]
   else:
-    command = ['bash', '-e', '-o', 'pipefail', '-c', block.code]
+    command = ['bash', '-e', '-c', block.code]  # no pipefail: `zcat | head` ends zcat early
   job = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
   try:
@@ -123,6 +123,7 @@ def test_block_runs(block: Block, folders):
       pass
     job.wait()
   where = f'{block.page}:{block.line}'
+  print(f'{where}:\n{printed[-3000:]}')  # what a user would see (pytest -s shows it)
   assert job.returncode == 0, f'{where} exited {job.returncode}:\n{printed[-4000:]}'
   assert 'Traceback (most recent call last)' not in printed, f'{where}:\n{printed[-4000:]}'
 
