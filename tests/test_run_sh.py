@@ -25,6 +25,12 @@ def test_an_unknown_command_is_one_error_line(tmp_path):
   assert done.stderr == 'error: unknown command: bogus (see ./run.sh help)\n'
 
 
+def test_a_replay_without_input_is_one_lowercase_error_line(tmp_path):
+  done = run_sh('replay', '--output', 'out', cwd=tmp_path, timeout=300)
+  assert done.returncode == 2
+  assert done.stderr == 'error: --input is required: a file glob of the archive(s) to replay\n'
+
+
 def test_help_documents_options_for_the_main_job(tmp_path):
   done = run_sh('help', cwd=tmp_path, timeout=60)
   assert done.returncode == 0
