@@ -1,7 +1,7 @@
 """The vector store sink: idempotent upserts by id into LanceDB.
 
 Chosen by measurement against Qdrant's embedded mode on the 39,244 rows of the
-shared Wikipedia replay (benchmarks/vector_store.py, README): 60,888 vs 931
+shared Wikipedia replay (benchmarks/vector_store.py, docs/search.md): 60,888 vs 931
 rows/s upserted, 16.9 vs 28.4 ms median search, both recall@10 = 1.0.
 LanceDB stores Arrow tables in a folder, or on an object store or a LanceDB
 server with the same API, so `lancedb:URI` reaches those too.
