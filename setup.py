@@ -28,8 +28,9 @@ setuptools.setup(
         'prometheus_client>=0.17',  # --metrics_port (start_http_server returns its server)
     ],
     extras_require={
-        # hypothesis: tests/test_fuzz.py; pytest-xdist: two test workers (pytest.ini)
-        'test': ['pytest>=8', 'hypothesis>=6.100', 'pytest-xdist>=3.5'],
+        # hypothesis: tests/test_fuzz.py; pytest-xdist: two test workers (pytest.ini);
+        # duckdb: the docs' example of reading the output (tests/test_docs.py)
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'pytest-xdist>=3.5', 'duckdb>=1.1'],
         'bench': ['matplotlib>=3.8', 'qdrant-client>=1.12'],
         'vectors': ['lancedb>=0.20'],
         # Exported-graph backends: ONNX Runtime, and OpenVINO with NNCF for int8. With

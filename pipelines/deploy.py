@@ -9,12 +9,16 @@ JOB is stream or replay. Everything not listed above passes through to the
 job. `--print` shows the assembled command line instead of running it.
 """
 import argparse
+import os
 import shlex
 import sys
 import types
 from typing import List
 
 from transforms.io.uri_query import redacted
+
+# The package workers install: the checkout's own, wherever the command is run from.
+_SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'setup.py')
 
 JOBS = types.MappingProxyType({'stream': 'pipelines.stream', 'replay': 'pipelines.replay'})
 
@@ -82,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
   dataflow.add_argument('--project')
   dataflow.add_argument('--region')
   dataflow.add_argument('--temp_location')
-  dataflow.add_argument('--setup_file', default='./setup.py')
+  dataflow.add_argument('--setup_file', default=_SETUP_FILE)
   dataflow.add_argument('--sdk_container_image', default=None)
   dataflow.add_argument('--gpu', default=None, help='e.g. nvidia-l4 or nvidia-l4:2')
   for sub in (flink, dataflow):
@@ -108,7 +112,6 @@ def main(argv=None) -> None:
   if '--print' in argv:
     print(redacted(shlex.join(full)))  # a shown command keeps no password
     return
-  import os
   os.execv(full[0], full)
 
 

@@ -74,8 +74,9 @@ class JobResult(NamedTuple):
              f'from it ({hit_rate(self.cache_hits, self.cache_misses):.0%} hit rate).'
              if lookups else '')
     lines = [
-        f'Read {self.records_read} records: {self.enriched_rows} enriched rows, '
-        f'{self.deadletters} dead letters ({check}).',
+        f'Read {_count(self.records_read, "record")}: '
+        f'{_count(self.enriched_rows, "enriched row")}, '
+        f'{_count(self.deadletters, "dead letter")} ({check}).',
         f'Took {self.seconds:.1f} s, {rate:.1f} events/s end to end.{cache}',
         f'Enriched rows: {self.output.rstrip("/")}/enriched/   '
         f'dead letters: {self.output.rstrip("/")}/deadletter/',
@@ -88,6 +89,10 @@ class JobResult(NamedTuple):
     if self.report:
       lines.append(f'Report: {self.report}')
     return '\n'.join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+  return f'{n} {noun}' if n == 1 else f'{n} {noun}s'
 
 
 _RERUN = 'a rerun writes what is missing and replaces the files it wrote'

@@ -10,8 +10,8 @@ events): queries are embedded by the model identity the table records
 Results are documents: the best chunk of each, with its offsets and text, never
 one document twice. Otherwise the rows of DIR/enriched are ranked by exact search
 over their Parquet embeddings, with the query embedded by the model named in the
-rows (or --model). --json prints one object per result: query, rank, id, score,
-text and the payload.
+rows (or --model). Both rank by score, then id, so ties come out alike. --json
+prints one object per result: query, rank, id, score, text and the payload.
 """
 import argparse
 import json
@@ -84,10 +84,12 @@ def search(table: pa.Table, queries: List[str], k: int, model_name: Optional[str
   matrix = embeddings.values.to_numpy(zero_copy_only=False).reshape(len(embeddings), -1)
   matrix = unit_rows(matrix)
   scores = embed_queries(queries, model_name or names[0]) @ matrix.T
+  ids = np.asarray(table.column('id').to_pylist(), dtype=object)
   k = min(k, table.num_rows)
   for query, row_scores in zip(queries, scores):
-    best = np.argpartition(-row_scores, k - 1)[:k]
-    best = best[np.lexsort((best, -row_scores[best]))]  # by score, then position
+    kth = np.partition(-row_scores, k - 1)[k - 1]
+    best = np.flatnonzero(-row_scores <= kth)  # the k best and every row tied with the k-th
+    best = best[np.lexsort((ids[best], -row_scores[best]))][:k]  # by score, then id
     for rank, index in enumerate(best, start=1):
       yield query, rank, float(row_scores[index]), int(index)
 
@@ -139,13 +141,18 @@ def search_vector_store(uri: str, queries: List[str], k: int, since, until, labe
       if clauses:
         request = request.where(' AND '.join(clauses), prefilter=True)
       hits = request.to_arrow().drop_columns(['vector']).to_pylist()
+      hits.sort(key=lambda row: (row['_distance'], row['id'], row.get('chunk', 0)))
       best = {}
       for row in hits:  # by distance: the first chunk of a document is its best
         best.setdefault(row['id'], row)
-      if len(best) >= k or len(hits) < limit or limit >= total:
+      ranked = list(best.values())
+      # Enough documents, and none beyond the k-th could tie with it (exact search
+      # orders ties by id: so does this).
+      settled = len(ranked) >= k and hits[-1]['_distance'] > ranked[k - 1]['_distance']
+      if settled or len(hits) < limit or limit >= total:
         break
       limit *= 4
-    for rank, row in enumerate(list(best.values())[:k], start=1):
+    for rank, row in enumerate(ranked[:k], start=1):
       yield query, rank, 1.0 - float(row.pop('_distance')), row
 
 
@@ -196,13 +203,15 @@ def main(argv=None) -> None:
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  headed = 0
   for query, rank, score, row in results:
     if args.json:
       print(json.dumps({'query': query, 'rank': rank, 'id': row['id'], 'score': round(score, 6),
                         'text': row['text'], **_payload(row)}, ensure_ascii=False))
     else:
-      if rank == 1:
-        print(f'\n{query}')
+      if rank == 1 and len(queries) > 1:  # several queries: each one's results under it
+        print(f'\n{query}' if headed else query)
+        headed += 1
       text = row['text'].replace('\n', ' ')
       print(f'{rank:>3}. {score:.3f}  {row["id"]}  {text[:100]}')
 

@@ -155,7 +155,7 @@ def test_a_damaged_file_among_good_ones_through_the_pipeline(tmp_path):
 
 
 def test_a_stream_that_jumps_far_backwards_is_late_until_it_catches_up():
-  """What README documents: watermarks never move back, so after a jump back of an hour the
+  """What docs/output.md documents: watermarks never move back, so after a jump back of an hour the
   events are `late` dead letters (kept whole) until their times pass the old watermark."""
   start = 1_442_016_000
   times = ([start + n for n in range(50)] + [start - 3600 + n for n in range(50)]

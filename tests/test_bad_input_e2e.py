@@ -55,7 +55,7 @@ def live_far_future(folder, count=200, rate=40.0):
 
 
 def test_one_year_3000_event_live_costs_one_dead_letter(tmp_path):
-  """The issue's live case, shorter (200 events at 40/s; README reports 800 at 20/s)."""
+  """The issue's live case, shorter (200 events at 40/s; docs/reliability.md reports 800 at 20/s)."""
   written, letters = live_far_future(tmp_path)
   assert letters == {'e100': 'future_time'}
   assert len(written) == len(set(written)) == 199

@@ -1,4 +1,4 @@
-"""The main job (`./run.sh` with no arguments runs `python -m pipelines.demo`), end to end."""
+"""The bounded demo (`./run.sh demo`: `python -m pipelines.demo`), end to end."""
 import os
 import subprocess
 import sys

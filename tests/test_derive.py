@@ -94,7 +94,7 @@ def test_duplicate_precision_and_recall_at_the_default_threshold(real_model):
   true_positives = sum(f and p['duplicate'] for f, p in zip(flagged, pairs))
   precision = true_positives / max(sum(flagged), 1)
   recall = true_positives / sum(p['duplicate'] for p in pairs)
-  # Measured with all-MiniLM-L6-v2: precision 1.0, recall 0.6 (README).
+  # Measured with all-MiniLM-L6-v2: precision 1.0, recall 0.6 (docs/derived-columns.md).
   assert precision >= 0.99 and recall >= 0.6, (precision, recall)
 
 

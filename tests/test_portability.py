@@ -48,7 +48,9 @@ def test_dataflow_flags_assemble_as_documented():
   full = deploy.command(base + ['--gpu', 'nvidia-l4', '--sdk_container_image', 'img:1'])
   assert 'worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver' in full
   assert 'no_use_multiple_sdk_containers' in full and full[full.index('--device') + 1] == 'cuda'
-  assert '--enable_streaming_engine' in full and './setup.py' in full
+  assert '--enable_streaming_engine' in full
+  # The checkout's setup.py by its absolute path, so the command works from any folder.
+  assert full[full.index('--setup_file') + 1] == str(ROOT / 'setup.py')
   # CPU workers run one SDK process per vCPU, so one torch thread each; GPU workers keep torch's.
   cpu = PipelineOptions(deploy.command(base)[3:]).view_as(ModelOptions)
   assert cpu.torch_threads == 1 and '--torch_threads' not in full

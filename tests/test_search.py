@@ -61,14 +61,18 @@ def store(tmp_path_factory, real_model):
 @pytest.fixture(scope='module')
 def vector_store(store, tmp_path_factory):
   """The same rows in a LanceDB store, as `--sink vectors` writes them."""
+  return _vector_store(store.batches, str(tmp_path_factory.mktemp('vectors') / 'db'))
+
+
+def _vector_store(batches, uri: str) -> str:
+  """WindowRows into a LanceDB table, as the vector store sink writes them."""
   from models.identity import of_config
   from models.loading import ModelConfig
   from transforms.io.vector_store import identity_record, open_table, vector_tables
-  uri = str(tmp_path_factory.mktemp('vectors') / 'db')
   config = ModelConfig()
   identity = of_config(config)
   target = open_table(uri, 384, identity=identity_record(identity, config))
-  for batch in store.batches:
+  for batch in batches:
     for data in vector_tables(batch, identity).values():
       target.add(data)
   return uri
@@ -83,6 +87,11 @@ def test_vector_store_search_agrees_with_exact_search(store, vector_store, searc
                          for l in done.stdout.splitlines()]
   assert ranked(stored) == ranked(exact)
   assert ranked(stored)[0][0] == 'id-5'
+  # Every key exact search gives, `source` included (the vector store had none before);
+  # the store adds `duplicate_of` (null) where these rows carry no such column.
+  first = lambda done: set(json.loads(done.stdout.splitlines()[0]))
+  assert first(exact) <= first(stored) and 'source' in first(exact)
+  assert json.loads(stored.stdout.splitlines()[0])['source'] == 'f:5'
   labelled = search('anything', '--store', f'lancedb:{vector_store}', '--label', 'planted',
                     '--until', '1970-01-01T00:02:00Z', '--json')
   assert [json.loads(l)['id'] for l in labelled.stdout.splitlines()] == ['id-5']
@@ -144,3 +153,27 @@ def test_search_finds_the_planted_neighbour_with_filters_and_json(store, tmp_pat
   assert [json.loads(line)['id'] for line in done.stdout.splitlines()] == ['id-5']
   done = search('--store', str(store))
   assert done.returncode == 2 and done.stderr.startswith('error:')
+
+
+def test_ties_rank_by_id_alike_in_both_backends(real_model, tmp_path, search):
+  """Repeated texts have equal scores; both backends order them by id, also at the k-th place."""
+  texts = ['The train to Berlin is delayed by an hour.'] * 4 + OTHERS[:3]
+  ids = ['t-d', 't-b', 't-c', 't-a', 'o-1', 'o-2', 'o-3']
+  rows = [Embedded(Event(i, (n + 1) * S, t, f'f:{n}', 'f', '{}'), v)
+          for n, (i, t, v) in enumerate(zip(ids, texts, real_model.encode(texts)))]
+  table = enriched_table(rows, 0, 60 * S, DEFAULT_MODEL, {'label': ['x'] * len(rows)})
+  write_parquet(table, f'{tmp_path}/out/enriched/window=0/part-00000.parquet')
+  uri = _vector_store([WindowRows(0, 60 * S, 0, rows, {'label': ['x'] * len(rows)})],
+                      str(tmp_path / 'db'))
+  for k in ('2', '5'):
+    exact = search('train delay', '--store', str(tmp_path / 'out'), '-k', k, '--json')
+    stored = search('train delay', '--store', f'lancedb:{uri}', '-k', k, '--json')
+    order = lambda done: [json.loads(line)['id'] for line in done.stdout.splitlines()]
+    assert order(exact) == order(stored)
+    assert order(exact)[:4] == ['t-a', 't-b', 't-c', 't-d'][:int(k)]
+
+
+def test_one_query_prints_its_results_only(store, search):
+  done = search('water leak', '--store', str(store), '-k', '2')
+  lines = done.stdout.splitlines()
+  assert len(lines) == 2 and lines[0].startswith('  1. ') and 'id-5' in lines[0], lines

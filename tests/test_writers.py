@@ -109,3 +109,22 @@ def test_concurrent_upserts_from_several_jobs_keep_every_row(tmp_path):
   rows = {row['id']: row['vector'] for row in open_table(str(store)).to_arrow().to_pylist()}
   assert len(rows) == 3 * 25 * 30  # no merge failed, none lost another's rows
   assert rows['w2-24-7'] == [7.0] * 8
+
+
+def test_duckdb_reads_the_enriched_parquet_embeddings_included(tmp_path):
+  """The docs' DuckDB reader: rows, window folders, and cosines over the embedding column."""
+  import duckdb
+  import numpy as np
+  from transforms.io.sinks import enriched_table, write_parquet
+  vectors = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]], np.float32)
+  rows = [r.Embedded(r.Event(f'e{n}', n * 1_000_000, f'text {n}', f'f:{n}', 'f', ''), v)
+          for n, v in enumerate(vectors)]
+  write_parquet(enriched_table(rows, 0, 60_000_000, 'm'),
+                f'{tmp_path}/enriched/window=19700101T000000Z/part-0.parquet')
+  found = duckdb.sql(f"""
+      WITH r AS (SELECT id, "window", embedding::FLOAT[4] AS e
+                 FROM read_parquet('{tmp_path}/enriched/*/*.parquet'))
+      SELECT b.id, b."window", array_cosine_similarity(a.e, b.e)
+      FROM r a, r b WHERE a.id = 'e0' ORDER BY b.id""").fetchall()
+  assert [(i, w) for i, w, _ in found] == [(f'e{n}', '19700101T000000Z') for n in range(3)]
+  np.testing.assert_allclose([c for _, _, c in found], [1.0, 0.5 ** 0.5, 0.0], atol=1e-6)

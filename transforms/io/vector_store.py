@@ -1,7 +1,7 @@
 """The vector store sink: idempotent upserts of one row per chunk into LanceDB.
 
 Chosen by measurement against Qdrant's embedded mode on the 39,244 rows of the
-shared Wikipedia replay (benchmarks/vector_store.py, README): 60,888 vs 931
+shared Wikipedia replay (benchmarks/vector_store.py, docs/search.md): 60,888 vs 931
 rows/s upserted, 16.9 vs 28.4 ms median search, both recall@10 = 1.0.
 LanceDB stores Arrow tables in a folder, or on an object store or a LanceDB
 server with the same API, so `lancedb:URI` reaches those too.
@@ -53,6 +53,7 @@ def vector_schema(dimensions: int, identity: Optional[dict] = None) -> pa.Schema
       ('duplicate_of', pa.string()),
       ('model', pa.string()),
       ('model_fingerprint', pa.string()),
+      ('source', pa.string()),  # file:line or stream:entry, as in the Parquet rows
   ])
   return schema.with_metadata({IDENTITY_KEY: json.dumps(identity)}) if identity else schema
 
@@ -82,7 +83,8 @@ def vector_tables(batch: WindowRows, fallback: ModelIdentity) -> Dict[ModelIdent
                           ('text', text[start:end] if row.chunks else text),
                           ('label', extras.get('label', [None] * (n + 1))[n]),
                           ('duplicate_of', extras.get('duplicate_of', [None] * (n + 1))[n]),
-                          ('model', identity.name), ('model_fingerprint', identity.fingerprint)):
+                          ('model', identity.name), ('model_fingerprint', identity.fingerprint),
+                          ('source', row.event.source)):
         out[name].append(value)
   tables = {}
   for identity, values in columns.items():
