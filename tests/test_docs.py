@@ -4,6 +4,8 @@ A marker, an HTML comment on the line before a block's opening fence, says how i
   <!-- docs-test: skip, REASON -->  not run here (needs a cluster, a cloud, a GPU, Docker, or
                                      runs until stopped)
   <!-- docs-test: e2e -->           slow (a job over many events): the full suite only
+  <!-- docs-test: long, REASON -->  a whole-archive run (10 to 30 minutes on 2 cores): only
+                                     with DOCS_TEST_LONG=1, so the suite stays under 20 min
   <!-- docs-test: quick -->         quick, and reads nothing an earlier block wrote
 Without one a block is quick and runs in the fast tier (`-m "not e2e"`), unless an e2e
 block came before it on the same page: it may read that block's output, so it is e2e too.
@@ -26,7 +28,7 @@ from tests.conftest import ROOT
 
 PAGES = ['README.md'] + sorted(f'docs/{p.name}' for p in (ROOT / 'docs').glob('*.md'))
 SHELL = ('bash', 'sh', 'shell')
-_MARKER = re.compile(r'<!--\s*docs-test:\s*(skip|e2e|quick)\s*(?:,\s*(.*?))?\s*-->')
+_MARKER = re.compile(r'<!--\s*docs-test:\s*(skip|e2e|quick|long)\s*(?:,\s*(.*?))?\s*-->')
 _FENCE = re.compile(r'^```(\w*)\s*$')
 _LEFT_OUT = {'.git', '.pytest_cache', 'out', 'output', '__pycache__'}
 
@@ -59,6 +61,8 @@ def blocks(page: str) -> List[Block]:
       kind, reason = 'quick', None
       if marker and marker.group(1) == 'skip':
         kind, reason = 'skip', marker.group(2)
+      elif marker and marker.group(1) == 'long':
+        kind, reason, slow = 'long', marker.group(2), True
       elif marker and marker.group(1) == 'quick':
         kind = 'quick'
       elif (marker and marker.group(1) == 'e2e') or slow:
@@ -78,6 +82,11 @@ def _param(block: Block):
     marks.append(pytest.mark.e2e)
   if block.kind == 'skip':
     marks.append(pytest.mark.skip(reason=f'{block.page}:{block.line}: {block.reason}'))
+  if block.kind == 'long':
+    marks.append(pytest.mark.e2e)
+    if os.environ.get('DOCS_TEST_LONG') != '1':
+      marks.append(pytest.mark.skip(reason=f'{block.page}:{block.line}: {block.reason} '
+                                    '(DOCS_TEST_LONG=1 runs it)'))
   return pytest.param(block, marks=marks, id=f'{block.page}:{block.line}')
 
 
@@ -130,14 +139,14 @@ def test_block_runs(block: Block, folders):
 
 def test_every_block_is_counted_and_the_count_is_in_the_docs():
   """Prints how many blocks run in each tier, and checks that docs/tests.md says so."""
-  counts = {kind: sum(b.kind == kind for b in ALL) for kind in ('quick', 'e2e', 'skip')}
+  counts = {kind: sum(b.kind == kind for b in ALL) for kind in ('quick', 'e2e', 'long', 'skip')}
   line = (f'{len(ALL)} blocks: {counts["quick"]} quick, {counts["e2e"]} e2e, '
-          f'{counts["skip"]} skipped')
+          f'{counts["long"]} long, {counts["skip"]} skipped')
   print(f'docs test: {line}')
   for block in ALL:
     print(f'  {block.kind:5} {block.page}:{block.line}' + (f' ({block.reason})' if block.reason
                                                            else ''))
-  assert all(b.reason for b in ALL if b.kind == 'skip'), 'a skip marker names its reason'
+  assert all(b.reason for b in ALL if b.kind in ('skip', 'long')), 'a skip marker names its reason'
   assert line in (ROOT / 'docs' / 'tests.md').read_text(encoding='utf-8'), line
 
 
