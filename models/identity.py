@@ -123,7 +123,12 @@ def model_folder(config) -> Optional[str]:
 
 
 def of_config(config) -> ModelIdentity:
-  """The identity of the model a ModelConfig loads."""
+  """The identity of the model a ModelConfig loads (auto and fast as this machine resolves
+  them, so the summary, the store and search name what the rows carry)."""
+  if config.precision in ('auto', 'fast'):
+    from models.loading import pick_device  # pylint: disable=import-outside-toplevel
+    from models.precision import resolved  # precision imports loading, which is heavier
+    config = resolved(config, pick_device(config.device))
   return identify(config.model, model_folder(config), config.precision, config.backend,
                   config.quantize, config.normalize)
 

@@ -126,7 +126,7 @@ def test_another_model_is_refused_then_reembedded_into_a_new_table(archive, othe
   assert len(error) == 1 and error[0].startswith('error: the vector table events')
   from models.identity import of_config
   from models.loading import ModelConfig
-  new = of_config(ModelConfig(model=str(other_model)))
+  new = of_config(ModelConfig(model=str(other_model), precision='auto'))  # the job's default
   assert new.fingerprint != first.model.split('@')[1]
   table = new.table('events')
   assert f'?table={table}' in error[0]
