@@ -13,6 +13,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from models.loading import ModelConfig
 from pipelines.options import ConfigError, JobConfig
+from transforms.io.kafka import check_kafka
+from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.redis_streams import ensure_group
 from transforms.io.redis_urls import RedisStreamAddress
 from transforms.io.uris import is_redis
@@ -28,7 +30,7 @@ def runs_locally(options: PipelineOptions) -> bool:
 
 
 def check_start(options: PipelineOptions, config: JobConfig, source: Optional[str] = None):
-  """Raises ConfigError for an output, model, device or Redis the job could not use."""
+  """Raises ConfigError for an output, model, device, Redis or Kafka the job could not use."""
   check_output(config.output)
   if not runs_locally(options):
     return
@@ -38,6 +40,11 @@ def check_start(options: PipelineOptions, config: JobConfig, source: Optional[st
     check_redis(RedisStreamAddress.parse(source), 'source')
   for sink in _redis_sinks(config.sinks):
     check_redis(RedisStreamAddress.parse(sink), 'sink')
+  kafka = [(source, 'source')] if source and source.startswith('kafka://') else []
+  for uri, role in kafka + [(sink, 'sink') for sink in config.sinks if sink.startswith('kafka://')]:
+    problem = check_kafka(KafkaAddress.parse(uri), role)
+    if problem:
+      raise ConfigError(problem)
 
 
 def _redis_sinks(sinks: Iterable[str]):

@@ -9,7 +9,9 @@ Sources:
                                        (also rediss:// with TLS, unix:///PATH?db=N&...)
   file://GLOB                                        an archive read as a stream; ends at its end
   pubsub://projects/P/subscriptions/S[?timestamp_attribute=A&id_attribute=B]   (Beam's Pub/Sub IO)
-  kafka://BROKERS/TOPIC?group=G[&timestamp_policy=CreateTime]                 (Beam's Kafka IO)
+  kafka://BROKERS/TOPIC[,TOPIC]?group=G[&LIBRDKAFKA.SETTING=V][&properties=FILE]
+                       (confluent-kafka on the local runner, Beam's KafkaIO on Flink/Dataflow;
+                       see docs/kafka.md)
 
 Locally it runs on the BundleBasedDirectRunner with runners.local_streaming;
 `--runner FlinkRunner`, `DataflowRunner` or `PrismRunner --prism_location ...`
@@ -32,6 +34,8 @@ from pipelines.options import (ArchiveOptions, ConfigError, StreamOptions, csv_d
                                stream_config)
 from pipelines.preflight import check_start
 from transforms.eventtime import format_micros
+from transforms.io.kafka import CommitKafkaOffsets, uses_beam_kafka_io
+from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.live_sources import DRAIN, EventTimeOf
 from transforms.io.redis_streams import AcknowledgeRedisEntries, RedisStreamAddress
 from transforms.records import WindowRows
@@ -89,6 +93,7 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
                        config.window.max_out_of_orderness_s, stream.poll_interval,
                        options.view_as(ArchiveOptions).input_format, csv_delimiter(options))
     acknowledged = acknowledged_stream(stream.source)
+    committed = _committed_topics(options, stream.source)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if test_pipeline is None:
@@ -101,14 +106,29 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
     # Only what is written reaches these steps: nothing is acknowledged before that.
     windows | 'Acknowledge rows' >> AcknowledgeRedisEntries(acknowledged)
     job.written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(acknowledged)
-  return run_job(job, _resume(stream.source, acknowledged))
+  if committed is not None:
+    windows | 'Commit rows' >> CommitKafkaOffsets(committed)
+    job.written.deadletters | 'Commit dead letters' >> CommitKafkaOffsets(committed)
+  return run_job(job, _resume(stream.source, acknowledged, committed))
 
 
-def _resume(source: str, acknowledged: Optional[RedisStreamAddress]) -> str:
+def _committed_topics(options, source: str) -> Optional[KafkaAddress]:
+  """The topics whose offsets this job commits after writing: Kafka read in this process
+  (Beam's KafkaIO commits with the runner's checkpoints instead)."""
+  if not source.startswith('kafka://') or uses_beam_kafka_io(options):
+    return None
+  return KafkaAddress.parse(source)
+
+
+def _resume(source: str, acknowledged: Optional[RedisStreamAddress],
+            committed: Optional[KafkaAddress] = None) -> str:
   """What becomes of records not written when the job stops early."""
   if acknowledged is not None:
     return (f'entries not acknowledged stay pending in {acknowledged.describe()}, group '
             f'{acknowledged.group}, and are read again on restart')
+  if committed is not None:
+    return (f'offsets of records not written stay uncommitted in {committed.describe()}, '
+            f'group {committed.group}, and the group reads them again')
   if source.startswith('file://'):
     return 'a rerun writes what is missing and replaces the files it wrote'
   return 'records read but not written are lost unless the source delivers them again'

@@ -56,6 +56,11 @@ class Reader:
     """Figures about the source to report as Beam gauges (name -> int), e.g. pending entries."""
     return {}
 
+  def watermark(self, max_out_of_orderness_s: float, idle_after_s: float):
+    """The watermark this source moves, or None for the default (_StreamWatermark). A source
+    of several parts (Kafka partitions) returns one that keeps a watermark per part."""
+    return None
+
 
 class _Unbounded(RestrictionProvider):
 
@@ -79,7 +84,7 @@ class _StreamWatermark:
     self.watermark_us = None
     self._last_arrival = time.monotonic()
 
-  def observe(self, event_time_us: Optional[int]) -> None:
+  def observe(self, event_time_us: Optional[int], record: Optional[RawRecord] = None) -> None:
     self._last_arrival = time.monotonic()
     if event_time_us is not None and (self.newest_us is None or event_time_us > self.newest_us):
       self.newest_us = event_time_us
@@ -114,8 +119,9 @@ class _LiveSourceFn(beam.DoFn):
   def setup(self):
     self._reader = self._make_reader()
     self._reader.open()
-    self._watermark = _StreamWatermark(self._max_out_of_orderness_s,
-                                       idle_after_s=max(1.0, self._max_out_of_orderness_s))
+    idle_after_s = max(1.0, self._max_out_of_orderness_s)
+    self._watermark = (self._reader.watermark(self._max_out_of_orderness_s, idle_after_s) or
+                       _StreamWatermark(self._max_out_of_orderness_s, idle_after_s))
     self._gauges = SourceGauges()
 
   def teardown(self):
@@ -141,7 +147,7 @@ class _LiveSourceFn(beam.DoFn):
         return
       position += 1
       stamped = self._watermark.watermark_us
-      self._watermark.observe(self._event_time_us(record))
+      self._watermark.observe(self._event_time_us(record), record)
       # Emitted at the watermark it was read under: never behind the runner's
       # watermark, and re-stamped with its event time after parsing.
       at = stamped if stamped is not None else self._watermark.watermark_us

@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import apache_beam as beam
 
 from transforms.io.bigquery import WriteBigQuery
-from transforms.io.cloud_io import ReadKafka, ReadPubSub, WriteKafka, WritePubSub
+from transforms.io.cloud_io import ReadPubSub, WritePubSub
+from transforms.io.kafka import ReadKafkaTopics, WriteKafkaTopic
 from transforms.io.live_sources import ArchiveReader, ReadLive, Reader
 from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
 from transforms.io.redis_urls import SCHEMES as _REDIS_SCHEMES
@@ -56,7 +57,8 @@ def live_source(uri: str, event_time_us: Callable, max_out_of_orderness_s: float
   if uri.startswith('pubsub://'):
     return ReadPubSub(uri, max_out_of_orderness_s)
   if uri.startswith('kafka://'):
-    return ReadKafka(uri, max_out_of_orderness_s)
+    # confluent-kafka on the local runners, Beam's KafkaIO elsewhere (transforms.io.kafka).
+    return ReadKafkaTopics(uri, event_time_us, max_out_of_orderness_s, poll_interval_s)
   return ReadLive(reader_factory(uri, input_format, csv_delimiter), event_time_us, max_out_of_orderness_s,
                   poll_interval_s)
 
@@ -101,7 +103,7 @@ def sink(uri: str, output_dir: str, model: str, extra_columns=()) -> beam.PTrans
   if uri.startswith('pubsub://'):
     return WritePubSub(uri, model)
   if uri.startswith('kafka://'):
-    return WriteKafka(uri, model)
+    return WriteKafkaTopic(uri, model)
   if uri.startswith('bq://'):
     return WriteBigQuery(uri, model, extra_columns)
   if uri != 'vectors' and not uri.startswith('lancedb:'):
