@@ -157,7 +157,7 @@ def _record(message, max_bytes: int) -> RawRecord:
   value = message.value() or b''
   position = f'{message.partition()}-{message.offset()}'
   if len(value) > max_bytes:
-    shown = value[:_SHOWN_BYTES].decode('utf-8', 'backslashreplace')
+    shown = value[:min(max_bytes, _SHOWN_BYTES)].decode('utf-8', 'backslashreplace')
     return RawRecord(shown, message.topic(), position,
                      too_large=f'the value is {len(value)} bytes, over max_bytes={max_bytes}')
   record = decoded_record(value, message.topic(), position)
