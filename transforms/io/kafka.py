@@ -15,8 +15,8 @@ import json
 import logging
 import threading
 import time
-from collections import deque
-from typing import Dict, Iterable, List, Optional, Tuple
+from collections import Counter, deque
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
@@ -31,9 +31,10 @@ _LOCAL_RUNNERS = ('directrunner', 'direct', 'bundlebaseddirectrunner', 'fnapirun
                   'switchingdirectrunner')
 _BUFFER = 5000  # records fetched ahead of the job, per reader
 _SHOWN_BYTES = 1024  # of a value over max_bytes, kept in its dead letter
-_STALL_S = 5.0  # no reply from a broker for this long, with requests waiting: an outage
+_UNKNOWN_BACKLOG_S = 10.0  # a new partition's backlog, until the statistics tell
+_STALL_S = 2.0  # no reply from a broker for this long, with requests waiting: an outage
 _GROUP_DEFAULTS = {'enable.auto.commit': 'false', 'enable.auto.offset.store': 'false',
-                   'auto.offset.reset': 'earliest', 'statistics.interval.ms': '1000'}
+                   'auto.offset.reset': 'earliest', 'statistics.interval.ms': '500'}
 
 # The local runner runs the commit step in the consumer's process but gives a DoFn
 # no handle on another step's DoFn, so open readers are found here by address (one
@@ -57,24 +58,40 @@ def _say_which(options, address: str, role: str) -> None:
     logging.info('%s %s: confluent-kafka in this process (local runner)', role, address)
 
 
+class _QuietConnectionFailures(logging.Filter):
+  """librdkafka logs each failed connection attempt (FAIL), several a second while a broker
+  is down; the job reports the outage once when it starts and once when it ends."""
+
+  def filter(self, record):
+    return not record.getMessage().startswith('FAIL ')
+
+
 def _logger():
   """librdkafka's log lines go to Python logging (not stderr), redacted by the launcher."""
-  return logging.getLogger('librdkafka')
+  logger = logging.getLogger('librdkafka')
+  if not logger.filters:
+    logger.addFilter(_QuietConnectionFailures())
+  return logger
 
 
 class PartitionWatermark(_StreamWatermark):
   """A watermark per partition: the job's follows the slowest partition that is not idle.
 
-  A partition is idle once nothing arrived from it for `idle_after_s`; it no
-  longer holds the watermark back. When every partition is idle, event time
-  passes like wall time, as for a single stream (_StreamWatermark).
+  A partition is idle once it has nothing left to read (`backlog(part)` is
+  False) and nothing arrived from it for `idle_after_s`: it no longer holds
+  the watermark back. A partition with records to come whose event time is
+  not known yet (just assigned, a backlog not yet fetched) holds it where it
+  is. When every partition is idle, event time passes like wall time, as for
+  a single stream (_StreamWatermark).
   """
 
-  def __init__(self, max_out_of_orderness_s: float, idle_after_s: float):
+  def __init__(self, max_out_of_orderness_s: float, idle_after_s: float,
+               backlog: Callable[[str], bool] = lambda part: False):
     super().__init__(max_out_of_orderness_s, idle_after_s)
+    self._backlog = backlog
     self._newest: Dict[str, int] = {}  # partition (TOPIC:P) -> newest event time
     self._arrived: Dict[str, float] = {}
-    self._lock = threading.Lock()  # forget() comes from the consumer's thread
+    self._lock = threading.Lock()  # assigned() and forget() come from the consumer's thread
 
   def observe(self, event_time_us, record=None):
     now = time.monotonic()
@@ -96,6 +113,12 @@ class PartitionWatermark(_StreamWatermark):
       if not self._follow_slowest(now):
         super().idle()
 
+  def assigned(self, parts: Iterable[str]) -> None:
+    """Partitions this reader now owns: each holds the watermark until it is read or idle."""
+    with self._lock:
+      for part in parts:
+        self._arrived.setdefault(part, -float('inf'))
+
   def forget(self, parts: Iterable[str]) -> None:
     """Partitions this reader no longer owns."""
     with self._lock:
@@ -104,11 +127,17 @@ class PartitionWatermark(_StreamWatermark):
         self._arrived.pop(part, None)
 
   def _follow_slowest(self, now: float) -> bool:
-    active = [newest for part, newest in self._newest.items()
-              if now - self._arrived[part] < self._idle_after_s]
-    if active:
-      self._advance(min(active) - self._disorder_us)
-    return bool(active)
+    """Advances to the slowest busy partition; False when every partition is idle."""
+    newest = []
+    for part, arrived in self._arrived.items():
+      if now - arrived >= self._idle_after_s and not self._backlog(part):
+        continue
+      if part not in self._newest:
+        return True  # records to come, of a time not known yet: hold
+      newest.append(self._newest[part])
+    if newest:
+      self._advance(min(newest) - self._disorder_us)
+    return bool(newest)
 
 
 def partition_of(record: RawRecord) -> str:
@@ -210,6 +239,9 @@ class KafkaReader(Reader):
     self._paused = False
     self._stalled_since = None
     self._lag = {}
+    self._buffered = Counter()  # TOPIC:P -> records fetched, not yet handed out
+    self._unfetched = {}  # TOPIC:P -> records on the broker not yet fetched (statistics)
+    self._assigned_at = {}
     self._wm = None
     self._health = faults.Dependency.named(f'source {self._address.describe()}')
     self._consumer = Consumer(self._address.client_config(
@@ -223,8 +255,20 @@ class KafkaReader(Reader):
     self._thread.start()
 
   def watermark(self, max_out_of_orderness_s, idle_after_s):
-    self._wm = PartitionWatermark(max_out_of_orderness_s, idle_after_s)
+    self._wm = PartitionWatermark(max_out_of_orderness_s, idle_after_s, self._backlog)
     return self._wm
+
+  def _backlog(self, part: str) -> bool:
+    """Whether the partition has records left to read (so it is not idle)."""
+    topic, _, partition = part.rpartition(':')
+    if (topic, int(partition)) in self._revoking:
+      return False  # being handed over: its windows must close without it
+    if self._buffered[part]:
+      return True
+    unfetched = self._unfetched.get(part)
+    if unfetched is None:  # not known yet: assume records, for a while
+      return time.monotonic() - self._assigned_at.get(part, 0.0) < _UNKNOWN_BACKLOG_S
+    return unfetched > 0
 
   # The consumer's thread.
 
@@ -259,14 +303,21 @@ class KafkaReader(Reader):
         self._stalled_since = None
         self._health.ok()
         with self._lock:
-          self._buffer.extend(m for m in fetched
-                              if (m.topic(), m.partition()) not in self._revoking)
+          for m in fetched:
+            if (m.topic(), m.partition()) not in self._revoking:
+              self._buffer.append(m)
+              self._buffered[f'{m.topic()}:{m.partition()}'] += 1
 
   def _on_assign(self, consumer, partitions):
     self._paused = False
+    now = time.monotonic()
     with self._lock:
       for p in partitions:
         self._partitions.setdefault((p.topic, p.partition), _Partition())
+        self._assigned_at[f'{p.topic}:{p.partition}'] = now
+        self._unfetched.pop(f'{p.topic}:{p.partition}', None)
+    if self._wm is not None:
+      self._wm.assigned(f'{p.topic}:{p.partition}' for p in partitions)
     logging.info('%s: assigned %s', self._address.describe(), _names(partitions))
 
   def _on_revoke(self, consumer, partitions):
@@ -274,7 +325,7 @@ class KafkaReader(Reader):
     deadline = time.monotonic() + self._address.revoke_wait_s
     with self._lock:
       self._revoking |= revoked
-      self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in revoked)
+      self._drop_buffered(revoked)
       # Their windows close as the watermark moves on without them; then they are written.
       while (any(self._partitions[tp].emitted for tp in revoked if tp in self._partitions)
              and time.monotonic() < deadline and not self._closing):
@@ -299,12 +350,18 @@ class KafkaReader(Reader):
     # refused, and the new owner reads these records again.
     lost = {(p.topic, p.partition) for p in partitions}
     with self._lock:
-      self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in lost)
+      self._drop_buffered(lost)
       for tp in lost:
         self._partitions.pop(tp, None)
     if self._wm is not None:
       self._wm.forget(f'{topic}:{partition}' for topic, partition in lost)
     logging.warning('%s: lost %s to the group', self._address.describe(), _names(partitions))
+
+  def _drop_buffered(self, partitions) -> None:
+    """Drops fetched records of partitions that are no longer ours (the new owner reads them)."""
+    self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in partitions)
+    for topic, partition in partitions:
+      self._buffered.pop(f'{topic}:{partition}', None)
 
   def _on_error(self, error):
     self._health.lost(error.str())
@@ -326,12 +383,18 @@ class KafkaReader(Reader):
     elif not stalled and self._stalled_since is not None:
       self._stalled_since = None
       self._health.ok()
-    lag = {}
+    lag, unfetched = {}, {}
     for topic in stats.get('topics', {}).values():
       for partition in topic.get('partitions', {}).values():
-        if partition.get('partition', -1) >= 0 and partition.get('consumer_lag', -1) >= 0:
-          lag[(topic['topic'], partition['partition'])] = partition['consumer_lag']
-    self._lag = lag
+        number = partition.get('partition', -1)
+        if number < 0 or (topic['topic'], number) not in self._partitions:
+          continue
+        if partition.get('consumer_lag', -1) >= 0:
+          lag[(topic['topic'], number)] = partition['consumer_lag']
+        high, following = partition.get('hi_offset', -1), partition.get('next_offset', -1)
+        if high >= 0 and following >= 0:
+          unfetched[f'{topic["topic"]}:{number}'] = max(0, high - following)
+    self._lag, self._unfetched = lag, unfetched
 
   # The job's threads.
 
@@ -340,6 +403,7 @@ class KafkaReader(Reader):
       taken = [self._buffer.popleft() for _ in range(min(max_records, len(self._buffer)))]
       records = []
       for message in taken:
+        self._buffered[f'{message.topic()}:{message.partition()}'] -= 1
         state = self._partitions.get((message.topic(), message.partition()))
         if state is None:
           continue  # revoked since it was fetched
@@ -596,6 +660,7 @@ def check_kafka(address: KafkaAddress, role: str, timeout_s: float = 3.0) -> Opt
       metadata = client.list_topics(timeout=0.5)
       break
     except KafkaException as e:
+      client.poll(0)  # serves error_cb
       codes = {err.code() for err in errors} | {e.args[0].code()}
       if codes & _REFUSED:
         return f'{role} {address.describe()} refused the credentials: {_first(errors, e.args[0])}'
