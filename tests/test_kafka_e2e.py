@@ -100,7 +100,7 @@ def test_jobs_of_one_group_share_the_partitions_through_a_rebalance(broker, wiki
     time.sleep(seconds / 3)
     stop(jobs[2], logs[2])  # SIGTERM: drains, commits, leaves the group
     assert producer.wait(seconds + 60) == 0, (tmp_path / 'p.log').read_text()
-    wait_for(lambda: _caught_up(broker, topic, out, 40 * seconds), 180,
+    wait_for(lambda: _caught_up(broker, topic, out, 40 * seconds), 300,
              'every record to be written and committed')
     stop(jobs[0], logs[0])
     stop(jobs[1], logs[1])
@@ -122,13 +122,13 @@ def test_kill_9_of_one_job_and_restart_lose_and_duplicate_nothing(broker, wiki_l
   jobs = [_job(broker, topic, out, logs[0]), _job(broker, topic, out, logs[1])]
   try:
     producer = _producer(broker, topic, wiki_lines, 40, 1200, tmp_path / 'p.log')
-    wait_for(lambda: len(_written_sources(out)) > 100, 120, 'the first windows')
+    wait_for(lambda: len(_written_sources(out)) > 100, 300, 'the first windows')
     jobs[0].kill()  # SIGKILL: no drain, no commit of what it had in flight
     jobs[0].wait(30)
     time.sleep(8)  # the survivor takes its partitions over once its session times out
     jobs.append(_job(broker, topic, out, logs[2]))
     assert producer.wait(120) == 0, (tmp_path / 'p.log').read_text()
-    wait_for(lambda: _caught_up(broker, topic, out, 1200), 180,
+    wait_for(lambda: _caught_up(broker, topic, out, 1200), 300,
              'every record to be written and committed')
     stop(jobs[1], logs[1])
     stop(jobs[2], logs[2])
@@ -147,13 +147,13 @@ def test_a_frozen_broker_is_ridden_out(broker, wiki_lines, tmp_path):
              group_settings='session.timeout.ms=45000&heartbeat.interval.ms=1000')
   try:
     producer = _producer(broker, topic, wiki_lines, 40, 1000, tmp_path / 'p.log')
-    wait_for(lambda: len(_written_sources(out)) > 50, 120, 'the first windows')
+    wait_for(lambda: len(_written_sources(out)) > 50, 300, 'the first windows')
     broker.freeze()
     time.sleep(10)
     broker.thaw()
     assert job.poll() is None, log_path.read_text()[-3000:]
     assert producer.wait(120) == 0, (tmp_path / 'p.log').read_text()
-    wait_for(lambda: _caught_up(broker, topic, out, 1000), 180,
+    wait_for(lambda: _caught_up(broker, topic, out, 1000), 300,
              'every record to be written and committed')
     stop(job, log_path)
   finally:
@@ -184,7 +184,7 @@ def test_a_poison_record_is_a_dead_letter_and_kafka_out_holds_each_row_once(brok
       client.poll(0)
       time.sleep(0.02)
     assert client.flush(30) == 0
-    wait_for(lambda: _caught_up(broker, topic, out, 93), 180,
+    wait_for(lambda: _caught_up(broker, topic, out, 93), 300,
              'every record to be written and committed')
     stop(job, log_path)
   finally:

@@ -31,7 +31,7 @@ _LOCAL_RUNNERS = ('directrunner', 'direct', 'bundlebaseddirectrunner', 'fnapirun
                   'switchingdirectrunner')
 _BUFFER = 5000  # records fetched ahead of the job, per reader
 _SHOWN_BYTES = 1024  # of a value over max_bytes, kept in its dead letter
-_UNKNOWN_BACKLOG_S = 10.0  # a new partition's backlog, until the statistics tell
+_UNKNOWN_BACKLOG_S = 30.0  # a new partition's backlog, until the statistics tell
 _STALL_S = 2.0  # no reply from a broker for this long, with requests waiting: an outage
 _GROUP_DEFAULTS = {'enable.auto.commit': 'false', 'enable.auto.offset.store': 'false',
                    'auto.offset.reset': 'earliest', 'statistics.interval.ms': '500'}
@@ -240,7 +240,7 @@ class KafkaReader(Reader):
     self._stalled_since = None
     self._lag = {}
     self._buffered = Counter()  # TOPIC:P -> records fetched, not yet handed out
-    self._unfetched = {}  # TOPIC:P -> records on the broker not yet fetched (statistics)
+    self._unfetched = {}  # TOPIC:P -> records on the broker not yet read (statistics)
     self._assigned_at = {}
     self._wm = None
     self._health = faults.Dependency.named(f'source {self._address.describe()}')
@@ -391,9 +391,12 @@ class KafkaReader(Reader):
           continue
         if partition.get('consumer_lag', -1) >= 0:
           lag[(topic['topic'], number)] = partition['consumer_lag']
+        # Not yet fetched from the broker, plus fetched into librdkafka's own queue but
+        # not yet handed to this reader.
         high, following = partition.get('hi_offset', -1), partition.get('next_offset', -1)
         if high >= 0 and following >= 0:
-          unfetched[f'{topic["topic"]}:{number}'] = max(0, high - following)
+          unfetched[f'{topic["topic"]}:{number}'] = (max(0, high - following) +
+                                                     max(0, partition.get('fetchq_cnt', 0)))
     self._lag, self._unfetched = lag, unfetched
 
   # The job's threads.
