@@ -92,12 +92,12 @@ def test_a_partition_commits_up_to_its_first_unwritten_record():
   assert state.commit_to() == 12  # never past 12, which is not written
   state.written.add(12)
   assert state.commit_to() == 14 and not state.emitted
-  assert kafka_positions(['t.x:2-41', 't.x:2-40', 'other:0-1', 'file.jsonl:7']) == {
+  assert kafka_positions(['t.x/2:41', 't.x/2:40', 'other/0:1', 'file.jsonl:7', 'redis:1-0']) == {
       ('t.x', 2): [41, 40], ('other', 0): [1]}
 
 
 def _at(partition, offset):
-  return RawRecord('{}', 'events', f'{partition}-{offset}')
+  return RawRecord('{}', f'events/{partition}', offset)
 
 
 def test_the_watermark_follows_the_slowest_partition_until_it_goes_idle():
@@ -110,7 +110,7 @@ def test_the_watermark_follows_the_slowest_partition_until_it_goes_idle():
   time.sleep(0.6)  # both idle now
   watermark.observe(31_000_000, _at(1, 3))
   assert watermark.watermark_us == 30_000_000  # idle partition 0 no longer holds it
-  watermark.forget(['events:1'])
+  watermark.forget(['events/1'])
   watermark.idle()
   assert watermark.watermark_us == 30_000_000  # never back
 
@@ -144,7 +144,7 @@ def test_the_reader_hands_out_metadata_dead_letters_and_commits_only_what_is_wri
   reader.open()
   try:
     records = _poll_until(reader, 5)
-    assert [r.source for r in records] == [f'{topic}:0-{n}' for n in range(5)]
+    assert [r.source for r in records] == [f'{topic}/0:{n}' for n in range(5)]
     first = decode_object(records[0])
     assert (first['key'], first['headers'], first['kafka_timestamp']) == (
         'k0', {'origin': 'test'}, '2023-11-14T22:13:20.000Z')
@@ -185,7 +185,7 @@ def test_a_restarted_reader_starts_after_what_was_committed(broker):
   reader.open()
   try:
     again = _poll_until(reader, 3)
-    assert [r.position for r in again] == ['0-3', '0-4', '0-5']
+    assert [r.position for r in again] == [3, 4, 5]
   finally:
     reader.close()
 
@@ -220,16 +220,26 @@ def test_the_entry_points_refuse_what_they_cannot_use(broker, archive, tmp_path)
 
 
 def test_a_partition_with_records_to_come_holds_the_watermark():
-  backlog = {'events:2': True}
+  backlog = {'events/2': True}
   watermark = PartitionWatermark(max_out_of_orderness_s=1.0, idle_after_s=0.2,
                                  backlog=lambda part: backlog.get(part, False))
-  watermark.assigned(['events:0', 'events:1', 'events:2'])
+  watermark.assigned(['events/0', 'events/1', 'events/2'])
   watermark.observe(10_000_000, _at(0, 1))
   watermark.observe(12_000_000, _at(1, 1))
   assert watermark.watermark_us is None  # partition 2 has records of a time not known yet
   time.sleep(0.3)
   watermark.idle()
   assert watermark.watermark_us is None  # idle ones aside, 2 still has its backlog
-  backlog['events:2'] = False
+  backlog['events/2'] = False
   watermark.idle()  # nothing left anywhere: event time passes like wall time
   assert watermark.watermark_us >= 12_000_000 - 1_000_000
+
+
+def test_a_polls_later_records_find_the_watermark_where_the_poll_began():
+  watermark = PartitionWatermark(max_out_of_orderness_s=1.0, idle_after_s=0.2)
+  watermark.coming(['events/0', 'events/1', 'events/1'])  # one poll: 0's record, 1's two
+  watermark.observe(30_000_000, _at(0, 1))
+  assert watermark.watermark_us is None  # partition 1's records are still to be observed
+  watermark.observe(10_000_000, _at(1, 1))
+  watermark.observe(11_000_000, _at(1, 2))
+  assert watermark.watermark_us == 10_000_000

@@ -3,7 +3,7 @@ Kafka-protocol broker the test starts (tests/kafka_broker.py): jobs of one group
 rebalance, kill -9 and restart, a frozen broker, a poison record, Kafka in and out.
 
 Lost and duplicated are counted from what the jobs wrote (rows and dead letters, by
-TOPIC:PARTITION-OFFSET) against what the topic holds.
+TOPIC/PARTITION:OFFSET) against what the topic holds.
 """
 import datetime
 import json
@@ -62,7 +62,7 @@ def _caught_up(broker, topic, out, expected):
 
 
 def _produced(broker, topic):
-  return {f'{topic}:{p}-{o}' for p, end in enumerate(broker.end_offsets(topic))
+  return {f'{topic}/{p}:{o}' for p, end in enumerate(broker.end_offsets(topic))
           for o in range(end)}
 
 
@@ -192,10 +192,10 @@ def test_a_poison_record_is_a_dead_letter_and_kafka_out_holds_each_row_once(brok
   _tally(broker, topic, out, [log_path])
   letters = dict(zip(column(out, 'deadletter', 'source'), column(out, 'deadletter', 'reason')))
   assert sorted(letters.values()) == ['invalid_json', 'invalid_utf8', 'too_large']
-  assert all(source.startswith(f'{topic}:1-') for source in letters)
-  poisoned = max(int(source.rpartition('-')[2]) for source in letters)
+  assert all(source.startswith(f'{topic}/1:') for source in letters)
+  poisoned = max(int(source.rpartition(':')[2]) for source in letters)
   after = [s for s in column(out, 'enriched', 'source')
-           if s.startswith(f'{topic}:1-') and int(s.rpartition('-')[2]) > poisoned]
+           if s.startswith(f'{topic}/1:') and int(s.rpartition(':')[2]) > poisoned]
   assert after, 'partition 1 went no further than its poison records'
   ids = column(out, 'enriched', 'id')
   downstream = broker.read_all(sink, len(ids))

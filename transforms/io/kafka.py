@@ -89,8 +89,9 @@ class PartitionWatermark(_StreamWatermark):
                backlog: Callable[[str], bool] = lambda part: False):
     super().__init__(max_out_of_orderness_s, idle_after_s)
     self._backlog = backlog
-    self._newest: Dict[str, int] = {}  # partition (TOPIC:P) -> newest event time
+    self._newest: Dict[str, int] = {}  # partition (TOPIC/P) -> newest event time
     self._arrived: Dict[str, float] = {}
+    self._coming = Counter()  # records handed to the job, not yet observed
     self._lock = threading.Lock()  # assigned() and forget() come from the consumer's thread
 
   def observe(self, event_time_us, record=None):
@@ -101,6 +102,8 @@ class PartitionWatermark(_StreamWatermark):
     part = partition_of(record)
     with self._lock:
       self._arrived[part] = now
+      if self._coming[part] > 0:
+        self._coming[part] -= 1
       if event_time_us is not None and event_time_us > self._newest.get(part, -2**63):
         self._newest[part] = event_time_us
         if self.newest_us is None or event_time_us > self.newest_us:
@@ -119,18 +122,28 @@ class PartitionWatermark(_StreamWatermark):
       for part in parts:
         self._arrived.setdefault(part, -float('inf'))
 
+  def coming(self, parts: Iterable[str]) -> None:
+    """Records (by partition) that the reader has just handed out, to be observed next:
+    a poll's later records must not find the watermark moved on by its earlier ones."""
+    with self._lock:
+      self._coming.update(parts)
+
   def forget(self, parts: Iterable[str]) -> None:
     """Partitions this reader no longer owns."""
     with self._lock:
       for part in parts:
         self._newest.pop(part, None)
         self._arrived.pop(part, None)
+        self._coming.pop(part, None)
 
   def _follow_slowest(self, now: float) -> bool:
     """Advances to the slowest busy partition; False when every partition is idle."""
     newest = []
-    for part, arrived in self._arrived.items():
-      if now - arrived >= self._idle_after_s and not self._backlog(part):
+    parts = set(self._arrived) | {part for part, count in self._coming.items() if count > 0}
+    for part in parts:
+      arrived = self._arrived.get(part, -float('inf'))
+      if (now - arrived >= self._idle_after_s and not self._coming[part] and
+          not self._backlog(part)):
         continue
       if part not in self._newest:
         return True  # records to come, of a time not known yet: hold
@@ -141,16 +154,16 @@ class PartitionWatermark(_StreamWatermark):
 
 
 def partition_of(record: RawRecord) -> str:
-  """TOPIC:PARTITION of a record read from Kafka (its position is PARTITION-OFFSET)."""
-  return f'{record.stream}:{str(record.position).partition("-")[0]}'
+  """TOPIC/PARTITION of a record read from Kafka: its stream (its position is the offset)."""
+  return record.stream
 
 
 def kafka_positions(sources: Iterable[str]) -> Dict[Tuple[str, int], List[int]]:
-  """(topic, partition) -> offsets, from `TOPIC:PARTITION-OFFSET` sources; others skipped."""
+  """(topic, partition) -> offsets, from `TOPIC/PARTITION:OFFSET` sources; others skipped."""
   found: Dict[Tuple[str, int], List[int]] = {}
   for source in sources:
-    topic, _, position = source.rpartition(':')
-    partition, _, offset = position.partition('-')
+    stream, _, offset = source.rpartition(':')
+    topic, _, partition = stream.rpartition('/')
     if topic and partition.isdigit() and offset.isdigit():
       found.setdefault((topic, int(partition)), []).append(int(offset))
   return found
@@ -176,7 +189,8 @@ class _Partition:
 
 
 def _record(message, max_bytes: int) -> RawRecord:
-  """A Kafka message as a RawRecord at TOPIC:PARTITION-OFFSET, its metadata beside its fields.
+  """A Kafka message as a RawRecord of stream TOPIC/PARTITION at its offset (its source is
+  TOPIC/PARTITION:OFFSET: a partition is the ordered stream), its metadata beside its fields.
 
   A JSON object value gets `key`, `headers` (name -> text) and `kafka_timestamp`
   (RFC 3339) unless it has fields of those names, so field paths can read them
@@ -184,12 +198,12 @@ def _record(message, max_bytes: int) -> RawRecord:
   else stays raw: the parse step dead-letters it as it would any bad record.
   """
   value = message.value() or b''
-  position = f'{message.partition()}-{message.offset()}'
+  stream, position = f'{message.topic()}/{message.partition()}', message.offset()
   if len(value) > max_bytes:
     shown = value[:min(max_bytes, _SHOWN_BYTES)].decode('utf-8', 'backslashreplace')
-    return RawRecord(shown, message.topic(), position,
+    return RawRecord(shown, stream, position,
                      too_large=f'the value is {len(value)} bytes, over max_bytes={max_bytes}')
-  record = decoded_record(value, message.topic(), position)
+  record = decoded_record(value, stream, position)
   if record.decode_error is not None or not record.raw.lstrip().startswith('{'):
     return record
   try:
@@ -239,8 +253,8 @@ class KafkaReader(Reader):
     self._paused = False
     self._stalled_since = None
     self._lag = {}
-    self._buffered = Counter()  # TOPIC:P -> records fetched, not yet handed out
-    self._unfetched = {}  # TOPIC:P -> records on the broker not yet read (statistics)
+    self._buffered = Counter()  # TOPIC/P -> records fetched, not yet handed out
+    self._unfetched = {}  # TOPIC/P -> records on the broker not yet read (statistics)
     self._assigned_at = {}
     self._wm = None
     self._health = faults.Dependency.named(f'source {self._address.describe()}')
@@ -260,7 +274,7 @@ class KafkaReader(Reader):
 
   def _backlog(self, part: str) -> bool:
     """Whether the partition has records left to read (so it is not idle)."""
-    topic, _, partition = part.rpartition(':')
+    topic, _, partition = part.rpartition('/')
     if (topic, int(partition)) in self._revoking:
       return False  # being handed over: its windows must close without it
     if self._buffered[part]:
@@ -306,7 +320,7 @@ class KafkaReader(Reader):
           for m in fetched:
             if (m.topic(), m.partition()) not in self._revoking:
               self._buffer.append(m)
-              self._buffered[f'{m.topic()}:{m.partition()}'] += 1
+              self._buffered[f'{m.topic()}/{m.partition()}'] += 1
 
   def _on_assign(self, consumer, partitions):
     self._paused = False
@@ -314,10 +328,10 @@ class KafkaReader(Reader):
     with self._lock:
       for p in partitions:
         self._partitions.setdefault((p.topic, p.partition), _Partition())
-        self._assigned_at[f'{p.topic}:{p.partition}'] = now
-        self._unfetched.pop(f'{p.topic}:{p.partition}', None)
+        self._assigned_at[f'{p.topic}/{p.partition}'] = now
+        self._unfetched.pop(f'{p.topic}/{p.partition}', None)
     if self._wm is not None:
-      self._wm.assigned(f'{p.topic}:{p.partition}' for p in partitions)
+      self._wm.assigned(f'{p.topic}/{p.partition}' for p in partitions)
     logging.info('%s: assigned %s', self._address.describe(), _names(partitions))
 
   def _on_revoke(self, consumer, partitions):
@@ -341,7 +355,7 @@ class KafkaReader(Reader):
         self._partitions.pop(tp, None)
       self._revoking -= revoked
     if self._wm is not None:
-      self._wm.forget(f'{topic}:{partition}' for topic, partition in revoked)
+      self._wm.forget(f'{topic}/{partition}' for topic, partition in revoked)
     logging.info('%s: revoked %s%s', self._address.describe(), _names(partitions),
                  f' ({unwritten} records in flight, not committed)' if unwritten else '')
 
@@ -354,14 +368,14 @@ class KafkaReader(Reader):
       for tp in lost:
         self._partitions.pop(tp, None)
     if self._wm is not None:
-      self._wm.forget(f'{topic}:{partition}' for topic, partition in lost)
+      self._wm.forget(f'{topic}/{partition}' for topic, partition in lost)
     logging.warning('%s: lost %s to the group', self._address.describe(), _names(partitions))
 
   def _drop_buffered(self, partitions) -> None:
     """Drops fetched records of partitions that are no longer ours (the new owner reads them)."""
     self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in partitions)
     for topic, partition in partitions:
-      self._buffered.pop(f'{topic}:{partition}', None)
+      self._buffered.pop(f'{topic}/{partition}', None)
 
   def _on_error(self, error):
     self._health.lost(error.str())
@@ -395,7 +409,7 @@ class KafkaReader(Reader):
         # not yet handed to this reader.
         high, following = partition.get('hi_offset', -1), partition.get('next_offset', -1)
         if high >= 0 and following >= 0:
-          unfetched[f'{topic["topic"]}:{number}'] = (max(0, high - following) +
+          unfetched[f'{topic["topic"]}/{number}'] = (max(0, high - following) +
                                                      max(0, partition.get('fetchq_cnt', 0)))
     self._lag, self._unfetched = lag, unfetched
 
@@ -406,12 +420,14 @@ class KafkaReader(Reader):
       taken = [self._buffer.popleft() for _ in range(min(max_records, len(self._buffer)))]
       records = []
       for message in taken:
-        self._buffered[f'{message.topic()}:{message.partition()}'] -= 1
+        self._buffered[f'{message.topic()}/{message.partition()}'] -= 1
         state = self._partitions.get((message.topic(), message.partition()))
         if state is None:
           continue  # revoked since it was fetched
         state.emitted.append(message.offset())
         records.append(_record(message, self._address.max_bytes))
+    if self._wm is not None:
+      self._wm.coming(partition_of(record) for record in records)
     return records
 
   def stalled(self):
@@ -492,7 +508,7 @@ def _latest(offsets) -> list:
 
 
 def _names(partitions) -> str:
-  return ', '.join(f'{p.topic}:{p.partition}' for p in partitions) or 'nothing'
+  return ', '.join(f'{p.topic}/{p.partition}' for p in partitions) or 'nothing'
 
 
 def _sources(written) -> List[str]:
