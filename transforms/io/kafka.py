@@ -177,6 +177,7 @@ class _Partition:
     self.written = set()  # of those, written out of order
     self.next = None  # the offset after the last one written in order
     self.committed = None
+    self.read_next = None  # the offset after the last one handed out
 
   def commit_to(self) -> Optional[int]:
     """The offset to commit: the first unwritten one (or past the last written)."""
@@ -248,6 +249,7 @@ class KafkaReader(Reader):
     self._buffer = deque()
     self._partitions: Dict[Tuple[str, int], _Partition] = {}
     self._revoking = set()
+    self._parked: Dict[Tuple[str, int], _Partition] = {}  # revoked, maybe coming back
     self._to_commit = {}  # (topic, partition) -> TopicPartition, for the consumer's thread
     self._closing = False
     self._paused = False
@@ -325,11 +327,21 @@ class KafkaReader(Reader):
   def _on_assign(self, consumer, partitions):
     self._paused = False
     now = time.monotonic()
+    resumed = False
     with self._lock:
       for p in partitions:
-        self._partitions.setdefault((p.topic, p.partition), _Partition())
+        tp = (p.topic, p.partition)
+        state = self._parked.pop(tp, None)
+        if state is not None and state.read_next is not None:
+          # Back to us: go on after what we handed out (its records are still ours to
+          # write), and commit again what a refused commit left behind.
+          p.offset, state.committed, resumed = state.read_next, None, True
+        self._partitions.setdefault(tp, state or _Partition())
         self._assigned_at[f'{p.topic}/{p.partition}'] = now
         self._unfetched.pop(f'{p.topic}/{p.partition}', None)
+      self._parked.clear()  # went to others: their new owners read them again
+    if resumed:
+      consumer.assign(partitions)
     if self._wm is not None:
       self._wm.assigned(f'{p.topic}/{p.partition}' for p in partitions)
     logging.info('%s: assigned %s', self._address.describe(), _names(partitions))
@@ -352,7 +364,7 @@ class KafkaReader(Reader):
       self._commit(_latest(offsets), asynchronous=False)
     with self._lock:
       for tp in revoked:
-        self._partitions.pop(tp, None)
+        self._park(tp)
       self._revoking -= revoked
     if self._wm is not None:
       self._wm.forget(f'{topic}/{partition}' for topic, partition in revoked)
@@ -361,15 +373,23 @@ class KafkaReader(Reader):
 
   def _on_lost(self, consumer, partitions):
     # The group moved on without us (e.g. a session timeout): commits would be
-    # refused, and the new owner reads these records again.
+    # refused; a new owner reads these records again (kept, in case they come back).
     lost = {(p.topic, p.partition) for p in partitions}
     with self._lock:
       self._drop_buffered(lost)
       for tp in lost:
-        self._partitions.pop(tp, None)
+        self._park(tp)
     if self._wm is not None:
       self._wm.forget(f'{topic}/{partition}' for topic, partition in lost)
     logging.warning('%s: lost %s to the group', self._address.describe(), _names(partitions))
+
+  def _park(self, tp) -> None:
+    """Keeps a partition given up in a rebalance until the next assignment: if it comes back
+    (the range assignor often hands a member its partitions again), reading goes on after
+    what was handed out, and no record of it is read twice."""
+    state = self._partitions.pop(tp, None)
+    if state is not None:
+      self._parked[tp] = state
 
   def _drop_buffered(self, partitions) -> None:
     """Drops fetched records of partitions that are no longer ours (the new owner reads them)."""
@@ -425,6 +445,7 @@ class KafkaReader(Reader):
         if state is None:
           continue  # revoked since it was fetched
         state.emitted.append(message.offset())
+        state.read_next = message.offset() + 1
         records.append(_record(message, self._address.max_bytes))
     if self._wm is not None:
       self._wm.coming(partition_of(record) for record in records)
@@ -437,7 +458,7 @@ class KafkaReader(Reader):
     """Marks records written and commits each partition up to its first unwritten record."""
     with self._lock:
       for tp, offsets in positions.items():
-        state = self._partitions.get(tp)
+        state = self._partitions.get(tp) or self._parked.get(tp)
         if state is not None:
           state.written.update(offsets)
       for offset in self._committable(positions):
