@@ -414,9 +414,10 @@ class KafkaReader(Reader):
     if stalled and self._stalled_since is None:
       self._stalled_since = time.monotonic()
       self._health.lost('a broker stopped answering')
-    elif not stalled and self._stalled_since is not None:
+    elif not stalled and any(broker.get('state') == 'UP' and broker.get('nodeid', -1) >= 0
+                             for broker in stats.get('brokers', {}).values()):
       self._stalled_since = None
-      self._health.ok()
+      self._health.ok()  # reached: a topic with nothing to read is not a dead source
     lag, unfetched = {}, {}
     for topic in stats.get('topics', {}).values():
       for partition in topic.get('partitions', {}).values():
