@@ -255,6 +255,7 @@ class KafkaReader(Reader):
     self._paused = False
     self._stalled_since = None
     self._lag = {}
+    self._refused_logged = 0.0
     self._buffered = Counter()  # TOPIC/P -> records fetched, not yet handed out
     self._unfetched = {}  # TOPIC/P -> records on the broker not yet read (statistics)
     self._assigned_at = {}
@@ -262,7 +263,8 @@ class KafkaReader(Reader):
     self._health = faults.Dependency.named(f'source {self._address.describe()}')
     self._consumer = Consumer(self._address.client_config(
         **{'group.id': self._address.group, **_GROUP_DEFAULTS,
-           'error_cb': self._on_error, 'stats_cb': self._on_stats}), logger=_logger())
+           'error_cb': self._on_error, 'stats_cb': self._on_stats,
+           'on_commit': self._on_commit}), logger=_logger())
     self._consumer.subscribe(list(self._address.topics), on_assign=self._on_assign,
                              on_revoke=self._on_revoke, on_lost=self._on_lost)
     with _OPEN_LOCK:
@@ -336,6 +338,8 @@ class KafkaReader(Reader):
           # Back to us: go on after what we handed out (its records are still ours to
           # write), and commit again what a refused commit left behind.
           p.offset, state.committed, resumed = state.read_next, None, True
+          for offset in self._committable([tp]):
+            self._to_commit[tp] = offset
         self._partitions.setdefault(tp, state or _Partition())
         self._assigned_at[f'{p.topic}/{p.partition}'] = now
         self._unfetched.pop(f'{p.topic}/{p.partition}', None)
@@ -396,6 +400,26 @@ class KafkaReader(Reader):
     self._buffer = deque(m for m in self._buffer if (m.topic(), m.partition()) not in partitions)
     for topic, partition in partitions:
       self._buffered.pop(f'{topic}/{partition}', None)
+
+  def _on_commit(self, error, offsets):
+    """A refused commit of a partition still ours is made again (in the next generation)."""
+    failed = [o for o in offsets or [] if error is not None or o.error is not None]
+    if not failed:
+      return
+    with self._lock:
+      for offset in failed:
+        tp = (offset.topic, offset.partition)
+        state = self._partitions.get(tp) or self._parked.get(tp)
+        if state is not None and state.committed == offset.offset:
+          state.committed = None  # the next commit round sends it again
+          if tp in self._partitions and tp not in self._to_commit:
+            from confluent_kafka import TopicPartition
+            self._to_commit[tp] = TopicPartition(offset.topic, offset.partition, offset.offset)
+    if time.monotonic() - self._refused_logged > 10:  # once, not every 0.2 s of a rebalance
+      self._refused_logged = time.monotonic()
+      logging.warning('%s: a commit was refused (%s); it is made again',
+                      self._address.describe(),
+                      error.str() if error is not None else failed[0].error.str())
 
   def _on_error(self, error):
     self._health.lost(error.str())
