@@ -32,7 +32,7 @@ _LOCAL_RUNNERS = ('directrunner', 'direct', 'bundlebaseddirectrunner', 'fnapirun
 _BUFFER = 5000  # records fetched ahead of the job, per reader
 _SHOWN_BYTES = 1024  # of a value over max_bytes, kept in its dead letter
 _UNKNOWN_BACKLOG_S = 30.0  # a new partition's backlog, until the statistics tell
-_STALL_S = 2.0  # no reply from a broker for this long, with requests waiting: an outage
+_STALL_S = 2.0  # a metadata request unanswered this long: an outage
 _GROUP_DEFAULTS = {'enable.auto.commit': 'false', 'enable.auto.offset.store': 'false',
                    'auto.offset.reset': 'earliest', 'statistics.interval.ms': '500'}
 
@@ -256,6 +256,7 @@ class KafkaReader(Reader):
     self._stalled_since = None
     self._lag = {}
     self._refused_logged = 0.0
+    self._probed = 0.0
     self._buffered = Counter()  # TOPIC/P -> records fetched, not yet handed out
     self._unfetched = {}  # TOPIC/P -> records on the broker not yet read (statistics)
     self._assigned_at = {}
@@ -304,6 +305,7 @@ class KafkaReader(Reader):
           (self._consumer.pause if full else self._consumer.resume)(assigned)
           self._paused = full
         messages = self._consumer.consume(500, 0.2)
+        self._probe()
       except KafkaException as e:
         self._health.lost(str(e.args[0]))
         time.sleep(0.5)
@@ -318,8 +320,7 @@ class KafkaReader(Reader):
         elif error.code() != KafkaError._PARTITION_EOF:
           self._health.lost(error.str())
       if fetched:
-        self._stalled_since = None
-        self._health.ok()
+        self._set_stalled(False)
         with self._lock:
           for m in fetched:
             if (m.topic(), m.partition()) not in self._revoking:
@@ -421,27 +422,38 @@ class KafkaReader(Reader):
                       self._address.describe(),
                       error.str() if error is not None else failed[0].error.str())
 
+  def _set_stalled(self, stalled: bool) -> None:
+    if stalled and self._stalled_since is None:
+      self._stalled_since = time.monotonic()
+      self._health.lost('the broker stopped answering')
+    elif not stalled:
+      self._stalled_since = None
+      self._health.ok()  # reached: a topic with nothing to read is not a dead source
+
+  def _probe(self) -> None:
+    """Asks the cluster for the topic's metadata, each second: a broker may hold fetches (and
+    heartbeats) while a topic is quiet, so only a request it must answer at once tells a
+    frozen broker from an idle topic."""
+    from confluent_kafka import KafkaException
+    if time.monotonic() - self._probed < 1.0:
+      return
+    self._probed = time.monotonic()
+    try:
+      self._consumer.list_topics(self._address.topics[0], timeout=_STALL_S)
+    except KafkaException:
+      self._set_stalled(True)
+    else:
+      self._set_stalled(False)
+
   def _on_error(self, error):
     self._health.lost(error.str())
 
   def _on_stats(self, text):
     """Outages from librdkafka's statistics: a broker that stopped answering requests."""
     stats = json.loads(text)
-    stalled = False
-    for broker in stats.get('brokers', {}).values():
-      if broker.get('nodeid', -1) < 0 or not broker.get('toppars'):
-        continue
-      waiting = broker.get('waitresp_cnt', 0) + broker.get('outbuf_cnt', 0)
-      idle_s = broker.get('rxidle', -1) / 1e6
-      if broker.get('state') != 'UP' or (waiting and idle_s > _STALL_S):
-        stalled = True
-    if stalled and self._stalled_since is None:
-      self._stalled_since = time.monotonic()
-      self._health.lost('a broker stopped answering')
-    elif not stalled and any(broker.get('state') == 'UP' and broker.get('nodeid', -1) >= 0
-                             for broker in stats.get('brokers', {}).values()):
-      self._stalled_since = None
-      self._health.ok()  # reached: a topic with nothing to read is not a dead source
+    if any(broker.get('toppars') and broker.get('state') != 'UP'
+           for broker in stats.get('brokers', {}).values()):
+      self._set_stalled(True)  # a partition leader is disconnected
     lag, unfetched = {}, {}
     for topic in stats.get('topics', {}).values():
       for partition in topic.get('partitions', {}).values():
