@@ -133,6 +133,7 @@ def test_kill_9_of_one_job_and_restart_lose_and_duplicate_nothing(broker, wiki_l
     jobs[0].wait(30)
     time.sleep(8)  # the survivor takes its partitions over once its session times out
     jobs.append(_job(broker, topic, out, logs[2]))
+    wait_for(lambda: 'assigned' in logs[2].read_text(), 300, 'the restarted job to join')
     assert producer.wait(120) == 0, (tmp_path / 'p.log').read_text()
     wait_for(lambda: _caught_up(broker, topic, out, 1200), 300,
              'every record to be written and committed')
