@@ -10,6 +10,7 @@ offsets: a partition's offset is committed only up to its first record whose
 row or dead letter is not yet durably written, so a commit never passes an
 unwritten record, and a crash re-reads what was not written.
 """
+import atexit
 import datetime
 import json
 import logging
@@ -272,6 +273,9 @@ class KafkaReader(Reader):
       _OPEN_READERS.setdefault(self._address.key(), []).append(self)
     self._thread = threading.Thread(target=self._fetch, name='kafka-fetch', daemon=True)
     self._thread.start()
+    # The local runner may end without tearing the source down: the last commits and the
+    # leave from the group must still happen before the process exits.
+    atexit.register(self.close)
 
   def watermark(self, max_out_of_orderness_s, idle_after_s):
     self._wm = PartitionWatermark(max_out_of_orderness_s, idle_after_s, self._backlog)
@@ -534,6 +538,7 @@ class KafkaReader(Reader):
   def close(self):
     if self._consumer is None:
       return
+    atexit.unregister(self.close)
     self._closing = True
     with self._lock:
       self._lock.notify_all()
