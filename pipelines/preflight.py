@@ -14,6 +14,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.loading import ModelConfig
 from pipelines.config import JobConfig
 from pipelines.options import ConfigError
+from transforms.io.kafka import check_kafka
+from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.redis_streams import ensure_group
 from transforms.io.redis_urls import RedisStreamAddress
 from apache_beam.io.filesystems import FileSystems
@@ -22,7 +24,7 @@ from runners.choice import runs_locally
 from transforms.fields import MISSING, format_path, resolve
 from transforms.io.sources import format_of, read_archive
 from transforms.records import Undecodable, decode_object
-from transforms.io.targets import RedisTarget, VectorStoreTarget, is_redis
+from transforms.io.targets import KafkaTarget, RedisTarget, VectorStoreTarget, is_redis
 from transforms.io.vector_store import check_store
 
 _CONNECT_TIMEOUT_S = 3
@@ -31,7 +33,7 @@ _SAMPLE_ENTRIES = 20  # latest entries of a Redis source its field= is looked fo
 
 
 def check_start(options: PipelineOptions, config: JobConfig, source: Optional[str] = None):
-  """Raises ConfigError for an output, model, device or Redis the job could not use."""
+  """Raises ConfigError for an output, model, device, Redis or Kafka the job could not use."""
   check_output(config.output)
   if not runs_locally(options):
     return
@@ -47,6 +49,13 @@ def check_start(options: PipelineOptions, config: JobConfig, source: Optional[st
         check_store(target.uri, target.table, config.model)
       except (OSError, ValueError) as e:
         raise ConfigError(str(e)) from None
+  kafka = [(source, 'source')] if source and source.startswith('kafka://') else []
+  kafka += [(target.spelled, 'sink') for target in config.sinks
+            if isinstance(target, KafkaTarget)]
+  for uri, role in kafka:
+    problem = check_kafka(KafkaAddress.parse(uri), role)
+    if problem:
+      raise ConfigError(problem)
 
 
 def check_output(output: str) -> None:

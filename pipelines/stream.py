@@ -9,7 +9,9 @@ Sources:
                                        (also rediss:// with TLS, unix:///PATH?db=N&...)
   file://GLOB                                        an archive read as a stream; ends at its end
   pubsub://projects/P/subscriptions/S[?timestamp_attribute=A&id_attribute=B]   (Beam's Pub/Sub IO)
-  kafka://BROKERS/TOPIC?group=G[&timestamp_policy=CreateTime]                 (Beam's Kafka IO)
+  kafka://BROKERS/TOPIC[,TOPIC]?group=G[&LIBRDKAFKA.SETTING=V][&properties=FILE]
+                       (confluent-kafka on the local runner, Beam's KafkaIO on Flink/Dataflow;
+                       see docs/kafka.md)
 
 Locally it runs on the BundleBasedDirectRunner with runners.local_streaming;
 `--runner FlinkRunner`, `DataflowRunner` or `PrismRunner --prism_location ...`
@@ -35,6 +37,8 @@ from transforms import job_state
 from transforms.io.live_sources import EventTimeOf
 from transforms.io.redis_streams import (AcknowledgeRedisEntries, RedisStreamAddress,
                                          claim_idle_s)
+from transforms.io.kafka import CommitKafkaOffsets
+from transforms.io.kafka_urls import KafkaAddress
 from transforms.records import WindowRows
 from transforms.io.targets import BigQueryTarget, KafkaTarget, PubSubTarget
 from transforms.io.uri_query import redacted
@@ -101,8 +105,10 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
                                                   config.window.max_future_skew_s),
                        config.window.max_out_of_orderness_s, stream.poll_interval,
                        options.view_as(ArchiveOptions).input_format, csv_delimiter(options),
-                       job=config.write.job, claim_idle_s=claim_idle_s(config.window))
+                       job=config.write.job, claim_idle_s=claim_idle_s(config.window),
+                       local=config.local)
     acknowledged = acknowledged_stream(stream.source)
+    committed = _committed_topics(config, stream.source)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   refuse_early_acknowledgement(acknowledged, config.sinks)
@@ -118,7 +124,11 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
         acknowledged, config.write, config.window)
     job.written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(
         acknowledged, config.write)
-  return run_job(job, _resume(stream.source, acknowledged))
+  if committed is not None:
+    windows | 'Commit rows' >> CommitKafkaOffsets(committed, config.write.job)
+    job.written.deadletters | 'Commit dead letters' >> CommitKafkaOffsets(
+        committed, config.write.job)
+  return run_job(job, _resume(stream.source, acknowledged, committed))
 
 
 def refuse_early_acknowledgement(acknowledged: Optional[RedisStreamAddress], sinks) -> None:
@@ -136,11 +146,23 @@ def refuse_early_acknowledgement(acknowledged: Optional[RedisStreamAddress], sin
           'job that reads a source without acknowledgements (the Redis sink, Pub/Sub, Kafka)')
 
 
-def _resume(source: str, acknowledged: Optional[RedisStreamAddress]) -> str:
+def _committed_topics(config, source: str) -> Optional[KafkaAddress]:
+  """The topics whose offsets this job commits after writing: Kafka read in this process
+  (Beam's KafkaIO commits with the runner's checkpoints instead)."""
+  if not source.startswith('kafka://') or not config.local:
+    return None
+  return KafkaAddress.parse(source)
+
+
+def _resume(source: str, acknowledged: Optional[RedisStreamAddress],
+            committed: Optional[KafkaAddress] = None) -> str:
   """What becomes of records not written when the job stops early."""
   if acknowledged is not None:
     return (f'entries not acknowledged stay pending in {acknowledged.describe()}, group '
             f'{acknowledged.group}, and are read again on restart')
+  if committed is not None:
+    return (f'offsets of records not written stay uncommitted in {committed.describe()}, '
+            f'group {committed.group}, and the group reads them again')
   if source.startswith('file://'):
     return 'a rerun writes what is missing and replaces the files it wrote'
   return 'records read but not written are lost unless the source delivers them again'

@@ -53,6 +53,9 @@ class JobState:
     # (end time, texts, seconds) of the last inference calls, for the run report.
     self.calls = collections.deque(maxlen=_CALLS_KEPT)
     self.snapshot = None  # the job's latest metrics (observability.monitoring.Snapshot)
+    # Open readers by source address: the local runner runs a commit step in its source's
+    # process but gives a DoFn no handle on another step's DoFn (transforms/io/kafka.py).
+    self._readers: Dict[str, list] = {}
 
   def stop(self, reason: str) -> None:
     """Records the first reason a write was given up, and drains the live source."""
@@ -67,6 +70,22 @@ class JobState:
       if found is None:
         found = self._dependencies[name] = Dependency(name)
       return found
+
+  def add_reader(self, key: str, reader) -> None:
+    with self._lock:
+      self._readers.setdefault(key, []).append(reader)
+
+  def remove_reader(self, key: str, reader) -> None:
+    with self._lock:
+      readers = self._readers.get(key, [])
+      if reader in readers:
+        readers.remove(reader)
+      if not readers:
+        self._readers.pop(key, None)
+
+  def readers(self, key: str) -> list:
+    with self._lock:
+      return list(self._readers.get(key, ()))
 
   def dependencies(self) -> List[Dependency]:
     with self._lock:

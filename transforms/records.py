@@ -19,6 +19,8 @@ class RawRecord(NamedTuple):
       for archives, whose lateness is judged from the file's own order.
     file_error: set on the one record that stands for the unreadable rest of
       a damaged archive (truncated or corrupt compressed data).
+    too_large: why a record is over the source's size limit (raw then holds
+      only its start).
   """
   raw: str
   stream: str
@@ -27,6 +29,7 @@ class RawRecord(NamedTuple):
   decode_error: Optional[str] = None
   watermark_us: Optional[int] = None
   file_error: Optional[str] = None
+  too_large: Optional[str] = None
 
   @property
   def source(self) -> str:
@@ -78,6 +81,7 @@ BAD_ID = 'bad_id'
 LATE = 'late'
 FUTURE_TIME = 'future_time'
 DAMAGED_FILE = 'damaged_file'
+TOO_LARGE = 'too_large'
 INFERENCE_ERROR = 'inference_error'
 TOO_LARGE = 'too_large'  # over --max_record_bytes, refused before it is decoded
 RECORD_ERROR = 'record_error'  # a per-record step raised on it: a bug, kept from crashing the job
@@ -117,6 +121,8 @@ def decode_object(record: RawRecord) -> Union[dict, Undecodable]:
   """
   if record.file_error is not None:
     return Undecodable(DAMAGED_FILE, record.file_error)
+  if record.too_large is not None:
+    return Undecodable(TOO_LARGE, record.too_large)
   if record.decode_error is not None:
     return Undecodable(INVALID_UTF8, record.decode_error)
   if record.row is not None:

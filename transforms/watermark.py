@@ -48,6 +48,11 @@ class Watermark:
       return False
     return self._advance(self.newest_us + round(idle_s * _MICROS) - self._disorder_us)
 
+  def advance_to(self, candidate_us: int) -> bool:
+    """Moves the watermark to `candidate_us` if that is later (a source of several parts
+    computes its candidate from the slowest part); returns whether it moved."""
+    return self._advance(candidate_us)
+
   def _advance(self, candidate_us: int) -> bool:
     if self._watermark_us is None or candidate_us > self._watermark_us:
       self._watermark_us = candidate_us

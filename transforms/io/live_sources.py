@@ -54,6 +54,11 @@ class Reader:
     """Figures about the source to report as Beam gauges (name -> int), e.g. pending entries."""
     return {}
 
+  def watermark(self, max_out_of_orderness_s: float, idle_after_s: float):
+    """The watermark this source moves, or None for the default (_StreamWatermark). A source
+    of several parts (Kafka partitions) returns one that keeps a watermark per part."""
+    return None
+
 
 class _Unbounded(RestrictionProvider):
 
@@ -72,6 +77,7 @@ class _StreamWatermark:
 
   def __init__(self, max_out_of_orderness_s: float, idle_after_s: float):
     self._mark = Watermark(WindowSpec(max_out_of_orderness_s=max_out_of_orderness_s))
+    self._disorder_us = round(max_out_of_orderness_s * 1e6)
     self._idle_after_s = idle_after_s
     self._last_arrival = time.monotonic()
 
@@ -79,7 +85,19 @@ class _StreamWatermark:
   def watermark_us(self) -> Optional[int]:
     return self._mark.watermark_us
 
-  def observe(self, event_time_us: Optional[int]) -> None:
+  @property
+  def newest_us(self) -> Optional[int]:
+    return self._mark.newest_us
+
+  @newest_us.setter
+  def newest_us(self, value: Optional[int]) -> None:
+    self._mark.newest_us = value
+
+  def _advance(self, candidate_us: int) -> None:
+    """For sources of several parts, which compute the candidate per part (kafka.py)."""
+    self._mark.advance_to(candidate_us)
+
+  def observe(self, event_time_us: Optional[int], record: Optional[RawRecord] = None) -> None:
     """An arrival (None: an outage ended or goes on; only the idle clock restarts)."""
     self._last_arrival = time.monotonic()
     if event_time_us is not None:
@@ -114,8 +132,9 @@ class _LiveSourceFn(beam.DoFn):
     self._drain = job_state.of(self._job).drain
     self._reader = self._make_reader()
     self._reader.open()
-    self._watermark = _StreamWatermark(self._max_out_of_orderness_s,
-                                       idle_after_s=max(1.0, self._max_out_of_orderness_s))
+    idle_after_s = max(1.0, self._max_out_of_orderness_s)
+    self._watermark = (self._reader.watermark(self._max_out_of_orderness_s, idle_after_s) or
+                       _StreamWatermark(self._max_out_of_orderness_s, idle_after_s))
     self._gauges = SourceGauges()
 
   def teardown(self):
@@ -141,7 +160,7 @@ class _LiveSourceFn(beam.DoFn):
         return
       position += 1
       stamped = self._watermark.watermark_us
-      self._watermark.observe(self._event_time_us(record))
+      self._watermark.observe(self._event_time_us(record), record)
       # Emitted at the watermark it was read under: never behind the runner's
       # watermark, and re-stamped with its event time after parsing.
       at = stamped if stamped is not None else self._watermark.watermark_us

@@ -3,11 +3,13 @@ import re
 import urllib.parse
 from typing import Dict
 
-# user:password@ in any scheme://, and password-like query parameters.
+# user:password@ in any scheme://, and password-like query parameters (ssl_password,
+# librdkafka's sasl.password, ssl.key.password, sasl.oauthbearer.client.secret, ssl.key.pem).
 # The password runs to the last @ of the address's authority (as urllib and redis-py read
 # it), so redis://:p@ss@host shows redis://:***@host.
 _USERINFO_PASSWORD = re.compile(r'(\b[a-z][a-z0-9+.-]*://[^\s/@:?#]*:)[^\s/?#]*@', re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r'([?&](?:ssl_)?password=)[^&\s]*', re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r'([?&](?:[a-z0-9_.]*[._])?(?:password|secret|key\.pem)=)[^&\s]*',
+                             re.IGNORECASE)
 
 
 def uri_query(uri: str) -> Dict[str, str]:

@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import apache_beam as beam
 
 from transforms.io.bigquery import WriteBigQuery
-from transforms.io.cloud_io import ReadKafka, ReadPubSub, WriteKafka, WritePubSub
+from transforms.io.cloud_io import ReadPubSub, WritePubSub
+from transforms.io.kafka import ReadKafkaTopics, WriteKafkaTopic
 from transforms.io.live_sources import ArchiveReader, ReadLive, Reader
 from transforms.io.redis_streams import RedisStreamAddress, RedisStreamReader, WriteRedisStream
 from transforms.io.synthetic import SyntheticReader
@@ -54,13 +55,16 @@ def reader_factory(uri: str, input_format: Optional[str] = None,
 def live_source(uri: str, event_time_us: Callable, max_out_of_orderness_s: float,
                 poll_interval_s: float, input_format: Optional[str] = None,
                 csv_delimiter: str = ',', job: str = '',
-                claim_idle_s: float = 150.0) -> beam.PTransform:
+                claim_idle_s: float = 150.0, local: bool = True) -> beam.PTransform:
   """The unbounded read for a source URI (job: the job's control token; claim_idle_s: how
-  long a Redis entry stays pending before a peer may claim it)."""
+  long a Redis entry stays pending before a peer may claim it; local: JobConfig.local, the
+  job runs on a local runner)."""
   if uri.startswith('pubsub://'):
     return ReadPubSub(uri, max_out_of_orderness_s)
   if uri.startswith('kafka://'):
-    return ReadKafka(uri, max_out_of_orderness_s)
+    # confluent-kafka on the local runners, Beam's KafkaIO elsewhere (transforms.io.kafka).
+    return ReadKafkaTopics(uri, event_time_us, max_out_of_orderness_s, poll_interval_s,
+                           job=job, local=local)
   return ReadLive(reader_factory(uri, input_format, csv_delimiter, job, claim_idle_s),
                   event_time_us, max_out_of_orderness_s, poll_interval_s, job=job)
 
@@ -101,7 +105,7 @@ def sink(target: SinkTarget, config) -> beam.PTransform:
   if isinstance(target, PubSubTarget):
     return WritePubSub(target, model)
   if isinstance(target, KafkaTarget):
-    return WriteKafka(target, model)
+    return WriteKafkaTopic(target.spelled, model, config.write, config.local)
   if isinstance(target, BigQueryTarget):
     return WriteBigQuery(target, model, config.derive.extra_columns, config.mode.unbounded)
   return UpsertVectors(target.uri, config.model, target.table)
