@@ -84,16 +84,24 @@ def _unit(matrix: np.ndarray) -> np.ndarray:
   return matrix / np.where(norms > 0, norms, 1.0)
 
 
+def model_reading(model, texts: Sequence[str]):
+  """(the model's window in word pieces, each text's token offsets), or (None, None) for a
+  model without a tokenizer."""
+  tokenizer = getattr(model, 'tokenizer', None)
+  window = getattr(model, 'max_seq_length', None)
+  if not (callable(tokenizer) and window and texts):
+    return None, None
+  return window, _tokenize(tokenizer, texts)
+
+
 def embed_documents(encoder, texts: Sequence[str], chunk_tokens: int, overlap: int,
                     inference_args: Optional[dict] = None):
   """(results, cache hits, cache misses, pieces embedded, texts over the window) for `texts`
   through `encoder` (models/embedding_cache.CachingEncoder): each result a vector, or
   Chunked for a text over `chunk_tokens` (0: no chunks, the model cuts at its window).
   A model without a tokenizer is neither chunked nor counted."""
-  model = encoder.model
-  tokenizer = getattr(model, 'tokenizer', None)
-  window = getattr(model, 'max_seq_length', None)
-  offsets = _tokenize(tokenizer, texts) if callable(tokenizer) and window and texts else None
+  # Asked as a call: a model shared across processes is a proxy, which answers calls only.
+  window, offsets = encoder.reading(list(texts)) if texts else (None, None)
   if offsets is None:
     vectors, hits, misses = encoder.embed(list(texts), inference_args)
     return list(vectors), hits, misses, len(texts), 0

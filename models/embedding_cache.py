@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from models.chunking import model_reading
 from models.forward_passes import encode_in_passes
 
 _BLOCK_ROWS = 1024  # rows per allocated block: memory follows use, not the bound
@@ -124,6 +125,10 @@ class CachingEncoder:
     if not texts:
       return np.zeros((0, 0), np.float32), 0, 0
     return np.stack([found[key] for key in keys]), len(texts) - len(missing), len(missing)
+
+  def reading(self, texts: Sequence[str]):
+    """(window, token offsets) of `texts` for chunking (models/chunking.py), or (None, None)."""
+    return model_reading(self.model, texts)
 
   def _encode(self, texts: List[str], inference_args: Optional[dict]) -> np.ndarray:
     return encode_in_passes(self.model, texts, dict(self._kwargs, **(inference_args or {})),

@@ -20,7 +20,9 @@ from transforms.io.synthetic import GenerateSyntheticEvents
 # progress every few seconds. Later flags override these.
 _DEMO_DEFAULTS = ('--id_field', 'id', '--time_field', 'time', '--text_field', 'text',
                   '--window_size', '10', '--output', 'output',
-                  '--min_batch_size', '256', '--max_batch_size', '256')
+                  '--min_batch_size', '256', '--max_batch_size', '256',
+                  # The demo shows what a live job decides: late events are dead letters.
+                  '--replay_lateness')
 
 
 class SyntheticOptions(PipelineOptions):

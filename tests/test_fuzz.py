@@ -47,7 +47,7 @@ MAPPINGS = [FieldMapping.from_flags(None, 'time', 'text'),
             FieldMapping.from_flags('id', 'time', 'payload.0,text')]
 PARSERS = [TimeParser(), TimeParser('%Y-%m-%d %H:%M:%S', 'America/New_York'),
            TimeParser(None, 'Pacific/Kiritimati'), TimeParser(None, 'America/New_York')]
-LATE_FLAG = _FlagLateFn(WindowSpec(10, max_out_of_orderness_s=2))
+LATE_FLAG = _FlagLateFn(WindowSpec(10, max_out_of_orderness_s=2), archive_lateness=True)
 
 
 def _writable(value) -> bool:
@@ -63,7 +63,8 @@ def judged(record: r.RawRecord, mapping=MAPPINGS[1], parser=PARSERS[0]):
   outcomes = []
   parse = PARSE_FNS.get((mapping, id(parser)))
   if parse is None:
-    parse = PARSE_FNS[(mapping, id(parser))] = _ParseFn(mapping, parser)
+    parse = PARSE_FNS[(mapping, id(parser))] = _ParseFn(mapping, parser,
+                                                        r.DEFAULT_MAX_RECORD_BYTES)
   for parsed in parse.process(record):
     if isinstance(parsed, beam.pvalue.TaggedOutput):
       outcomes.append(parsed.value)

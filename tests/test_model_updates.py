@@ -44,8 +44,8 @@ def test_a_model_folder_appearing_mid_run_takes_over_between_windows(wiki_lines,
       assert job.poll() is None, log_path.read_text()[-3000:]
     finally:
       stop(job, log_path)
-  old = of_config(ModelConfig())
-  new = of_config(ModelConfig(model=str(watch / '0002-minilm-cls')))
+  old = of_config(ModelConfig(precision='auto'))  # the job's default precision
+  new = of_config(ModelConfig(model=str(watch / '0002-minilm-cls'), precision='auto'))
   sources = column(out, 'enriched', 'source') + column(out, 'deadletter', 'source')
   assert len(sources) == len(set(sources)) == EVENTS  # nothing lost, nothing twice
   rows = read(out, 'enriched').to_pylist()

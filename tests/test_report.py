@@ -63,7 +63,7 @@ def test_replay_writes_a_self_contained_report(replayed):
   assert page.references == []  # nothing to fetch: it opens offline
   text = ' '.join(page.text)
   for expected in ('every record accounted for', f'{len(GOOD) + len(BAD)}', 'records read',
-                   'sentence-transformers/all-MiniLM-L6-v2', 'fp32', 'python -m pipelines.replay',
+                   'sentence-transformers/all-MiniLM-L6-v2', 'precision', 'python -m pipelines.replay',
                    '--window_size 30', 'Events and dead letters per window',
                    'Dead letters by reason', 'Throughput over the run', 'Where the time went',
                    'invalid_json', 'no_text', 'bad_time', 'empty_record'):

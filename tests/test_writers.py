@@ -115,7 +115,8 @@ def test_duckdb_reads_the_enriched_parquet_embeddings_included(tmp_path):
   """The docs' DuckDB reader: rows, window folders, and cosines over the embedding column."""
   import duckdb
   import numpy as np
-  from transforms.io.sinks import enriched_table, write_parquet
+  from transforms.io.files import write_parquet
+  from transforms.io.sinks import enriched_table
   vectors = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]], np.float32)
   rows = [r.Embedded(r.Event(f'e{n}', n * 1_000_000, f'text {n}', f'f:{n}', 'f', ''), v)
           for n, v in enumerate(vectors)]
