@@ -28,6 +28,8 @@ from transforms.io.cloud_io import ReadKafka, WriteKafka, kafka_records
 from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.live_sources import ReadLive, Reader, _StreamWatermark
 from transforms.io.targets import parse_sink
+from transforms.watermark import Watermark
+from transforms.windowing import WindowSpec
 from transforms.records import DeadLetterBatch, RawRecord, WindowRows, decoded_record
 
 _BUFFER = 5000  # records fetched ahead of the job, per reader
@@ -77,7 +79,8 @@ class PartitionWatermark(_StreamWatermark):
                backlog: Callable[[str], bool] = lambda part: False):
     super().__init__(max_out_of_orderness_s, idle_after_s)
     self._backlog = backlog
-    self._newest: Dict[str, int] = {}  # partition (TOPIC/P) -> newest event time
+    self._spec = WindowSpec(max_out_of_orderness_s=max_out_of_orderness_s)
+    self._marks: Dict[str, Watermark] = {}  # partition (TOPIC/P) -> its own watermark
     self._arrived: Dict[str, float] = {}
     self._coming = Counter()  # records handed to the job, not yet observed
     self._lock = threading.Lock()  # assigned() and forget() come from the consumer's thread
@@ -92,8 +95,11 @@ class PartitionWatermark(_StreamWatermark):
       self._arrived[part] = now
       if self._coming[part] > 0:
         self._coming[part] -= 1
-      if event_time_us is not None and event_time_us > self._newest.get(part, -2**63):
-        self._newest[part] = event_time_us
+      if event_time_us is not None:
+        mark = self._marks.get(part)
+        if mark is None:
+          mark = self._marks[part] = Watermark(self._spec)
+        mark.observe(event_time_us)
         if self.newest_us is None or event_time_us > self.newest_us:
           self.newest_us = event_time_us
       self._follow_slowest(now)
@@ -120,25 +126,25 @@ class PartitionWatermark(_StreamWatermark):
     """Partitions this reader no longer owns."""
     with self._lock:
       for part in parts:
-        self._newest.pop(part, None)
+        self._marks.pop(part, None)
         self._arrived.pop(part, None)
         self._coming.pop(part, None)
 
   def _follow_slowest(self, now: float) -> bool:
     """Advances to the slowest busy partition; False when every partition is idle."""
-    newest = []
+    marks = []
     parts = set(self._arrived) | {part for part, count in self._coming.items() if count > 0}
     for part in parts:
       arrived = self._arrived.get(part, -float('inf'))
       if (now - arrived >= self._idle_after_s and not self._coming[part] and
           not self._backlog(part)):
         continue
-      if part not in self._newest:
+      if part not in self._marks:
         return True  # records to come, of a time not known yet: hold
-      newest.append(self._newest[part])
-    if newest:
-      self._advance(min(newest) - self._disorder_us)
-    return bool(newest)
+      marks.append(self._marks[part].watermark_us)
+    if marks:
+      self._advance(min(marks))  # the slowest busy partition's own watermark
+    return bool(marks)
 
 
 def partition_of(record: RawRecord) -> str:

@@ -77,7 +77,6 @@ class _StreamWatermark:
 
   def __init__(self, max_out_of_orderness_s: float, idle_after_s: float):
     self._mark = Watermark(WindowSpec(max_out_of_orderness_s=max_out_of_orderness_s))
-    self._disorder_us = round(max_out_of_orderness_s * 1e6)
     self._idle_after_s = idle_after_s
     self._last_arrival = time.monotonic()
 
