@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.loading import ModelConfig
 from pipelines.config import JobConfig
 from pipelines.options import ConfigError
-from transforms.io.kafka import check_kafka
+from transforms.io.kafka_client import check_kafka
 from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.redis_streams import ensure_group
 from transforms.io.redis_urls import RedisStreamAddress

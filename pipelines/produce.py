@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import interrupts
 from transforms.fields import assign, parse_path
 from transforms.records import decode_object
-from transforms.io import faults, kafka
+from transforms.io import faults, kafka_client as kafka
 from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.redis_streams import RedisStreamAddress
 from transforms.io.sources import read_archive

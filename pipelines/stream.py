@@ -37,7 +37,7 @@ from transforms import job_state
 from transforms.io.live_sources import EventTimeOf
 from transforms.io.redis_streams import (AcknowledgeRedisEntries, RedisStreamAddress,
                                          claim_idle_s)
-from transforms.io.kafka import CommitKafkaOffsets
+from transforms.io.kafka_offsets import CommitKafkaOffsets
 from transforms.io.kafka_urls import KafkaAddress
 from transforms.records import WindowRows
 from transforms.io.targets import BigQueryTarget, KafkaTarget, PubSubTarget

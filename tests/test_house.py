@@ -24,9 +24,6 @@ _MUTABLE = (dict, list, set, bytearray, collections.deque, threading.Event,
 LONGEST = 300
 LONG_ALLOWED = {
     'runners/local_streaming.py': "copies of Beam's own runner functions",
-    # Not yet split (it came with the Kafka source): the consumer's fetch thread, its
-    # rebalance callbacks and the commit bookkeeping share one lock.
-    'transforms/io/kafka.py': 'the Kafka reader, to be split',
 }
 
 

@@ -13,8 +13,11 @@ from tests.test_preflight import archive, refused_at_start  # noqa: F401 (a fixt
 from transforms.io import faults
 from transforms.io.cloud_io import ReadKafka
 from runners.choice import runs_locally
-from transforms.io.kafka import (KafkaReader, PartitionWatermark, ReadKafkaTopics, _Partition,
-                                 check_kafka, kafka_positions, producer, send)
+from transforms.io.kafka import ReadKafkaTopics
+from transforms.io.kafka_client import check_kafka, producer, send
+from transforms.io.kafka_offsets import OffsetLedger, PartitionOffsets, kafka_positions
+from transforms.io.kafka_reader import KafkaReader
+from transforms.io.kafka_watermark import PartitionWatermark
 from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.uri_query import redacted
 from transforms.records import INVALID_UTF8, TOO_LARGE, RawRecord, Undecodable, decode_object
@@ -82,8 +85,46 @@ def test_local_runners_read_kafka_themselves_and_portable_ones_through_kafka_io(
   assert not any(isinstance(t.transform, ReadKafka) for t in local.transforms_stack[0].parts)
 
 
+def _offsets(topic_partitions):
+  return sorted((o.topic, o.partition, o.offset) for o in topic_partitions)
+
+
+def test_a_partition_given_back_in_a_rebalance_reads_on_and_commits_what_was_refused():
+  ledger, tp = OffsetLedger(), ('t', 0)
+  assert ledger.assign([tp]) == {}
+  for offset in (5, 6, 7):
+    assert ledger.handed_out(tp, offset)
+  ledger.written({tp: [5, 6]})
+  assert _offsets(ledger.take_queued()) == [('t', 0, 7)] and ledger.in_flight() == 1
+  ledger.park([tp])  # revoked
+  assert not ledger.owns(tp) and not ledger.handed_out(tp, 8)
+  ledger.refused([_topic_partition('t', 0, 7)])  # its last commit, refused in the rebalance
+  assert ledger.take_queued() == []  # not ours now: nothing is sent for it
+  ledger.written({tp: [7]})  # its last record, written while it was away
+  assert ledger.assign([tp]) == {tp: 8}  # back: reading goes on after what was handed out
+  assert _offsets(ledger.take_queued()) == [('t', 0, 8)]  # the refused commit, made again
+  assert ledger.in_flight() == 0
+
+
+def test_a_partition_that_went_to_another_member_starts_afresh():
+  ledger, mine, theirs = OffsetLedger(), ('t', 0), ('t', 1)
+  ledger.assign([mine, theirs])
+  ledger.handed_out(theirs, 3)
+  ledger.park([mine, theirs])
+  assert ledger.assign([mine]) == {}  # 't/1' went to another member: forgotten
+  assert ledger.assign([theirs]) == {} and ledger.take_all() == []
+  ledger.handed_out(theirs, 9)
+  ledger.written({theirs: [9]})
+  assert _offsets(ledger.take([theirs])) == [('t', 1, 10)] and ledger.take([theirs]) == []
+
+
+def _topic_partition(topic, partition, offset):
+  from confluent_kafka import TopicPartition
+  return TopicPartition(topic, partition, offset)
+
+
 def test_a_partition_commits_up_to_its_first_unwritten_record():
-  state = _Partition()
+  state = PartitionOffsets()
   state.emitted.extend([10, 11, 12, 13])
   assert state.commit_to() is None
   state.written.update([11, 13])  # out of order: 10 is not written yet
