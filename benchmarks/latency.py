@@ -1,10 +1,13 @@
-"""Event-to-written latency of the live job reading a Redis Stream.
+"""Event-to-written latency of the live job reading a Redis Stream or a Kafka topic.
 
-  python -m benchmarks.latency [--rates 40] [--seconds 60] [--window_size 5]
+  python -m benchmarks.latency [--source redis|kafka] [--rates 40] [--seconds 60]
+      [--window_size 5] [--partitions 3]
 
-For each rate: starts a throwaway Redis server, the streaming job on it, and
-the producer replaying the shared Wikipedia comments with --retime (event time
-= send time) at that rate. When the producer is done and every event is
+For each rate: starts a throwaway server (Redis, or for `--source kafka` the
+Kafka-protocol broker the tests start, tests/kafka_broker.py, with a topic of
+--partitions partitions and the tests' quick group settings), the streaming job
+on it, and the producer replaying the shared Wikipedia comments with --retime
+(event time = send time) at that rate. When the producer is done and every event is
 written, SIGTERM drains the job. An event's latency is the modification time
 of the Parquet file holding its row minus its event time: waiting for the
 window to close (up to the window size, plus the out-of-orderness allowance)
@@ -12,6 +15,8 @@ plus the job's own delay. Prints p50/p95/p99, when the first window was
 written, and whether the job kept up; writes JSON under benchmarks/results/.
 """
 import argparse
+import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -20,13 +25,32 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 import pyarrow.dataset as ds
 
 from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
+from tests.kafka_broker import FAST_GROUP, started_broker
 from tests.redis_server import redis_server
 
+
+@contextlib.contextmanager
+def redis_stream(_partitions: int = 1):
+  """(the job's --source, the producer's --target) on a throwaway Redis server."""
+  with redis_server() as url:
+    yield f'{url}?stream=events&group=b', f'{url}?stream=events'
+
+
+@contextlib.contextmanager
+def kafka_topic(partitions: int):
+  """The same for a new topic of `partitions` on a throwaway Kafka-protocol broker."""
+  with started_broker() as broker:
+    topic = f'kafka://{broker.bootstrap}/{broker.topic(partitions)}'
+    yield f'{topic}?group=b&{FAST_GROUP}', topic
+
+
+SOURCES = types.MappingProxyType({'redis': redis_stream, 'kafka': kafka_topic})
 
 
 def latencies(out: pathlib.Path) -> np.ndarray:
@@ -39,20 +63,23 @@ def latencies(out: pathlib.Path) -> np.ndarray:
   return np.array(values)
 
 
-def measure(rate: float, seconds: float, window_size: float, archive: str) -> dict:
+def measure(rate: float, seconds: float, window_size: float, archive: str,
+            addresses=redis_stream) -> dict:
+  """One run at `rate`; `addresses()` gives (--source, --target) on a fresh server."""
   count = int(rate * seconds)
-  with redis_server() as url, tempfile.TemporaryDirectory() as folder:
+  load = os.getloadavg()  # before the run: what else the host was doing
+  with addresses() as (source, target), tempfile.TemporaryDirectory() as folder:
     out = pathlib.Path(folder) / 'out'
     log = open(pathlib.Path(folder) / 'job.log', 'w')
     env = dict(os.environ, HF_HUB_OFFLINE='1')
     job = subprocess.Popen(
-        [sys.executable, '-m', 'pipelines.stream', '--source', f'{url}?stream=events&group=b',
+        [sys.executable, '-m', 'pipelines.stream', '--source', source,
          '--output', str(out), '--time_field', 'time', '--text_field', 'comment',
          '--window_size', str(window_size), '--max_out_of_orderness', '1'],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     started, started_wall = time.monotonic(), time.time()
     subprocess.run([sys.executable, '-m', 'pipelines.produce', '--input', archive, '--target',
-                    f'{url}?stream=events', '--rate', str(rate), '--retime',
+                    target, '--rate', str(rate), '--retime',
                     '--limit', str(count)], cwd=ROOT, env=env, check=True,
                    capture_output=True)
     produced_for = time.monotonic() - started
@@ -73,6 +100,7 @@ def measure(rate: float, seconds: float, window_size: float, archive: str) -> di
     values = latencies(out)
   return {
       'rate': rate, 'events': count, 'written': int(len(values)),
+      'load_average_before': [round(x, 2) for x in load],
       'first_window_after_start_s': round(first_window, 2) if first_window else None,
       'caught_up_s_after_last_event': round(caught_up_after, 2),
       'latency_p50_s': round(float(np.percentile(values, 50)), 2),
@@ -83,6 +111,8 @@ def measure(rate: float, seconds: float, window_size: float, archive: str) -> di
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--source', choices=sorted(SOURCES), default='redis')
+  parser.add_argument('--partitions', type=int, default=3, help='Of the Kafka topic.')
   parser.add_argument('--rates', default='40', help='Comma-separated events per second.')
   parser.add_argument('--seconds', type=float, default=60)
   parser.add_argument('--window_size', type=float, default=5)
@@ -90,13 +120,16 @@ def main(argv=None):
   args = parser.parse_args(argv)
   results = []
   for rate in [float(r) for r in args.rates.split(',')]:
-    result = measure(rate, args.seconds, args.window_size, args.input)
+    result = measure(rate, args.seconds, args.window_size, args.input,
+                     functools.partial(SOURCES[args.source], args.partitions))
     results.append(result)
     print(json.dumps(result), flush=True)
   machine = describe()
   RESULTS.mkdir(parents=True, exist_ok=True)
-  (RESULTS / f'latency-{args.rates.replace(",", "-")}.json').write_text(json.dumps(
-      {'machine': machine, 'window_size': args.window_size, 'seconds': args.seconds,
+  name = ('' if args.source == 'redis' else f'{args.source}-') + args.rates.replace(',', '-')
+  (RESULTS / f'latency-{name}.json').write_text(json.dumps(
+      {'machine': machine, 'source': args.source, 'window_size': args.window_size,
+       'seconds': args.seconds,
        'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': results},
       indent=2) + '\n')
 

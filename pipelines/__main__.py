@@ -6,15 +6,21 @@ Ctrl-C or SIGTERM while Beam, pyarrow and torch import (the first seconds of
 any command) would otherwise end in a KeyboardInterrupt traceback from deep
 inside an import, and SIGTERM would end a command silently. Here either ends
 in one line and a conventional status (130 for SIGINT, 143 for SIGTERM).
-Only the standard library is imported before the guard is in place; a live
-job installs its own handlers (drain, then exit 0) once it starts.
+Only the standard library and the light start checks are imported before the
+guard is in place; a live job installs its own handlers (drain, then exit 0)
+once it starts.
+
+Before the command's module is imported, the Kafka addresses it names are
+checked (pipelines.first_checks): a broker it cannot use is one `error:` line
+and exit 2 within about a second, not after the imports.
 """
 import os
 import runpy
 import sys
 import types
 
-from pipelines import interrupts
+from pipelines import first_checks, interrupts
+from transforms.io.uri_query import redacted
 
 COMMANDS = types.MappingProxyType({
     'replay': 'pipelines.replay', 'stream': 'pipelines.stream', 'demo': 'pipelines.demo',
@@ -36,6 +42,10 @@ def main(argv) -> int:
   interrupts.raise_on_sigterm()
   sys.argv = [f'python -m {COMMANDS[command]}', *args]
   try:
+    problem = first_checks.first_problem(command, args)
+    if problem:
+      print(f'error: {redacted(problem)}', file=sys.stderr)
+      return 2
     runpy.run_module(COMMANDS[command], run_name='__main__', alter_sys=True)
   except Exception as error:  # pylint: disable=broad-except
     interrupt = interrupts.interrupt_in(error)

@@ -18,7 +18,7 @@ from transforms.eventtime import TimeParser
 from transforms.fields import FieldMapping
 from transforms.grouping import CollectionMode
 from transforms.io.faults import WritePolicy
-from transforms.io.targets import SinkTarget, VectorStoreTarget, parse_sink
+from transforms.io.targets import SinkTarget, VectorStoreTarget, parse_sink, sink_uris
 from transforms.io.uris import watermark_slack_s
 from transforms.records import DEFAULT_MAX_RECORD_BYTES
 from transforms.windowing import WindowSpec
@@ -144,7 +144,7 @@ def csv_delimiter(options: PipelineOptions) -> str:
 
 def parse_sinks(flag: str, output: str) -> Tuple[SinkTarget, ...]:
   """--sink's comma-separated URIs, each parsed once into its typed value."""
-  uris = tuple(s.strip() for s in flag.split(',') if s.strip())
+  uris = sink_uris(flag)
   if len(set(uris)) < len(uris):
     raise ConfigError('--sink names the same sink twice')
   try:

@@ -3,26 +3,25 @@
 Beam 2.77's DirectRunner first tries Prism, which it would download from GitHub
 on each run; offline that only costs time and noise. Batch jobs go straight to
 the FnApiRunner, the engine the DirectRunner falls back to; streaming jobs to
-the BundleBasedDirectRunner with runners.local_streaming.
+the BundleBasedDirectRunner with runners.local_streaming. Which names are local
+runners is in runners.names, which the start checks read before Beam loads.
 """
 import os
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from models.loading import ModelConfig, threads_per_worker
-
-LOCAL_RUNNERS = ('directrunner', 'direct', 'fnapirunner', 'bundlebaseddirectrunner',
-                 'switchingdirectrunner')
+from runners.names import is_local, runner_name
 
 
 def named_runner(options: PipelineOptions) -> str:
   """The runner the options name, lower case (DirectRunner when none is)."""
-  return (options.view_as(StandardOptions).runner or 'DirectRunner').lower()
+  return runner_name(options.view_as(StandardOptions).runner)
 
 
 def runs_locally(options: PipelineOptions) -> bool:
   """Whether the job's workers run in this process (Beam's local runners)."""
-  return named_runner(options) in LOCAL_RUNNERS
+  return is_local(options.view_as(StandardOptions).runner)
 
 
 def is_plain_direct(options: PipelineOptions) -> bool:

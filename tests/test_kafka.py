@@ -7,11 +7,12 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tests.kafka_broker import started_broker
+from tests.kafka_broker import FAST_GROUP, started_broker
 from tests.redis_server import free_port
 from tests.test_preflight import archive, refused_at_start  # noqa: F401 (a fixture)
 from transforms.io import faults
 from transforms.io.cloud_io import ReadKafka
+from pipelines.first_checks import kafka_addresses
 from runners.choice import runs_locally
 from transforms.io.kafka import ReadKafkaTopics
 from transforms.io.kafka_client import check_kafka, producer, send
@@ -22,7 +23,7 @@ from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.uri_query import redacted
 from transforms.records import INVALID_UTF8, TOO_LARGE, RawRecord, Undecodable, decode_object
 
-FAST_GROUP = 'session.timeout.ms=6000&heartbeat.interval.ms=500'
+START_CHECK_S = 5.0  # the issue's bound for a start check, from the start to the exit
 
 
 def test_addresses_take_settings_from_the_query_a_file_and_the_environment(tmp_path,
@@ -242,21 +243,56 @@ def test_start_checks_name_an_unreachable_broker_and_a_missing_topic(broker):
 
 
 def test_the_entry_points_refuse_what_they_cannot_use(broker, archive, tmp_path):  # noqa: F811
+  """As run.sh starts them (python -m pipelines COMMAND) the Kafka checks come before Beam
+  and torch load: within START_CHECK_S from the start to the exit."""
   secret = 'kafka-secret'
   source = (f'kafka://127.0.0.1:{free_port()}/events?group=g&security.protocol=SASL_PLAINTEXT'
             f'&sasl.mechanism=PLAIN&sasl.username=u&sasl.password={secret}')
-  line = refused_at_start('pipelines.stream', '--source', source, '--output', str(tmp_path),
-                          expect='cannot reach source')
+  line = refused_at_start('pipelines', 'stream', '--source', source, '--output', str(tmp_path),
+                          expect='cannot reach source', within_s=START_CHECK_S)
   assert secret not in line
+  refused_at_start('pipelines', 'stream', '--source',
+                   f'kafka://{broker.bootstrap}/nothing-here?group=g', '--output',
+                   str(tmp_path), expect='no topic nothing-here', within_s=START_CHECK_S)
+  topic = broker.topic()
+  refused_at_start('pipelines', 'stream', '--source',
+                   f'kafka://{broker.bootstrap}/{topic}?group=g', '--sink',
+                   f'kafka://{broker.bootstrap}/missing-out', '--output', str(tmp_path),
+                   expect='sink kafka://', within_s=START_CHECK_S)
+  refused_at_start('pipelines', 'produce', '--input', str(archive), '--target',
+                   f'kafka://{broker.bootstrap}/absent', expect='no topic absent',
+                   within_s=START_CHECK_S)
+  # Started as its module, the job makes the same check after its imports (preflight).
   refused_at_start('pipelines.stream', '--source',
                    f'kafka://{broker.bootstrap}/nothing-here?group=g', '--output',
                    str(tmp_path), expect='no topic nothing-here')
-  topic = broker.topic()
-  refused_at_start('pipelines.stream', '--source', f'kafka://{broker.bootstrap}/{topic}?group=g',
-                   '--sink', f'kafka://{broker.bootstrap}/missing-out', '--output',
-                   str(tmp_path), expect='sink kafka://')
   refused_at_start('pipelines.produce', '--input', str(archive), '--target',
                    f'kafka://{broker.bootstrap}/absent', expect='no topic absent')
+
+
+def test_the_first_checks_read_the_flags_as_the_commands_do():
+  """Only what the command would use in this process: no check for Flink or Dataflow, none
+  for what does not parse (the command refuses it in its own words)."""
+  def named(command, *argv):
+    return [(a.describe(), role) for a, role in kafka_addresses(command, argv)]
+
+  assert named('stream', '--source', 'kafka://b:1/t?group=g', '--sink',
+               'vectors,kafka://c:2/out', '--output', 'o') == [
+                   ('kafka://b:1/t', 'source'), ('kafka://c:2/out', 'sink')]
+  assert named('stream', '--source=kafka://b:1/t?group=g', '--runner=BundleBasedDirectRunner'
+               ) == [('kafka://b:1/t', 'source')]
+  assert named('stream', '--source', 'kafka://b:1/t', '--runner', 'FlinkRunner') == []
+  assert named('stream', '--source', 'kafka://b:1/bad topic') == []
+  assert named('stream', '--source') == []  # a flag without its value
+  assert named('stream', '--source', 'kafka://b:1/t', '--help') == []
+  assert named('replay', '--sink', 'kafka://b:1/out', '--input', 'x') == [
+      ('kafka://b:1/out', 'sink')]
+  assert named('produce', '--target', 'kafka://b:1/t') == [('kafka://b:1/t', 'target')]
+  assert named('search', '--store', 'kafka://b:1/t') == []
+  for runner in ('DirectRunner', 'direct', 'BundleBasedDirectRunner', 'FlinkRunner',
+                 'DataflowRunner', 'PrismRunner'):
+    argv = ['--source', 'kafka://b:1/t?group=g', '--runner', runner]
+    assert bool(named('stream', *argv)) == runs_locally(PipelineOptions(argv)), runner
 
 
 def test_a_partition_with_records_to_come_holds_the_watermark():

@@ -17,14 +17,12 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.conftest import ROOT
-from tests.kafka_broker import started_broker
+from tests.kafka_broker import FAST_GROUP, started_broker
 from tests.test_stream_e2e import column, python, stop, wait_for, wiki_lines  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 WIKI = ['--time_field', 'time', '--text_field', 'comment', '--window_size', '5',
         '--max_out_of_orderness', '1']
-# Quick group changes for tests: a member gone is noticed within 6 s.
-FAST_GROUP = 'session.timeout.ms=6000&heartbeat.interval.ms=500'
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ and messages (redacted where shown).
 """
 import re
 import urllib.parse
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 from transforms.io.redis_urls import SCHEMES as REDIS_SCHEMES
 from transforms.io.redis_urls import RedisStreamAddress
@@ -130,6 +130,11 @@ def _vector_store(uri: str, output_dir: str) -> VectorStoreTarget:
   if location == 'vectors':
     return VectorStoreTarget(f'{output_dir.rstrip("/")}/{VECTORS_DIR}', uri, table)
   return VectorStoreTarget(location[len('lancedb:'):], uri, table)
+
+
+def sink_uris(flag: str) -> Tuple[str, ...]:
+  """--sink's comma-separated URIs, blanks dropped."""
+  return tuple(s.strip() for s in flag.split(',') if s.strip())
 
 
 def parse_sink(uri: str, output_dir: str) -> SinkTarget:
