@@ -270,6 +270,30 @@ def test_the_entry_points_refuse_what_they_cannot_use(broker, archive, tmp_path)
                    f'kafka://{broker.bootstrap}/absent', expect='no topic absent')
 
 
+def test_credentials_the_broker_refuses_are_one_line_within_the_bound(archive, tmp_path):  # noqa: F811
+  """Tansu with --authentication refuses the SCRAM credentials (it holds no user: this build
+  cannot be given one, docs/kafka.md, Tests): source, sink and producer target alike."""
+  secret = 'not-the-password'
+  with started_broker(authenticating=True) as secured:
+    scram = (f'security.protocol=SASL_PLAINTEXT&sasl.mechanism=SCRAM-SHA-512'
+             f'&sasl.username=alice&sasl.password={secret}')
+    topic = f'kafka://{secured.bootstrap}/events'
+    line = refused_at_start('pipelines', 'stream', '--source', f'{topic}?group=g&{scram}',
+                            '--output', str(tmp_path), expect='refused the credentials',
+                            within_s=START_CHECK_S)
+    assert line.startswith(f'error: source {topic} refused the credentials: ')
+    assert secret not in line
+    refused_at_start('pipelines', 'stream', '--source', 'synthetic://?rate=5', '--sink',
+                     f'{topic}?{scram}', '--output', str(tmp_path),
+                     expect=f'sink {topic} refused the credentials', within_s=START_CHECK_S)
+    refused_at_start('pipelines', 'produce', '--input', str(archive), '--target',
+                     f'{topic}?{scram}', expect=f'target {topic} refused the credentials',
+                     within_s=START_CHECK_S)
+    # The same check after the imports, where the job is started as its module.
+    refused_at_start('pipelines.stream', '--source', f'{topic}?group=g&{scram}', '--output',
+                     str(tmp_path), expect='refused the credentials')
+
+
 def test_the_first_checks_read_the_flags_as_the_commands_do():
   """Only what the command would use in this process: no check for Flink or Dataflow, none
   for what does not parse (the command refuses it in its own words)."""
