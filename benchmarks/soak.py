@@ -8,8 +8,8 @@ events/s, and runs `python -m pipelines.stream` from a consumer group with `--de
 --topics --sink vectors,redis://.../0?stream=enriched` for `--minutes`. Every
 `--sample_s` it samples the job process (and its children): resident memory, open
 files; the Redis sink's length; the LanceDB store's versions; the source's pending
-entries. Then it drains the job (SIGTERM) and prints one JSON line (also written under
-benchmarks/results/): the samples, and RSS growth from the 10th minute to the end
+entries; the number of series its /metrics endpoint serves. Then it drains the job
+(SIGTERM) and prints one JSON line (also written under benchmarks/results/): the samples, and RSS growth from the 10th minute to the end
 (issue 18 asks for at most 5 %).
 """
 import argparse
@@ -17,13 +17,14 @@ import json
 import pathlib
 import tempfile
 import time
+import urllib.request
 
 import psutil
 import redis
 
 from benchmarks.chaos import _GROUP, _STREAM, Producer, Supervisor, comments
 from benchmarks.common import DEFAULT_INPUT, RESULTS, describe
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 _SINK = 'enriched'
 
@@ -53,7 +54,18 @@ def _versions(store: pathlib.Path):
     return None  # not made yet
 
 
-def sample(pid: int, client: redis.Redis, store: pathlib.Path, started: float) -> dict:
+def _series(metrics_port: int):
+  """How many series the job's /metrics serves (None when it does not answer)."""
+  try:
+    with urllib.request.urlopen(f'http://127.0.0.1:{metrics_port}/metrics', timeout=5) as answer:
+      text = answer.read().decode()
+  except OSError:
+    return None
+  return sum(1 for line in text.splitlines() if line and not line.startswith('#'))
+
+
+def sample(pid: int, client: redis.Redis, store: pathlib.Path, started: float,
+           metrics_port: int = 0) -> dict:
   pending = None
   try:
     pending = client.xpending(_STREAM, _GROUP)['pending']
@@ -61,7 +73,7 @@ def sample(pid: int, client: redis.Redis, store: pathlib.Path, started: float) -
     pass  # no group yet
   return {'minute': round((time.monotonic() - started) / 60, 2), **_resources(pid),
           'sink_length': client.xlen(_SINK), 'lancedb_versions': _versions(store),
-          'pending': pending}
+          'pending': pending, 'metric_series': _series(metrics_port) if metrics_port else None}
 
 
 def growth(samples, after_minute: float = 10.0):
@@ -78,11 +90,13 @@ def run(minutes: float, rate: float, sample_s: float, precision: str, archive: s
   server = RedisServer(str(folder / 'redis'), persist=True).start()
   url = f'redis://127.0.0.1:{server.port}/0'
   out = folder / 'out'
+  metrics_port = free_port()
   job = Supervisor(
       ['--source', f'{url}?stream={_STREAM}&group={_GROUP}&consumer=soak', '--output', str(out),
        '--id_field', 'id', '--time_field', 'time', '--text_field', 'comment',
        '--window_size', '5', '--max_out_of_orderness', '1', '--precision', precision,
-       '--dedup', '--topics', '--sink', f'vectors,{url}?stream={_SINK}'],
+       '--dedup', '--topics', '--sink', f'vectors,{url}?stream={_SINK}',
+       '--metrics_port', str(metrics_port)],
       folder / 'job.log')
   producer = Producer(server.port, comments(archive, int(minutes * 60 * rate)), rate)
   client = redis.Redis(port=server.port, socket_timeout=5)
@@ -93,7 +107,7 @@ def run(minutes: float, rate: float, sample_s: float, precision: str, archive: s
   while time.monotonic() - started < minutes * 60:
     job.check()
     if time.monotonic() >= next_at:
-      samples.append(sample(job.job.pid, client, out / 'vectors', started))
+      samples.append(sample(job.job.pid, client, out / 'vectors', started, metrics_port))
       print(json.dumps(samples[-1]), flush=True)
       next_at += sample_s
     time.sleep(0.5)
