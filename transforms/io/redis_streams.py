@@ -10,6 +10,7 @@ from typing import List
 import apache_beam as beam
 
 from transforms.io import faults
+from transforms.io.done import done_sources
 from transforms.io.formats import enriched_records, record_json
 from transforms.records import WindowRows
 from transforms.io.redis_urls import RedisStreamAddress
@@ -61,15 +62,7 @@ class _AcknowledgeFn(_RedisClientFn):
     self._window = window
 
   def process(self, written):
-    if isinstance(written, WindowRows):
-      # Sliding windows: an entry is done once its last window is written; a kill before
-      # that would otherwise lose it from the windows still open.
-      sources = [row.event.source for row in written.rows
-                 if self._window is None
-                 or self._window.in_last_window(row.event.event_time_us, written.start_us)]
-    else:
-      sources = [letter.source for letter in written.letters]
-    ids = entry_ids(sources, self._address.stream)
+    ids = entry_ids(done_sources(written, self._window), self._address.stream)
     try:
       if ids:
         self._call(lambda: self._client.xack(self._address.stream, self._address.group, *ids),
