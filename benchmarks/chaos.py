@@ -21,7 +21,8 @@ line and writes it under benchmarks/results/.
 
 `--window_period S` runs sliding windows (each event written once per window it falls in:
 `missing_window_copies` counts events written in fewer windows than they fall in);
-`--vectors` adds the LanceDB store (`store_rows`, `store_missing`: written ids not in it);
+`--vectors` adds the LanceDB store (`store_rows`, one per (id, chunk); `store_duplicated`:
+rows beyond one per (id, chunk); `store_missing`: written ids not in it);
 `--redis_sink` adds a Redis sink stream (`sink_duplicated`: entries beyond one per id and
 window, `sink_missing`: written rows not in it).
 """
@@ -158,12 +159,14 @@ def _sink_rows(port: int):
   return rows
 
 
-def _store_ids(folder: pathlib.Path):
+def _store_keys(folder: pathlib.Path):
+  """(id, chunk) of every row of the store: a long text has a row per chunk."""
   from transforms.io.vector_store import open_table
   try:
-    return open_table(str(folder)).to_arrow().column('id').to_pylist()
+    table = open_table(str(folder)).to_arrow()
   except (ValueError, OSError):
     return []
+  return list(zip(table.column('id').to_pylist(), table.column('chunk').to_pylist()))
 
 
 def extra_outputs(out: pathlib.Path, port: int, rows, window_period, vectors, redis_sink):
@@ -173,10 +176,10 @@ def extra_outputs(out: pathlib.Path, port: int, rows, window_period, vectors, re
     copies = collections.Counter(event_id for event_id, _ in set(rows))
     found['missing_window_copies'] = sum(1 for n in copies.values() if n < _WINDOW_S / window_period)
   if vectors:
-    stored = _store_ids(out / 'vectors')
+    stored = _store_keys(out / 'vectors')
     written = {event_id for event_id, _ in rows}
     found.update(store_rows=len(stored), store_duplicated=len(stored) - len(set(stored)),
-                 store_missing=len(written - set(stored)))
+                 store_missing=len(written - {event_id for event_id, _ in stored}))
   if redis_sink:
     sink = _sink_rows(port)
     found.update(sink_entries=len(sink), sink_duplicated=len(sink) - len(set(sink)),

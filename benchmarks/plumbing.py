@@ -1,7 +1,7 @@
 """The job's own cost per event: the replay builder around a model that costs nothing.
 
   python -m benchmarks.plumbing [--input GLOB] [--limit N] [--rounds 3]
-      [--tree OTHER_CHECKOUT ...] [--profile FILE]
+      [--tree OTHER_CHECKOUT ...] [--no_fsync_too] [--profile FILE]
 
 Each run is a fresh process that replays the archive through the project's
 builder (parse, late flag, event time, RunInference with the project's
@@ -11,6 +11,8 @@ of the text. Beside it, the same model's bare `encode` of the same texts in
 calls of the job's batch size. `--tree DIR` adds the builder of another
 checkout (e.g. the commit before a change), run in alternating processes with
 PYTHONPATH pointing at that tree; the ratios compare events/s within this run.
+`--no_fsync_too` adds this tree with `--no_fsync` (files renamed into place without
+fsync of the file and its folder), alternating likewise: the cost of durable files.
 
 The worker part of this file imports only the standard library and the tree
 under test, so that it runs against checkouts that lack this benchmark.
@@ -151,6 +153,8 @@ def _parse(argv):
   parser.add_argument('--dimensions', type=int, default=384)
   parser.add_argument('--tree', action='append', default=[],
                       help='another checkout to run side by side (repeatable)')
+  parser.add_argument('--no_fsync_too', action='store_true',
+                      help='also run this tree with --no_fsync: the cost of fsync')
   parser.add_argument('--label', default='')
   parser.add_argument('--results', default=None, help='folder for the JSON (default: results/)')
   parser.add_argument('--profile', default=None, help='cProfile the job into this file')
@@ -172,7 +176,8 @@ def main(argv=None):
   sys.path.insert(0, str(_HERE.parent.parent))
   from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
   archive = args.input or str(DEFAULT_INPUT)
-  trees = [('this tree', ROOT)] + [(str(t), pathlib.Path(t).resolve()) for t in args.tree]
+  trees = ([('this tree', ROOT, ())] + [(str(t), pathlib.Path(t).resolve(), ()) for t in args.tree]
+           + ([('this tree --no_fsync', ROOT, ('--no_fsync',))] if args.no_fsync_too else []))
   machine = describe()
   print(f'machine: {machine}', flush=True)
   with tempfile.TemporaryDirectory() as folder:
@@ -181,11 +186,11 @@ def main(argv=None):
     common = ['--dimensions', str(args.dimensions), *args.flags]
     if args.profile:
       common += ['--profile', args.profile]
-    runs = {name: [] for name, _ in trees}
+    runs = {name: [] for name, _, _ in trees}
     runs['bare encode'] = []
     for n in range(args.rounds):
-      for name, tree in reversed(trees) if n % 2 else trees:  # alternate the order
-        runs[name].append(run_worker(tree, archive, *common))
+      for name, tree, extra in reversed(trees) if n % 2 else trees:  # alternate the order
+        runs[name].append(run_worker(tree, archive, *common, *extra))
         print(f'round {n + 1} {name}: {_line(runs[name][-1])}', flush=True)
       runs['bare encode'].append(run_worker(ROOT, archive, '--bare', *common))
     identical = _same_rows(trees, archive, common, folder) if args.check else None
@@ -210,9 +215,9 @@ def _same_rows(trees, archive, common, folder) -> bool:
   """Whether every tree writes the same enriched rows and dead letters, file names aside."""
   import pyarrow.dataset as ds
   tables = []
-  for n, (name, tree) in enumerate(trees):
+  for n, (name, tree, extra) in enumerate(trees):
     out = os.path.join(folder, f'out-{n}')
-    run_worker(tree, archive, *common, '--output', out)
+    run_worker(tree, archive, *common, *extra, '--output', out)
     written = []
     for sub, order in (('enriched', ['window', 'id']), ('deadletter', ['reason', 'source'])):
       path = os.path.join(out, sub)

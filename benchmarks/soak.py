@@ -8,22 +8,24 @@ events/s, and runs `python -m pipelines.stream` from a consumer group with `--de
 --topics --sink vectors,redis://.../0?stream=enriched` for `--minutes`. Every
 `--sample_s` it samples the job process (and its children): resident memory, open
 files; the Redis sink's length; the LanceDB store's versions; the source's pending
-entries. Then it drains the job (SIGTERM) and prints one JSON line (also written under
-benchmarks/results/): the samples, and RSS growth from the 10th minute to the end
-(issue 18 asks for at most 5 %).
+entries; the number of series its /metrics endpoint serves. Then it drains the job
+(SIGTERM) and prints one JSON line (also written under benchmarks/results/): the samples, and RSS growth from the 10th minute to the end
+(issue 18 asks for at most 5 %); and a PNG of the samples beside it.
+`python -m benchmarks.soak --plot RESULT.json` draws the PNG of an earlier result again.
 """
 import argparse
 import json
 import pathlib
 import tempfile
 import time
+import urllib.request
 
 import psutil
 import redis
 
 from benchmarks.chaos import _GROUP, _STREAM, Producer, Supervisor, comments
 from benchmarks.common import DEFAULT_INPUT, RESULTS, describe
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 _SINK = 'enriched'
 
@@ -53,7 +55,18 @@ def _versions(store: pathlib.Path):
     return None  # not made yet
 
 
-def sample(pid: int, client: redis.Redis, store: pathlib.Path, started: float) -> dict:
+def _series(metrics_port: int):
+  """How many series the job's /metrics serves (None when it does not answer)."""
+  try:
+    with urllib.request.urlopen(f'http://127.0.0.1:{metrics_port}/metrics', timeout=5) as answer:
+      text = answer.read().decode()
+  except OSError:
+    return None
+  return sum(1 for line in text.splitlines() if line and not line.startswith('#'))
+
+
+def sample(pid: int, client: redis.Redis, store: pathlib.Path, started: float,
+           metrics_port: int = 0) -> dict:
   pending = None
   try:
     pending = client.xpending(_STREAM, _GROUP)['pending']
@@ -61,7 +74,7 @@ def sample(pid: int, client: redis.Redis, store: pathlib.Path, started: float) -
     pass  # no group yet
   return {'minute': round((time.monotonic() - started) / 60, 2), **_resources(pid),
           'sink_length': client.xlen(_SINK), 'lancedb_versions': _versions(store),
-          'pending': pending}
+          'pending': pending, 'metric_series': _series(metrics_port) if metrics_port else None}
 
 
 def growth(samples, after_minute: float = 10.0):
@@ -78,11 +91,13 @@ def run(minutes: float, rate: float, sample_s: float, precision: str, archive: s
   server = RedisServer(str(folder / 'redis'), persist=True).start()
   url = f'redis://127.0.0.1:{server.port}/0'
   out = folder / 'out'
+  metrics_port = free_port()
   job = Supervisor(
       ['--source', f'{url}?stream={_STREAM}&group={_GROUP}&consumer=soak', '--output', str(out),
        '--id_field', 'id', '--time_field', 'time', '--text_field', 'comment',
        '--window_size', '5', '--max_out_of_orderness', '1', '--precision', precision,
-       '--dedup', '--topics', '--sink', f'vectors,{url}?stream={_SINK}'],
+       '--dedup', '--topics', '--sink', f'vectors,{url}?stream={_SINK}',
+       '--metrics_port', str(metrics_port)],
       folder / 'job.log')
   producer = Producer(server.port, comments(archive, int(minutes * 60 * rate)), rate)
   client = redis.Redis(port=server.port, socket_timeout=5)
@@ -93,7 +108,7 @@ def run(minutes: float, rate: float, sample_s: float, precision: str, archive: s
   while time.monotonic() - started < minutes * 60:
     job.check()
     if time.monotonic() >= next_at:
-      samples.append(sample(job.job.pid, client, out / 'vectors', started))
+      samples.append(sample(job.job.pid, client, out / 'vectors', started, metrics_port))
       print(json.dumps(samples[-1]), flush=True)
       next_at += sample_s
     time.sleep(0.5)
@@ -107,6 +122,34 @@ def run(minutes: float, rate: float, sample_s: float, precision: str, archive: s
           'after_drain': {k: final[k] for k in ('sink_length', 'lancedb_versions', 'pending')}}
 
 
+def plot(result: dict, path: pathlib.Path) -> None:
+  """The samples over the run: RSS, pending entries, sink length, LanceDB versions."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  samples = result['samples']
+  minutes = [s['minute'] for s in samples]
+  panels = (('rss_mb', 'RSS of the job (MB)'), ('pending', 'entries pending in the group'),
+            ('sink_length', 'Redis sink length (entries)'),
+            ('lancedb_versions', 'LanceDB table versions'))
+  fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
+  for ax, (key, title) in zip(axes.flat, panels):
+    values = [float('nan') if s[key] is None else s[key] for s in samples]
+    ax.plot(minutes, values, marker='.', linewidth=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+  for ax in axes[1]:
+    ax.set_xlabel('minutes since the job started')
+  growth = result.get('rss_growth_after_10_min')
+  fig.suptitle(f'soak: {result["rate"]:g} events/s for {result["minutes"]:g} min, '
+               f'{result["precision"]}; RSS growth after minute 10: '
+               f'{"n/a" if growth is None else f"{growth:+.1%}"}\n{result["host"]}', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--minutes', type=float, default=60)
@@ -116,7 +159,12 @@ def main(argv=None):
   parser.add_argument('--input', default=str(DEFAULT_INPUT))
   parser.add_argument('--results', default=str(RESULTS))
   parser.add_argument('--keep', default=None, help='Keep output, Redis files and job log here.')
+  parser.add_argument('--plot', default=None, help='Only draw the PNG of this result file.')
   args = parser.parse_args(argv)
+  if args.plot:
+    source = pathlib.Path(args.plot)
+    plot(json.loads(source.read_text()), source.with_suffix('.png'))
+    return
   with tempfile.TemporaryDirectory() as scratch:
     folder = pathlib.Path(args.keep or scratch)
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +174,9 @@ def main(argv=None):
   print(line)
   results = pathlib.Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
-  (results / f'soak-{time.strftime("%Y%m%dT%H%M%S")}.json').write_text(line + '\n')
+  target = results / f'soak-{time.strftime("%Y%m%dT%H%M%S")}.json'
+  target.write_text(line + '\n')
+  plot(result, target.with_suffix('.png'))
 
 
 if __name__ == '__main__':

@@ -18,6 +18,12 @@ import numpy as np
 
 # Texts per pass for a model whose tokenizer cannot be asked: sentence-transformers' own.
 COUNTED_BATCH = 32
+_BATCH_MULTIPLE = 8  # passes padded to a multiple of this many texts (see encode_in_passes)
+# Forward passes are padded to a multiple of this many tokens. Torch (oneDNN) and OpenVINO
+# keep compiled kernels per input shape, so a live job meeting texts of every length grew
+# without bound: about 4 MB per new (batch, length) shape, 100-190 MB a minute in the soak
+# at 50 events/s. Sixteen lengths cover the default model's 256 word pieces.
+PAD_TO_MULTIPLE_OF = 16
 # Characters kept per token the model reads: a text is cut to max_seq_length x this before it
 # is tokenized, so a 20 MB text costs what its readable beginning costs. Word pieces of real
 # text average 3 to 5 characters; 16 leaves room for long words, numbers, markup and blanks.
@@ -81,6 +87,24 @@ def plan_passes(counts: Sequence[int], token_budget: int, max_texts: int = 0
   return passes
 
 
+def pad_multiple(max_seq_length) -> Optional[int]:
+  """The multiple to pad passes to, or None where padding could pass the model's length."""
+  if max_seq_length and max_seq_length % PAD_TO_MULTIPLE_OF == 0:
+    return PAD_TO_MULTIPLE_OF
+  return None
+
+
+def bound_shapes(model) -> None:
+  """Pads a SentenceTransformer's text passes to PAD_TO_MULTIPLE_OF tokens (its first
+  module's processing kwargs), so it meets a bounded number of input shapes."""
+  pad = pad_multiple(getattr(model, 'max_seq_length', None))
+  first = model[0] if pad and len(model) else None
+  kwargs = getattr(first, 'processing_kwargs', None)
+  if isinstance(kwargs, dict):
+    first.processing_kwargs = {**kwargs, 'text': {**kwargs.get('text', {}),
+                                                  'pad_to_multiple_of': pad}}
+
+
 def encode_in_passes(model, texts: List[str], encode_kwargs: dict, token_budget: int = 0,
                      max_texts: int = 0) -> np.ndarray:
   """float32 rows of `model.encode`, one call per forward pass within the limits (both 0,
@@ -96,9 +120,16 @@ def encode_in_passes(model, texts: List[str], encode_kwargs: dict, token_budget:
     kwargs.setdefault('batch_size', max_texts or COUNTED_BATCH)
     return _float_rows(model.encode(texts, **kwargs))
   out = None
+  pad = pad_multiple(getattr(model, 'max_seq_length', None))
+  if pad:  # plan with the lengths the passes are padded to (models/loading.bound_shapes)
+    counts = [-(-count // pad) * pad for count in counts]
   for chosen in plan_passes(counts, token_budget, max_texts):
-    vectors = _float_rows(model.encode([texts[i] for i in chosen], batch_size=len(chosen),
-                                       **kwargs))
+    batch = [texts[i] for i in chosen]
+    if pad and len(batch) % _BATCH_MULTIPLE:
+      # Empty fillers round a short pass up, so passes take a bounded set of batch sizes
+      # too (each new input shape keeps kernels in memory); their rows are dropped.
+      batch += [''] * (_BATCH_MULTIPLE - len(batch) % _BATCH_MULTIPLE)
+    vectors = _float_rows(model.encode(batch, batch_size=len(batch), **kwargs))[:len(chosen)]
     if out is None:
       out = np.empty((len(texts), vectors.shape[1]), np.float32)
     out[chosen] = vectors

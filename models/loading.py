@@ -6,6 +6,8 @@ import os
 import types
 from typing import FrozenSet, NamedTuple, Optional, Tuple
 
+from models.forward_passes import bound_shapes
+
 DEFAULT_MODEL = 'sentence-transformers/all-MiniLM-L6-v2'
 _PACKAGED_ALIASES = frozenset({DEFAULT_MODEL, 'all-MiniLM-L6-v2'})
 # auto and fast choose a concrete setting for the machine (models/precision.py).
@@ -260,6 +262,7 @@ def load_sentence_transformer(config: ModelConfig):
   if config.torch_threads:
     torch.set_num_threads(config.torch_threads)
   model = SentenceTransformer(source, device=device)
+  bound_shapes(model)
   if config.backend == 'openvino':
     from models.openvino_backend import load_openvino  # OpenVINO: an optional extra
     encoder = load_openvino(model.eval(), config.precision, config.quantize,

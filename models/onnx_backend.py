@@ -19,6 +19,7 @@ from typing import List, Sequence
 
 import numpy as np
 
+from models.forward_passes import pad_multiple
 from models.vectors import unit_rows
 
 
@@ -82,7 +83,8 @@ class OnnxEncoder:
     for start in range(0, len(texts), batch_size):
       chosen = order[start:start + batch_size]
       tokens = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
-                               max_length=self.max_seq_length, return_tensors='np')
+                               max_length=self.max_seq_length, return_tensors='np',
+                               pad_to_multiple_of=pad_multiple(self.max_seq_length))
       feed = {name: tokens[name].astype(np.int64) for name in self._inputs}
       vectors = self._session.run(None, feed)[0]
       if out is None:

@@ -125,7 +125,7 @@ def run(argv=None, test_pipeline: Optional[beam.Pipeline] = None) -> JobResult:
     job.written.deadletters | 'Acknowledge dead letters' >> AcknowledgeRedisEntries(
         acknowledged, config.write)
   if committed is not None:
-    windows | 'Commit rows' >> CommitKafkaOffsets(committed, config.write.job)
+    windows | 'Commit rows' >> CommitKafkaOffsets(committed, config.write.job, config.window)
     job.written.deadletters | 'Commit dead letters' >> CommitKafkaOffsets(
         committed, config.write.job)
   return run_job(job, _resume(stream.source, acknowledged, committed))

@@ -36,6 +36,8 @@ Patches (each replaces one Beam 2.77 function/method, see the comments):
   6. executor._ExecutorServiceParallelExecutor._MonitorTask.call /
      ._should_shutdown, and _ExecutorServiceWorker.TIMEOUT
   7. executor.MetricsContainer (user metrics after a step's first bundle)
+  8. executor._SerialEvaluationState._update_currently_evaluating (serial steps
+     take their bundles in arrival order, not newest first)
 
 Scope / limits: the executor keeps its single worker thread
 (_ExecutorServiceParallelExecutor.NUM_WORKERS == 1); cancel() does not flush
@@ -92,6 +94,8 @@ BEAM_ORIGINALS = types.MappingProxyType({
         '83aba81e91bc657fb28c9411b795c16f7bf57db26f43d50aa70ebee9b8779446',
     'executor.TransformExecutor.call':
         '0e12e5cc461d2f5d3d83dbc6043b34c7b301978f9faf2f444f3a857f88e153f9',
+    'executor._SerialEvaluationState._update_currently_evaluating':
+        'ee2071ff91b081845ae4196d4293bc9b6bf0f1fd4294d1491b4bc3af4d800718',
 })
 _ORIGINAL = '_local_streaming_replaces'  # set on each replacement: the Beam original
 
@@ -124,6 +128,7 @@ def install():
     _patch_dofn_reuse()
     _patch_executor()
     _patch_metrics()
+    _patch_serial_order()
     _installed = True
 
 
@@ -784,6 +789,35 @@ def _patch_metrics():
       return container
 
   _replace(ex, 'MetricsContainer', per_step_container)
+
+
+# ---------------------------------------------------------------------------
+# 8. Serial steps (GroupByKey, stateful DoFns, the SDF's keyed processing):
+#    bundles in arrival order.
+# ---------------------------------------------------------------------------
+def _patch_serial_order():
+  from apache_beam.runners.direct import executor as ex
+
+  # Beam bug: a serially executed step takes its queued bundles newest first
+  # (serial_queue.pop()). Once a live job falls behind, new bundles arrive as
+  # fast as it finishes them, so the oldest never runs; its elements hold the
+  # watermark, and no window closes again (a soak at 50 events/s stopped
+  # writing for good after one minute of overload, while it kept embedding).
+  # Fix: first in, first out. The body is otherwise the original.
+  def _update_currently_evaluating(self, new_work, completed_work):
+    with self._lock:
+      if new_work:
+        self.serial_queue.append(new_work)
+      if completed_work:
+        assert self.currently_evaluating == completed_work
+        self.currently_evaluating = None
+      if self.serial_queue and not self.currently_evaluating:
+        next_work = self.serial_queue.popleft()  # CHANGED: was pop()
+        self.currently_evaluating = next_work
+        ex._TransformEvaluationState.schedule(self, next_work)  # CHANGED: was super()
+
+  _replace(ex._SerialEvaluationState, '_update_currently_evaluating',
+           _update_currently_evaluating)
 
 
 if __name__ == '__main__':

@@ -120,3 +120,28 @@ def test_token_passes_give_the_vectors_of_plain_encode_on_the_archive(real_model
       np.linalg.norm(ours, axis=1) * np.linalg.norm(plain, axis=1))
   assert cosines.min() >= 0.99999, cosines.min()
   assert np.abs(ours - plain).max() < 1e-4
+
+
+@pytest.mark.real_model
+def test_passes_take_a_bounded_set_of_shapes_and_padding_leaves_the_vectors(real_model,
+                                                                            wiki_archive):
+  # Torch and OpenVINO keep kernels per input shape: a live job meeting every length grew
+  # its memory without bound. Passes are padded to 16 tokens and 8 texts.
+  texts = _first_distinct_texts(wiki_archive, 300)
+  shapes = []
+  hook = real_model[0].register_forward_pre_hook(
+      lambda module, args: shapes.append(tuple(args[0]['input_ids'].shape)))
+  try:
+    encoder = SentenceTransformerHandler(ModelConfig(device='cpu', embedding_cache=0)).wrap(
+        real_model)
+    ours, _, _ = encoder.embed(texts)
+  finally:
+    hook.remove()
+  assert shapes and all(length % 16 == 0 and batch % 8 == 0 for batch, length in shapes), shapes
+  padding = real_model[0].processing_kwargs
+  real_model[0].processing_kwargs = {}  # sentence-transformers' own: padded to the longest
+  try:
+    unpadded = real_model.encode(texts, convert_to_numpy=True)
+  finally:
+    real_model[0].processing_kwargs = padding
+  assert np.abs(ours - unpadded).max() < 1e-4

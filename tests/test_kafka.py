@@ -4,6 +4,7 @@ import json
 import time
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -16,13 +17,16 @@ from pipelines.first_checks import kafka_addresses
 from runners.choice import runs_locally
 from transforms.io.kafka import ReadKafkaTopics
 from transforms.io.kafka_client import check_kafka, producer, send
-from transforms.io.kafka_offsets import OffsetLedger, PartitionOffsets, kafka_positions
+from transforms.io.kafka_offsets import OffsetLedger, PartitionOffsets, _CommitFn, kafka_positions
 from transforms.io.kafka_reader import KafkaReader
 from transforms.io.kafka_watermark import PartitionWatermark
 from transforms.io.kafka_urls import KafkaAddress
 from transforms.io.uri_query import redacted
-from transforms.records import INVALID_UTF8, TOO_LARGE, RawRecord, Undecodable, decode_object
+from transforms.records import (INVALID_UTF8, TOO_LARGE, Embedded, Event, RawRecord, Undecodable,
+                                WindowRows, decode_object)
+from transforms.windowing import WindowSpec
 
+S = 1_000_000
 START_CHECK_S = 5.0  # the issue's bound for a start check, from the start to the exit
 
 
@@ -228,6 +232,31 @@ def test_a_restarted_reader_starts_after_what_was_committed(broker):
   try:
     again = _poll_until(reader, 3)
     assert [r.position for r in again] == [3, 4, 5]
+  finally:
+    reader.close()
+
+
+def test_sliding_windows_commit_a_record_with_its_last_window(broker):
+  topic = broker.topic(partitions=1)
+  address = KafkaAddress.parse(f'kafka://{broker.bootstrap}/{topic}?group=g3&{FAST_GROUP}')
+  send(producer(address), address, [(None, json.dumps({'n': n}).encode()) for n in range(3)],
+       'test')
+  reader = KafkaReader(address, job='sliding-commit')
+  reader.open()
+  commit = _CommitFn(address, 'sliding-commit', WindowSpec(10, period_s=5))
+  try:
+    records = _poll_until(reader, 3)
+
+    def window(start_s):  # events at t=12 s fall in [5, 15) and [10, 20)
+      return WindowRows(start_s * S, (start_s + 10) * S, 0, [
+          Embedded(Event(str(n), 12 * S, 't', record.source, 's', ''), np.zeros(4, np.float32))
+          for n, record in enumerate(records)])
+
+    assert list(commit.process(window(5))) == [0]  # still open in [10, 20): not committed
+    time.sleep(1.5)
+    assert broker.committed(topic, 'g3', 1) != [3]
+    assert list(commit.process(window(10))) == [3]
+    _wait(lambda: broker.committed(topic, 'g3', 1) == [3], 'the commit of offset 3')
   finally:
     reader.close()
 

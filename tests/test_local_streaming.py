@@ -127,6 +127,28 @@ def test_a_timer_in_flight_is_not_delivered_again():
   assert len(watermarks.extract_transform_timers()[0]) == 1
 
 
+def test_a_serial_step_takes_its_bundles_in_arrival_order():
+  # Beam's own order is newest first: a step that is never idle would starve its oldest
+  # bundle, whose elements hold the watermark (a live job that fell behind once stopped
+  # writing windows for good).
+  from apache_beam.runners.direct import executor as ex
+  local_streaming.install()
+
+  class Service:
+    submitted = []
+
+    def submit(self, work):
+      self.submitted.append(work)
+
+  service = Service()
+  state = ex._SerialEvaluationState(service, set())
+  for work in ('first', 'second', 'third'):
+    state.schedule(work)
+  state.complete('first')
+  state.complete('second')
+  assert service.submitted == ['first', 'second', 'third']
+
+
 def test_processing_time_timers_wait_for_running_bundles_a_bounded_time():
   local_streaming.install()
   clock = TestClock(Timestamp(100))

@@ -111,6 +111,25 @@ class ParquetFiles:
     faults.retry(lambda: self._write_once(table, path), self._policy, 'output files',
                  f'cannot write {path}', (OSError,))
 
+  def sources_in(self, directory: str, besides: str) -> frozenset:
+    """The `source` of every row in the part files of `directory` other than `besides`
+    (a window's other files: an earlier run's, or a peer writer's). A file that cannot be
+    read (a peer replacing it) is passed over."""
+    try:
+      found = FileSystems.match([f'{directory}/part-*.parquet'])[0].metadata_list
+    except (IOError, OSError):
+      return frozenset()
+    sources = set()
+    for metadata in found:
+      if metadata.path.rsplit('/', 1)[-1] == besides:
+        continue
+      try:
+        with FileSystems.open(metadata.path) as stream:
+          sources.update(pq.read_table(stream, columns=['source']).column('source').to_pylist())
+      except (IOError, OSError, pa.ArrowException):
+        continue
+    return frozenset(sources)
+
   def _make_dir(self, directory: str) -> None:
     try:
       FileSystems.mkdirs(directory)

@@ -12,7 +12,8 @@ import apache_beam as beam
 
 from transforms import job_state
 from transforms.io.kafka_urls import KafkaAddress
-from transforms.records import DeadLetterBatch, WindowRows
+from transforms.io.done import done_sources
+from transforms.windowing import WindowSpec
 
 TopicPartitionKey = Tuple[str, int]  # (topic, partition)
 
@@ -166,22 +167,15 @@ def kafka_positions(sources: Iterable[str]) -> Dict[TopicPartitionKey, List[int]
   return found
 
 
-def _sources(written) -> List[str]:
-  if isinstance(written, WindowRows):
-    return [row.event.source for row in written.rows]
-  if isinstance(written, DeadLetterBatch):
-    return [letter.source for letter in written.letters]
-  return []
-
-
 class _CommitFn(beam.DoFn):
 
-  def __init__(self, address: KafkaAddress, job: str):
+  def __init__(self, address: KafkaAddress, job: str, window: Optional[WindowSpec]):
     self._key = address.key()
     self._job = job
+    self._window = window
 
   def process(self, written):
-    positions = kafka_positions(_sources(written))
+    positions = kafka_positions(done_sources(written, self._window))
     for reader in job_state.of(self._job).readers(self._key):
       reader.written(positions)
     yield sum(len(offsets) for offsets in positions.values())
@@ -192,13 +186,16 @@ class CommitKafkaOffsets(beam.PTransform):
 
   Applied after the writes, so a partition's offset moves only past records
   whose rows or dead letters are durably stored; a crash before that leaves
-  them uncommitted, and the group reads them again.
+  them uncommitted, and the group reads them again. With sliding windows (`window`, the
+  job's WindowSpec) a record counts as written with its last window.
   """
 
-  def __init__(self, address: KafkaAddress, job: str = ''):
+  def __init__(self, address: KafkaAddress, job: str = '', window: Optional[WindowSpec] = None):
     super().__init__()
     self._address = address
     self._job = job
+    self._window = window
 
   def expand(self, written):
-    return written | 'Commit offsets' >> beam.ParDo(_CommitFn(self._address, self._job))
+    return written | 'Commit offsets' >> beam.ParDo(
+        _CommitFn(self._address, self._job, self._window))

@@ -10,6 +10,7 @@ from typing import List
 import apache_beam as beam
 
 from transforms.io import faults
+from transforms.io.done import done_sources
 from transforms.io.formats import enriched_records, record_json
 from transforms.records import WindowRows
 from transforms.io.redis_urls import RedisStreamAddress
@@ -61,15 +62,7 @@ class _AcknowledgeFn(_RedisClientFn):
     self._window = window
 
   def process(self, written):
-    if isinstance(written, WindowRows):
-      # Sliding windows: an entry is done once its last window is written; a kill before
-      # that would otherwise lose it from the windows still open.
-      sources = [row.event.source for row in written.rows
-                 if self._window is None
-                 or self._window.in_last_window(row.event.event_time_us, written.start_us)]
-    else:
-      sources = [letter.source for letter in written.letters]
-    ids = entry_ids(sources, self._address.stream)
+    ids = entry_ids(done_sources(written, self._window), self._address.stream)
     try:
       if ids:
         self._call(lambda: self._client.xack(self._address.stream, self._address.group, *ids),
@@ -101,20 +94,66 @@ class AcknowledgeRedisEntries(beam.PTransform):
         _AcknowledgeFn(self._address, 'source', self._policy, self._window))
 
 
+# Adds the rows of one window firing that the window's set of added rows does not hold yet,
+# in one atomic script: a retry, or the same rows after a restart, adds nothing twice.
+# KEYS: the stream, the window's set. ARGV: the set's lifetime (ms), MAXLEN (0: none), the
+# entry field, then (member, JSON) pairs.
+_ADD_ONCE = """
+local added = 0
+for i = 4, #ARGV, 2 do
+  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    if ARGV[2] ~= '0' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[i + 1])
+    else
+      redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[i + 1])
+    end
+    added = added + 1
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return added
+"""
+
+
+def added_rows_key(stream: str, batch: WindowRows) -> str:
+  """The set of rows of a window the sink has added (members: row_member)."""
+  return f'{stream}:added:{batch.start_us}-{batch.end_us}'
+
+
+def row_member(record: dict) -> str:
+  """A row's identity in the sink: its source entry and model (a new model's rows are new)."""
+  return f'{record["source"]}|{record["model_fingerprint"] or record["model"]}'
+
+
 class _XaddFn(_RedisClientFn):
 
   def __init__(self, address: RedisStreamAddress, model: str, policy: faults.WritePolicy,
-               maxlen: int):
+               maxlen: int, dedup_s: int):
     super().__init__(address, 'sink', policy)
     self._model = model
+    self._maxlen = maxlen
     self._trim = {'maxlen': maxlen, 'approximate': True} if maxlen else {}
+    self._dedup_s = dedup_s
+
+  def setup(self):
+    super().setup()
+    self._add_once = self._client.register_script(_ADD_ONCE)
 
   def process(self, batch: WindowRows):
+    records = list(enriched_records(batch, self._model))
+    field, stream = self._address.field, self._address.stream
+
     def send():
+      if not records:
+        return
+      if self._dedup_s:
+        pairs = [part for record in records for part in (row_member(record), record_json(record))]
+        self._add_once(keys=[stream, added_rows_key(stream, batch)],
+                       args=[self._dedup_s * 1000, self._maxlen, field, *pairs])
+        return
       pipe = self._client.pipeline(transaction=False)
-      for record in enriched_records(batch, self._model):
-        pipe.xadd(self._address.stream, {self._address.field: record_json(record)},
-                  **self._trim)
+      for record in records:
+        pipe.xadd(stream, {field: record_json(record)}, **self._trim)
       pipe.execute()
 
     try:
@@ -129,18 +168,24 @@ class WriteRedisStream(beam.PTransform):
   """XADDs each enriched row as JSON to a Redis Stream; passes the WindowRows on.
 
   The JSON holds every Parquet column (the embedding as a list) and the derived ones.
-  A retried XADD after a lost connection may add a row twice (at least once). The stream
-  is trimmed to about `maxlen` entries (XADD MAXLEN ~; 0: never trimmed).
+  Each window firing's rows are added in one script that remembers, for `dedup_s`
+  seconds, which rows (source entry and model) of that window it added: a write retried
+  after a lost connection, or rows whose source entries were read again after a kill
+  between the write and their acknowledgement, are not added twice. With `dedup_s=0` a
+  row may be added twice then (at least once). The stream is trimmed to about `maxlen`
+  entries (XADD MAXLEN ~; 0: never trimmed).
   """
 
   def __init__(self, address: RedisStreamAddress, model: str,
-               policy: faults.WritePolicy = faults.WritePolicy(), maxlen: int = 0):
+               policy: faults.WritePolicy = faults.WritePolicy(), maxlen: int = 0,
+               dedup_s: int = 0):
     super().__init__()
     self._address = address
     self._model = model
     self._policy = policy
     self._maxlen = maxlen
+    self._dedup_s = dedup_s
 
   def expand(self, windows):
     return windows | 'XADD rows' >> beam.ParDo(
-        _XaddFn(self._address, self._model, self._policy, self._maxlen))
+        _XaddFn(self._address, self._model, self._policy, self._maxlen, self._dedup_s))

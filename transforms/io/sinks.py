@@ -7,6 +7,7 @@ FileSystems, so the same code writes to local disks and object stores.
 """
 import datetime
 import hashlib
+import logging
 import types
 from typing import Optional
 
@@ -149,9 +150,17 @@ class _WriteWindowFn(beam.DoFn):
     self._files = ParquetFiles(self._policy)
 
   def process(self, batch: WindowRows):
-    table = enriched_table(batch.rows, batch.start_us, batch.end_us, self._model, batch.extras)
+    path = window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch)
+    directory, name = path.rsplit('/', 1)
     try:
-      self._files.write(table, window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch))
+      fresh = _not_yet_written(batch, self._files.sources_in(directory, name))
+      if fresh.rows:
+        self._files.write(enriched_table(fresh.rows, batch.start_us, batch.end_us, self._model,
+                                         fresh.extras), path)
+      if len(fresh.rows) < len(batch.rows):
+        logging.info('window %s: %d of %d rows were written before (entries read again '
+                     'after a restart); not written twice', window_label(batch.start_us),
+                     len(batch.rows) - len(fresh.rows), len(batch.rows))
     except faults.WriteAbandoned:
       pass  # the job is stopping; not passed on, so never acknowledged
     else:
@@ -162,6 +171,17 @@ class _WriteWindowFn(beam.DoFn):
         self._events.inc(len(last))
         self._copies.inc(sum(self._spec.windows_of(t) for t in last))
       yield batch
+
+
+def _not_yet_written(batch: WindowRows, written: frozenset) -> WindowRows:
+  """The rows of `batch` whose records are in none of its window's other files: on sliding
+  windows an entry is acknowledged with its last window, so a restart reads again entries
+  whose earlier windows were already written."""
+  keep = [n for n, row in enumerate(batch.rows) if row.event.source not in written]
+  if len(keep) == len(batch.rows):
+    return batch
+  extras = {name: [values[n] for n in keep] for name, values in (batch.extras or {}).items()}
+  return batch._replace(rows=[batch.rows[n] for n in keep], extras=extras or batch.extras)
 
 
 class WriteEnrichedParquet(beam.PTransform):

@@ -28,24 +28,35 @@ class VectorStoreTarget(NamedTuple):
 # Entries the Redis sink keeps (XADD MAXLEN ~, about 8 KB each with 384 floats: ~800 MB);
 # `maxlen=N` in its URI sets another bound, `maxlen=0` none.
 DEFAULT_REDIS_MAXLEN = 100_000
+# How long the sink remembers which rows of a window it has added (`dedup_s=S`; 0: not at
+# all): a row handed to it again within that time (its source entry re-read after a kill
+# between the write and the acknowledgement, a retried write) is not added twice.
+DEFAULT_REDIS_DEDUP_S = 3600
 
 
 class RedisTarget(NamedTuple):
-  """A Redis Stream the enriched rows are XADDed to, trimmed to about `maxlen` entries."""
+  """A Redis Stream the enriched rows are XADDed to, trimmed to about `maxlen` entries, each
+  row (source, window, model) added once within `dedup_s` seconds."""
   address: RedisStreamAddress
   spelled: str
   maxlen: int = DEFAULT_REDIS_MAXLEN
+  dedup_s: int = DEFAULT_REDIS_DEDUP_S
 
 
 def _redis(uri: str) -> RedisTarget:
   parsed = urllib.parse.urlsplit(uri)
   pairs = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
-  given = [v for k, v in pairs if k == 'maxlen']
-  if given and not given[-1].isdigit():
-    raise ValueError(f'maxlen in {redacted(uri)} is a number of entries (0: no trimming)')
-  rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k != 'maxlen'])
+  numbers = {'maxlen': (DEFAULT_REDIS_MAXLEN, 'a number of entries (0: no trimming)'),
+             'dedup_s': (DEFAULT_REDIS_DEDUP_S, 'whole seconds (0: rows not remembered)')}
+  values = {}
+  for name, (default, meaning) in numbers.items():
+    given = [v for k, v in pairs if k == name]
+    if given and not given[-1].isdigit():
+      raise ValueError(f'{name} in {redacted(uri)} is {meaning}')
+    values[name] = int(given[-1]) if given else default
+  rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k not in numbers])
   address = RedisStreamAddress.parse(urllib.parse.urlunsplit(parsed._replace(query=rest)))
-  return RedisTarget(address, uri, int(given[-1]) if given else DEFAULT_REDIS_MAXLEN)
+  return RedisTarget(address, uri, **values)
 
 
 class PubSubTarget(NamedTuple):

@@ -101,7 +101,8 @@ def sink(target: SinkTarget, config) -> beam.PTransform:
   """
   model = config.model.model
   if isinstance(target, RedisTarget):
-    return WriteRedisStream(target.address, model, config.write, target.maxlen)
+    return WriteRedisStream(target.address, model, config.write, target.maxlen,
+                            target.dedup_s)
   if isinstance(target, PubSubTarget):
     return WritePubSub(target, model)
   if isinstance(target, KafkaTarget):
