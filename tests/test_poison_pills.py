@@ -172,7 +172,7 @@ def test_the_vector_store_is_compacted_and_its_old_versions_removed(tmp_path):
   upsert.setup()
   for n in range(35):  # a bundle each: a merge each
     upsert.start_bundle()
-    upsert.process(_window([f'id{n}', f'id{n + 1}']), None, 0)
+    list(upsert.process(_window([f'id{n}', f'id{n + 1}']), None, 0))
     list(upsert.finish_bundle())
   assert len(open_table(uri).list_versions()) < 10
   upsert.teardown()  # at drain

@@ -35,6 +35,9 @@ KEYS = ('id', 'chunk')
 # KEEP_VERSIONS_S removed (a search still reading one that old is unlikely).
 COMPACT_EVERY = 100
 KEEP_VERSIONS_S = 300.0
+# Rows (chunks) that wait for one merge at most: a merge of 8,192 rows of 384 floats holds
+# about 13 MB of vectors, and a replay of the 39,244-event archive makes 5 merges.
+MERGE_ROWS = 8192
 from transforms.io.targets import VECTORS_DIR  # noqa: F401 (where the store lives)
 
 
@@ -147,12 +150,16 @@ def check_store(uri: str, table: str, model_config) -> None:
 
 
 class _UpsertFn(beam.DoFn):
-  """Upserts once per bundle: each merge costs a table version, so a replay of
-  many small windows merges a bundle's rows at once, then passes the windows on."""
+  """Upserts once per bundle, or once `merge_rows` rows wait: each merge costs a table
+  version, so a replay of many small windows merges many windows' rows at once, then
+  passes the windows on; but a batch runner's bundle may be the whole archive, whose
+  windows (and their look-back context) would all wait in memory for one merge."""
 
   def __init__(self, uri: str, table: str, model_config, compact_every: int = COMPACT_EVERY,
-               keep_versions_s: float = KEEP_VERSIONS_S):
+               keep_versions_s: float = KEEP_VERSIONS_S, merge_rows: int = MERGE_ROWS):
     self._uri = uri
+    self._merge_rows = merge_rows
+    self._pending_rows = 0
     self._table = table
     self._config = model_config
     self._compact_every = compact_every
@@ -179,13 +186,20 @@ class _UpsertFn(beam.DoFn):
     self.compact()
 
   def start_bundle(self):
-    self._pending = []
+    self._pending, self._pending_rows = [], 0
 
   def process(self, batch: WindowRows, win=beam.DoFn.WindowParam,
               timestamp=beam.DoFn.TimestampParam):
     self._pending.append((batch, win, timestamp))
+    self._pending_rows += sum(row.chunk_count for row in batch.rows)
+    if self._pending_rows >= self._merge_rows:
+      yield from self._merge()
 
   def finish_bundle(self):
+    yield from self._merge()
+
+  def _merge(self):
+    """Merges the waiting windows' rows, then passes the windows on."""
     if not self._pending:
       return
     by_identity: Dict[ModelIdentity, List[pa.Table]] = {}
@@ -200,9 +214,9 @@ class _UpsertFn(beam.DoFn):
     self._merges += 1
     if self._merges >= self._compact_every:
       self.compact()
-    for batch, win, timestamp in self._pending:  # only now durable: pass them on
+    pending, self._pending, self._pending_rows = self._pending, [], 0
+    for batch, win, timestamp in pending:  # only now durable: pass them on
       yield WindowedValue(batch, timestamp, [win])
-    self._pending = []
 
   def _store(self, identity: ModelIdentity, dimensions: int):
     """The table of `identity`: the named one for the job's model, TABLE_FINGERPRINT for a
