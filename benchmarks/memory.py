@@ -154,39 +154,43 @@ def derived_run(tree: pathlib.Path, archive: str, every: float = 0.5) -> dict:
             **derived_outputs(pathlib.Path(out))}
 
 
-def _digest(rows) -> str:
-  return hashlib.sha256(json.dumps(sorted(rows), default=str).encode()).hexdigest()[:16]
+def table_digest(table, order) -> str:
+  """A digest of every column of `table`, its rows sorted by `order` (vectors by their bytes)."""
+  import numpy as np
+  import pyarrow as pa
+  table = table.sort_by([(c, 'ascending') for c in order]).combine_chunks()
+  digest = hashlib.sha256()
+  for name in sorted(table.column_names):
+    column = table.column(name)
+    digest.update(name.encode())
+    if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type) and \
+        pa.types.is_floating(column.type.value_type):
+      digest.update(np.asarray(column.chunk(0).flatten()).tobytes())
+    else:
+      digest.update(json.dumps(column.to_pylist(), default=str).encode())
+  return digest.hexdigest()[:16]
 
 
 def derived_outputs(out: pathlib.Path) -> dict:
-  """What a derived-columns replay wrote: counts, and digests that compare trees."""
+  """What a derived-columns replay wrote: counts, and digests of every column that compare
+  trees (file names aside: the rows' own, and the windows' parts named after them)."""
   import lancedb
   import pyarrow.dataset as ds
-  enriched = ds.dataset(out / 'enriched', format='parquet', partitioning='hive').to_table(
-      columns=['id', 'window_start', 'label', 'duplicate_of'])
-  rows = list(zip(*(enriched.column(c).to_pylist() for c in enriched.column_names)))
-  summaries = ds.dataset(out / 'windows', format='parquet', partitioning='hive').to_table(
-      columns=['window_start', 'events', 'deadletters', 'duplicates', 'label_counts',
-               'topics', 'new_topics']).to_pylist()
+  enriched = ds.dataset(out / 'enriched', format='parquet', partitioning='hive').to_table()
+  summaries = ds.dataset(out / 'windows', format='parquet', partitioning='hive').to_table()
   store = lancedb.connect(str(out / 'vectors')).open_table('events').to_arrow()
-  vectors = [(row['id'], row['chunk'], row['window_start'], row['label'], row['duplicate_of'],
-              hashlib.sha256(memoryview(row_vector)).hexdigest()[:16])
-             for row, row_vector in zip(
-                 store.select(['id', 'chunk', 'window_start', 'label',
-                               'duplicate_of']).to_pylist(),
-                 store.column('vector').combine_chunks().values.to_numpy().reshape(
-                     store.num_rows, -1))]
   deadletters = out / 'deadletter'
-  return {'rows': len(rows), 'labelled': sum(r[2] is not None for r in rows),
-          'duplicates': sum(r[3] is not None for r in rows),
+  labels, duplicates = enriched.column('label'), enriched.column('duplicate_of')
+  return {'rows': enriched.num_rows, 'labelled': enriched.num_rows - labels.null_count,
+          'duplicates': enriched.num_rows - duplicates.null_count,
           'deadletters': ds.dataset(deadletters, format='parquet').count_rows()
           if any(deadletters.rglob('*.parquet')) else 0,
-          'summaries': len(summaries), 'new_topics': sum(s['new_topics'] or 0 for s in summaries),
+          'summaries': summaries.num_rows,
+          'new_topics': sum(n or 0 for n in summaries.column('new_topics').to_pylist()),
           'store_rows': store.num_rows,
-          'digests': {'rows': _digest(rows),
-                      'summaries': _digest(json.dumps(s, default=str, sort_keys=True)
-                                           for s in summaries),
-                      'store': _digest(vectors)}}
+          'digests': {'rows': table_digest(enriched, ['window_start', 'id']),
+                      'summaries': table_digest(summaries, ['window_start', 'part']),
+                      'store': table_digest(store, ['id', 'chunk'])}}
 
 
 def derived_memory(args) -> dict:
