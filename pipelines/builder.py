@@ -91,7 +91,7 @@ def collect_windows(embedded: beam.PCollection, config: JobConfig,
   if config.mode is CollectionMode.PER_STREAM:
     return embedded | 'Collect windows' >> CollectStreamWindows(config.window)
   lookback_s = config.derive.lookback_s
-  if not config.mode.unbounded and lookback_s > 0:
+  if not config.mode.unbounded and config.window.kind == 'fixed':
     # A batch runner's grouping holds all its input at once: not a copy of each row for
     # every later window within the look-back (transforms/segments.py); locally, not in
     # memory either (transforms/spill.py).

@@ -74,15 +74,16 @@ def _grouped(pipeline, name, grouping, spec, rows, marks):
 
 
 @pytest.mark.parametrize('size_s, lookback_s, spill', [
-    (10, 25, False), (10, 30, False), (10, 4, False), (7, 60, False), (10, 25, True),
-    (7, 60, True)])
+    (10, 25, False), (10, 30, False), (10, 4, False), (7, 60, False), (10, 0, False),
+    (10, 25, True), (7, 60, True), (10, 0, True)])
 def test_segments_give_the_windows_of_the_per_window_grouping(size_s, lookback_s, spill,
                                                                tmp_path, monkeypatch):
   spec = WindowSpec(size_s)
   rows, marks = _rows(), _marks()
   expected = _reference(rows, marks, size_s * 1_000_000, lookback_s * 1_000_000)
   assert len(expected) > 20
-  assert sum(bool(window[4]) for window in expected) > len(expected) // 2  # context is common
+  if lookback_s:
+    assert sum(bool(window[4]) for window in expected) > len(expected) // 2  # common
   assert sum(window[5] for window in expected) < len(marks)  # marks in empty windows drop
   with batch_pipeline() as p:
     per_window = _grouped(p, 'Per window', lambda letters: GroupWindows(
@@ -113,6 +114,7 @@ def test_a_segment_covers_two_look_backs_in_whole_windows():
   assert segment_us(10, 25) == 50
   assert segment_us(10, 30) == 60
   assert segment_us(10, 4) == 10
+  assert segment_us(10, 0) == 10
   assert segment_us(10, 25, lookbacks=1) == 30
   assert segment_us(60_000_000, 600_000_000) == 1_200_000_000
 
@@ -155,4 +157,4 @@ def test_segments_refuse_what_they_cannot_cut():
   with pytest.raises(ValueError):
     GroupSegments(WindowSpec(10, period_s=5), 20)
   with pytest.raises(ValueError):
-    GroupSegments(WindowSpec(10), 0)
+    GroupSegments(WindowSpec(10), -1)

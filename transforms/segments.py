@@ -32,7 +32,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.grouping import context_copy, in_order, slim
 from transforms.records import Embedded, Event, WindowRows
-from transforms.spill import GroupSpilled, read_values
+from transforms.spill import GroupSpilled, read_values, release_free_memory
 from transforms.windowing import WindowSpec
 
 _MICROS = 1_000_000
@@ -104,6 +104,11 @@ class _CutSegmentFn(beam.DoFn):
     self._lookback_us = lookback_us
     self._spilled = spilled
 
+  def setup(self):
+    # On the local batch runner this step starts once every row is embedded and grouped:
+    # what embedding freed goes back to the system before the windows are cut and written.
+    release_free_memory()
+
   def process(self, keyed_values, letters=None):
     _, values = keyed_values
     if self._spilled:  # files of packed rows
@@ -136,7 +141,7 @@ class GroupSegments(beam.PTransform):
 
   Args:
     spec: the job's (fixed) windows.
-    lookback_s: how far back each window's context reaches, more than 0.
+    lookback_s: how far back each window's context reaches (0: none; a segment is a window).
     deadletter_marks: DeadLetterMarks windowed like the rows, counted per window.
     spill_dir: a local folder of this job's own: the rows wait there, not in memory, for
       the grouping (transforms/spill.py); None groups them in memory (a remote runner's
@@ -146,8 +151,8 @@ class GroupSegments(beam.PTransform):
   def __init__(self, spec: WindowSpec, lookback_s: float, deadletter_marks=None,
                spill_dir: Optional[str] = None):
     super().__init__()
-    if spec.kind != 'fixed' or not lookback_s > 0:
-      raise ValueError('segments need fixed windows and a look-back')
+    if spec.kind != 'fixed' or not lookback_s >= 0:
+      raise ValueError('segments need fixed windows and a look-back of 0 or more')
     self._size_us = round(spec.size_s * _MICROS)
     self._lookback_us = round(lookback_s * _MICROS)
     self._marks = deadletter_marks

@@ -14,6 +14,7 @@ at the next start in that output (remove_stale_spills).
 
 A remote runner's shuffle spills by itself; jobs there group the values directly.
 """
+import ctypes
 import logging
 import os
 import shutil
@@ -100,6 +101,19 @@ class GroupSpilled(beam.PTransform):
     return (keyed
             | 'Spill values' >> beam.ParDo(_SpillFn(self._folder))
             | 'Group files' >> beam.GroupByKey())
+
+
+def release_free_memory() -> None:
+  """Hands the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+
+  What a step frees stays resident in the C heap: after embedding a replay's archive
+  (torch's work buffers), 281 of 1,080 MB on 10,000 events, which the grouped steps after
+  it (LanceDB's merges in their own threads) did not reuse, so they added to the peak."""
+  try:
+    trim = ctypes.CDLL('libc.so.6').malloc_trim
+  except (OSError, AttributeError):
+    return
+  trim(0)
 
 
 def remove_spill(folder: str) -> None:
