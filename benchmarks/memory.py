@@ -21,7 +21,8 @@ user runs it, `python -m pipelines replay` with the real model, on the first N e
 wait4) and the peak of the process tree sampled every 0.5 s, and what it wrote (counts and
 a digest of the rows, labels, duplicates, summaries and vector store, to compare trees).
 `--zero_cost` runs the same flags in the benchmarks.plumbing builder instead (zero-cost
-model, no process of its own for the entry point): cheap, for growth per event.
+model, no process of its own for the entry point): cheap, for growth per event;
+`--without_store` leaves the vector store out of it.
 """
 import argparse
 import datetime
@@ -50,6 +51,13 @@ def rss_mb(pid: int) -> float:
       if line.startswith('VmRSS:'):
         return int(line.split()[1]) / 1024
   return 0.0
+
+
+def derived_flags(args) -> tuple:
+  """DERIVED_FLAGS, without the vector store where asked (--without_store)."""
+  if not args.without_store:
+    return DERIVED_FLAGS
+  return DERIVED_FLAGS[:DERIVED_FLAGS.index('--sink')]
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -93,7 +101,9 @@ def replay_memory(args) -> dict:
   from benchmarks.plumbing import run_worker, slice_archive
   archive = args.input or str(DEFAULT_INPUT)
   trees = [('this tree', ROOT)] + [(t, pathlib.Path(t).resolve()) for t in args.tree]
-  result = {'machine': describe(), 'model': 'zero-cost, width 384', 'trees': {}}
+  result = {'machine': describe(), 'model': 'zero-cost, width 384', 'trees': {},
+            'date': datetime.date.today().isoformat(),
+            'flags': list(derived_flags(args)) if args.derived else []}
   with tempfile.TemporaryDirectory() as folder:
     if args.generate:
       archive = generate(args.generate, DEFAULT_INPUT, f'/tmp/synthetic-{args.generate}.jsonl')
@@ -105,7 +115,7 @@ def replay_memory(args) -> dict:
       runs = []
       for path in paths:
         started = time.monotonic()
-        sample = run_worker(tree, path, *(DERIVED_FLAGS if args.derived else ()))
+        sample = run_worker(tree, path, *(derived_flags(args) if args.derived else ()))
         sample['process_seconds'] = round(time.monotonic() - started, 1)
         runs.append(sample)
         print(f'{name}: {sample["events"]} events: job {sample["seconds"]:.1f} s '
@@ -226,6 +236,8 @@ def main(argv=None):
                       help='replay: the derived-columns replay of docs/derived-columns.md')
   parser.add_argument('--zero_cost', action='store_true',
                       help='--derived: in the zero-cost builder of benchmarks.plumbing')
+  parser.add_argument('--without_store', action='store_true',
+                      help='--derived --zero_cost: without the vector store (--sink vectors)')
   parser.add_argument('--input', default=None, help='replay: the archive (default: shared)')
   parser.add_argument('--results', default=None, help='folder for the JSON (default: results/)')
   parser.add_argument('--tree', action='append', default=[],
@@ -240,6 +252,7 @@ def main(argv=None):
     folder.mkdir(parents=True, exist_ok=True)
     name = (f'memory-replay{"-derived" if args.derived else ""}'
             f'{"-zero-cost" if args.derived and args.zero_cost else ""}'
+            f'{"-no-store" if args.derived and args.without_store else ""}'
             f'{"-" + str(args.generate) if args.generate else ""}.json')
     (folder / name).write_text(json.dumps(result, indent=2) + '\n')
     return

@@ -1,9 +1,12 @@
 """Spilled groupings: values written in small batches per key, read back once, folders
 removed; what waits in memory stays bounded whatever the input."""
+import json
 import os
 import time
 
 import apache_beam as beam
+import pyarrow.dataset as ds
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.runners import batch_pipeline
@@ -61,3 +64,26 @@ def test_a_killed_run_s_spill_is_removed_at_the_next_start(tmp_path):
   remove_spill(str(running))  # the job's own, when it ends: the empty root goes too
   assert not root.exists()
   assert remove_stale_spills(str(tmp_path)) == 0 and remove_stale_spills('gs://b/out') == 0
+
+
+@pytest.mark.real_model
+def test_a_replay_leaves_no_spill_behind_and_clears_a_killed_run_s(tmp_path):
+  from pipelines import replay
+  archive = tmp_path / 'events.jsonl'
+  archive.write_text(''.join(json.dumps({'id': f'e{n}', 'time': 60 * n // 7, 'text': t}) + '\n'
+                             for n, t in enumerate(['card declined', 'my card was declined',
+                                                    'parcel late', 'refund missing'] * 7)))
+  out = tmp_path / 'out'
+  stale = out / spill.SPILL_DIR / 'killed'
+  write_values(str(stale), [b'rows of a killed run'])
+  past = time.time() - spill.STALE_SPILL_S - 10
+  os.utime(stale, (past, past))
+  result = replay.run(['--input', str(archive), '--output', str(out), '--id_field', 'id',
+                       '--text_field', 'text', '--dedup', '--dedup_horizon', '120',
+                       '--append'])
+  assert result.enriched_rows == 28 and result.balanced and result.failure is None
+  assert not (out / spill.SPILL_DIR).exists()
+  rows = ds.dataset(out / 'enriched', format='parquet', partitioning='hive').to_table()
+  duplicates = dict(zip(rows.column('id').to_pylist(), rows.column('duplicate_of').to_pylist()))
+  assert duplicates['e4'] == 'e0'  # the same text, 34 s later, in its window
+  assert duplicates['e8'] == 'e0'  # 68 s later, in the next window: from the look-back

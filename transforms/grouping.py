@@ -3,10 +3,11 @@
 Three shapes, one per CollectionMode, chosen by pipelines.builder.collect_windows:
 - live (unbounded) input and session windows: Beam's grouping of whole windows,
   with its watermark trigger, late panes and session merging;
-- bounded input with whole-window derivations (near-duplicates, topics): whole
-  windows keyed by their bounds in the global window, a plain GroupByKey that
-  skips the generic trigger machinery (a batch run has one pane per window); with
-  a look-back, by segments of windows instead (transforms/segments.py);
+- bounded input with whole-window derivations (near-duplicates, topics): a plain
+  GroupByKey in the global window that skips the generic trigger machinery (a batch
+  run has one pane per window): fixed windows by segments of windows with their
+  look-back (transforms/segments.py; spilled to files on the local runner,
+  transforms/spill.py), sliding windows keyed by their bounds (GroupWindows);
 - bounded input otherwise: no grouping at all. Each stream (archive file) is
   read in order, so a window of a stream is complete once that stream's watermark
   passed it; its rows are handed on then, as one part of the window (a record that
@@ -206,7 +207,7 @@ class CollectionMode(enum.Enum):
   PER_STREAM: bounded input, fixed or sliding windows, nothing derived from whole
     windows: embedded across windows, each stream's windows collected in order.
   PER_WINDOW: bounded input otherwise (sessions, near-duplicates, topics): embedded,
-    then grouped by window (by bounds where windows never merge).
+    then grouped by window (fixed windows by segments, sliding ones by bounds).
   """
   UNBOUNDED = 'unbounded'
   PER_STREAM = 'per stream'

@@ -1,22 +1,23 @@
-"""Bounded input with a look-back: whole windows and their recent past, grouped by segment.
+"""Bounded input, fixed windows: whole windows and their recent past, grouped by segment.
 
 Live, each row is also copied into every later window that starts within the look-back
 (grouping.py): with 60 s windows and a 600 s horizon, ten copies of each row, embedding
 included. A batch runner's GroupByKey holds all of its input at once (the FnApiRunner
 keeps it in memory until the input ends), so in a replay those copies were the archive
-eleven times over. Here rows are grouped by segment instead: a run of whole fixed windows
-at least as long as the look-back. A segment also receives the rows of the one before it
-that lie within the look-back of its start (at most one copy of a row, and with segments of
-two look-backs about half the rows are copied), then cuts itself
-into its windows, each with the rows of the look-back before it as context, shared, not
-copied. The windows are those of the per-window grouping: the same rows, the same context
-(rows of earlier windows at most the look-back older than the window's start), the same
-dead-letter counts, one pane each.
+eleven times over. Here rows are grouped by segment instead: a run of whole windows
+covering SEGMENT_LOOKBACKS look-backs (one window without a look-back). A segment also
+receives the rows of the one before it that lie within the look-back of its start (at
+most one copy of a row; with segments of two look-backs, about half the rows), then cuts
+itself into its windows, each with the rows of the look-back before it as context,
+shared, not copied. The windows are those of the per-window grouping: the same rows, the
+same context (rows of earlier windows at most the look-back older than the window's
+start), the same dead-letter counts, one pane each.
 
 What the grouping holds is kept small: each row crosses it packed into one bytes value
 (its fields and the raw bytes of its vectors: the FnApiRunner keeps a grouping's values
-decoded, an Embedded of 384 floats as 3.3 KB of Python objects, packed 1.8 KB), and the
-dead letters are counted beside it, as a side input of counts per window, so the rows
+decoded, an Embedded of 384 floats as 3.3 KB of Python objects, packed 1.6 KB); on the
+local runner the packed rows wait in files, not in memory (transforms/spill.py); and the
+dead letters are counted beside them, as a side input of counts per window, so the rows
 need no Flatten with them (which the FnApiRunner materializes: the archive once more).
 """
 import bisect
