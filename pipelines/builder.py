@@ -14,12 +14,13 @@ from pipelines.config import JobConfig
 from transforms.derive import DeriveFromEmbeddings
 from transforms.enrich import EmbedEvents
 from transforms.parse import ParseEvents
-from transforms.grouping import CollectionMode, collect_windows
+from transforms.grouping import CollectStreamWindows, CollectionMode, GroupWindows
 from transforms.records import FUTURE_TIME, LATE, DeadLetterMark
 from transforms.io.sinks import (CollectDeadLetters, GroupDeadLetters, WriteDeadLetters,
                               WriteEnrichedParquet)
 from transforms.topics import SummarizeWindows
 from transforms.io.uris import sink, sink_label
+from transforms.segments import GroupSegments
 from transforms.windowing import AssignEventTime, FlagLateEvents, WindowEvents
 
 
@@ -77,6 +78,28 @@ def build_enrichment(raw_records: beam.PCollection, config: JobConfig,
     windowed = embedded | 'Window events' >> WindowEvents(config.window)
   deadletters = (unparsable, late, failed) | 'Collect dead letters' >> CollectDeadLetters()
   return EnrichmentOutputs(windowed, deadletters)
+
+
+def collect_windows(embedded: beam.PCollection, config: JobConfig,
+                    marks: Optional[beam.PCollection] = None) -> beam.PCollection:
+  """Each window's rows as WindowRows, gathered as config.mode names (transforms/grouping.py).
+
+  Args:
+    embedded: Embedded rows, windowed by event time (in PER_STREAM mode only timestamped).
+    marks: DeadLetterMarks windowed like the rows, counted per window.
+  """
+  if config.mode is CollectionMode.PER_STREAM:
+    return embedded | 'Collect windows' >> CollectStreamWindows(config.window)
+  lookback_s = config.derive.lookback_s
+  if not config.mode.unbounded and config.window.kind == 'fixed':
+    # A batch runner's grouping holds all its input at once: not a copy of each row for
+    # every later window within the look-back (transforms/segments.py); locally, not in
+    # memory either (transforms/spill.py).
+    return embedded | 'Group windows' >> GroupSegments(config.window, lookback_s, marks,
+                                                       config.spill_dir)
+  return embedded | 'Group windows' >> GroupWindows(
+      lookback_s, WindowEvents(config.window), marks,
+      by_bounds=not config.mode.unbounded and config.window.kind != 'sessions')
 
 
 def write_outputs(outputs: EnrichmentOutputs, config: JobConfig) -> WrittenFiles:

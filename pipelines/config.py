@@ -2,7 +2,7 @@
 import dataclasses
 import os
 import uuid
-from typing import Tuple
+from typing import Optional, Tuple
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -21,6 +21,7 @@ from transforms.io.faults import WritePolicy
 from transforms.io.targets import SinkTarget, VectorStoreTarget, parse_sink, sink_uris
 from transforms.io.uris import watermark_slack_s
 from transforms.records import DEFAULT_MAX_RECORD_BYTES
+from transforms.spill import SPILL_DIR
 from transforms.windowing import WindowSpec
 
 
@@ -50,6 +51,15 @@ class JobConfig:
     """How windows are gathered: every step that depends on it asks this."""
     return CollectionMode.decide(self.streaming, self.window.kind, whole_windows=(
         self.derive.dedup_threshold is not None or self.derive.topic_distance is not None))
+
+  @property
+  def spill_dir(self) -> Optional[str]:
+    """Where a local batch job spills the rows it groups (transforms/spill.py): DIR/.spill/JOB.
+    None where they are grouped as they are: live (windows fire as they close), on a remote
+    runner (its shuffle spills) or into a remote output folder."""
+    if self.streaming or not self.local or '://' in self.output:
+      return None
+    return os.path.join(self.output, SPILL_DIR, self.write.job or 'job')
 
   def _replace(self, **changes) -> 'JobConfig':
     return dataclasses.replace(self, **changes)

@@ -26,6 +26,7 @@ from transforms.io.cloud_io import UnavailableIO
 from transforms.io.files import remove_stale_temporaries
 from transforms.io.sinks import DEADLETTER_DIR, ENRICHED_DIR
 from transforms.io.uri_query import redacted
+from transforms.spill import remove_spill, remove_stale_spills
 
 
 class JobResult(NamedTuple):
@@ -143,6 +144,8 @@ def run_job(job: Job, resume: str = _RERUN) -> JobResult:
       result.wait_until_finish()
     finally:
       job.monitor.stop()
+      if job.config.spill_dir is not None:
+        remove_spill(job.config.spill_dir)
     counts = snapshot(result).counters
     records_read = counts.get('records_read', 0)
     outcome = JobResult(records_read, counts.get('enriched_rows', 0),
@@ -194,8 +197,9 @@ def _write_report(job: JobResult, config: JobConfig, started_at: float, final, s
 
 def _make_output_folders(output: str) -> None:
   """Both folders exist after a run, even when one stays empty, so readers need no special
-  case; temporary files a killed run left there are removed."""
+  case; temporary files and spilled rows a killed run left there are removed."""
   remove_stale_temporaries(output)
+  remove_stale_spills(output)
   for sub in (ENRICHED_DIR, DEADLETTER_DIR):
     path = f'{output.rstrip("/")}/{sub}'
     if not FileSystems.exists(path):

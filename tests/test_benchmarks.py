@@ -70,6 +70,26 @@ def test_replay_memory_benchmark_reports_growth_per_event(tmp_path):
   assert 'growth_kb_per_event' in record['trees']['this tree']
 
 
+@pytest.mark.real_model
+def test_derived_replay_memory_benchmark_compares_what_each_tree_wrote(tmp_path):
+  # This checkout against itself, on 300 events: same counts and digests, a peak each.
+  done = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.memory', '--replay', '--derived', '--input',
+       str(ARCHIVE), '--sizes', '300', '--tree', str(ROOT), '--results', str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = json.loads((tmp_path / 'memory-replay-derived.json').read_text())
+  (run,), (again,) = record['trees']['this tree'], record['trees'][str(ROOT)]
+  assert run['rows'] == 300 and run['store_rows'] >= 300 and run['summaries'] > 0
+  assert 0 < run['labelled'] < 300 and 0 < run['duplicates'] < 300
+  assert run['peak_rss_mb'] > 0 and run['sampled_tree_peak_rss_mb'] > 0
+  assert {k: run[k] for k in ('rows', 'labelled', 'duplicates', 'summaries', 'new_topics',
+                              'store_rows', 'digests')} == {
+      k: again[k] for k in ('rows', 'labelled', 'duplicates', 'summaries', 'new_topics',
+                            'store_rows', 'digests')}
+  assert '--dedup_horizon 300' in run['command'] and record['machine'].count(',') >= 3
+
+
 def test_forward_batch_benchmark_names_each_setting(tmp_path):
   done = subprocess.run(
       [sys.executable, '-m', 'benchmarks.forward_batch', '--input', str(ARCHIVE), '--limit', '40',

@@ -172,10 +172,32 @@ def test_the_vector_store_is_compacted_and_its_old_versions_removed(tmp_path):
   upsert.setup()
   for n in range(35):  # a bundle each: a merge each
     upsert.start_bundle()
-    upsert.process(_window([f'id{n}', f'id{n + 1}']), None, 0)
+    list(upsert.process(_window([f'id{n}', f'id{n + 1}']), None, 0))
     list(upsert.finish_bundle())
   assert len(open_table(uri).list_versions()) < 10
   upsert.teardown()  # at drain
   table = open_table(uri)
   assert len(table.list_versions()) <= 2
   assert table.count_rows() == 36
+
+
+def test_a_large_bundle_is_merged_in_parts_and_its_windows_passed_on_meanwhile(tmp_path):
+  """A batch runner's bundle may be the whole archive: windows wait for at most merge_rows
+  rows, then are merged and passed on, the store the same as with one merge."""
+  from transforms.io.vector_store import _UpsertFn
+  uri = str(tmp_path / 'vectors')
+  upsert = _UpsertFn(uri, 'events', ModelConfig(), merge_rows=5)
+  upsert.setup()
+  upsert.start_bundle()
+  passed, waiting = [], []
+  for n in range(10):  # windows of 2 rows; id1 comes again in the last one
+    ids = [f'id{2 * n}', f'id{2 * n + 1}'] if n < 9 else ['id1', 'id18']
+    passed.extend(upsert.process(_window(ids), None, 0))
+    waiting.append(len(upsert._pending))
+  assert max(waiting) <= 3 and len(passed) == 9  # 3 windows of 2 rows reach 5
+  passed.extend(upsert.finish_bundle())
+  assert len(passed) == 10
+  table = open_table(uri).to_arrow()
+  assert sorted(table.column('id').to_pylist()) == sorted({f'id{n}' for n in range(19)})
+  assert {row['id']: row['text'] for row in table.to_pylist()}['id1'] == 'text 0'  # the later
+  assert len(open_table(uri).list_versions()) >= 4

@@ -90,7 +90,8 @@ for w in range({windows}):
   rows = [r.Embedded(r.Event(f'{writer}-{{w}}-{{k}}', w * 10_000_000 + k, 't', 's', 's', ''),
                      np.full(8, k, np.float32)) for k in range(30)]
   upsert.start_bundle()
-  upsert.process(r.WindowRows(w * 10_000_000, (w + 1) * 10_000_000, 0, rows), GlobalWindow(), 0)
+  batch = r.WindowRows(w * 10_000_000, (w + 1) * 10_000_000, 0, rows)
+  assert not list(upsert.process(batch, GlobalWindow(), 0))  # 30 rows: none merged yet
   assert len(list(upsert.finish_bundle())) == 1
 '''
   return subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stderr=subprocess.PIPE,

@@ -1,11 +1,13 @@
 """Gathering each window's rows into WindowRows, the unit every writer takes.
 
-Three shapes, one per CollectionMode, applied by collect_windows:
+Three shapes, one per CollectionMode, chosen by pipelines.builder.collect_windows:
 - live (unbounded) input and session windows: Beam's grouping of whole windows,
   with its watermark trigger, late panes and session merging;
-- bounded input with whole-window derivations (near-duplicates, topics): whole
-  windows keyed by their bounds in the global window, a plain GroupByKey that
-  skips the generic trigger machinery (a batch run has one pane per window);
+- bounded input with whole-window derivations (near-duplicates, topics): a plain
+  GroupByKey in the global window that skips the generic trigger machinery (a batch
+  run has one pane per window): fixed windows by segments of windows with their
+  look-back (transforms/segments.py; spilled to files on the local runner,
+  transforms/spill.py), sliding windows keyed by their bounds (GroupWindows);
 - bounded input otherwise: no grouping at all. Each stream (archive file) is
   read in order, so a window of a stream is complete once that stream's watermark
   passed it; its rows are handed on then, as one part of the window (a record that
@@ -27,7 +29,8 @@ from transforms.windowing import WindowEvents, WindowSpec
 _MICROS = 1_000_000
 
 
-def _in_order(row):
+def in_order(row):
+  """The order of rows in a window: event time, then id."""
   return row.event.event_time_us, row.event.id
 
 
@@ -43,8 +46,8 @@ def window_rows(start_us: int, end_us: int, pane: int, values) -> Optional[Windo
       rows.append(value)
   if not rows:  # a window may have received only context or dead letters
     return None
-  return WindowRows(start_us, end_us, pane, sorted(rows, key=_in_order), None,
-                    tuple(sorted(context, key=_in_order)), letters)
+  return WindowRows(start_us, end_us, pane, sorted(rows, key=in_order), None,
+                    tuple(sorted(context, key=in_order)), letters)
 
 
 def slim(value):
@@ -77,6 +80,11 @@ def _collect_keyed(keyed_values):
     yield WindowedValue(batch, win.max_timestamp(), [win])
 
 
+def context_copy(row):
+  """A row as another window's context: id, time and vector; the texts are left behind."""
+  return row._replace(event=row.event._replace(text='', raw='', source='', stream=''))
+
+
 class _OfferLookbackFn(beam.DoFn):
   """Copies a row into each later fixed window that starts within `lookback_us` of it."""
 
@@ -86,8 +94,7 @@ class _OfferLookbackFn(beam.DoFn):
   def process(self, row, win=beam.DoFn.WindowParam):
     size_us = win.end.micros - win.start.micros
     start_us = win.end.micros
-    # Context needs only id, time and vector: copies leave the texts behind.
-    slim_row = row._replace(event=row.event._replace(text='', raw='', source='', stream=''))
+    slim_row = context_copy(row)
     while start_us <= row.event.event_time_us + self._lookback_us:
       yield window.TimestampedValue(Lookback(slim_row), start_us / _MICROS)
       start_us += size_us
@@ -170,7 +177,7 @@ class _CollectStreamWindowsFn(beam.DoFn):
   def _emit(self, start_us, rows):
     end_us = start_us + self._size_us
     win = window.IntervalWindow(Timestamp(micros=start_us), Timestamp(micros=end_us))
-    return WindowedValue(WindowRows(start_us, end_us, 0, sorted(rows, key=_in_order)),
+    return WindowedValue(WindowRows(start_us, end_us, 0, sorted(rows, key=in_order)),
                          win.max_timestamp(), [win])
 
   def finish_bundle(self):
@@ -200,7 +207,7 @@ class CollectionMode(enum.Enum):
   PER_STREAM: bounded input, fixed or sliding windows, nothing derived from whole
     windows: embedded across windows, each stream's windows collected in order.
   PER_WINDOW: bounded input otherwise (sessions, near-duplicates, topics): embedded,
-    then grouped by window (by bounds where windows never merge).
+    then grouped by window (fixed windows by segments, sliding ones by bounds).
   """
   UNBOUNDED = 'unbounded'
   PER_STREAM = 'per stream'
@@ -218,13 +225,3 @@ class CollectionMode(enum.Enum):
   @property
   def unbounded(self) -> bool:
     return self is CollectionMode.UNBOUNDED
-
-
-def collect_windows(embedded, config, marks=None):
-  """The grouping config.mode names (module doc), applied to the Embedded rows:
-  windowed by event time, or only timestamped in PER_STREAM mode."""
-  if config.mode is CollectionMode.PER_STREAM:
-    return embedded | 'Collect windows' >> CollectStreamWindows(config.window)
-  return embedded | 'Group windows' >> GroupWindows(
-      config.derive.lookback_s, WindowEvents(config.window), marks,
-      by_bounds=not config.mode.unbounded and config.window.kind != 'sessions')
