@@ -1,6 +1,6 @@
 """Soak: a live job from a real Redis for an hour, its resources sampled each minute (not in CI).
 
-  python -m benchmarks.soak [--minutes 60] [--rate 50] [--sample_s 60] [--precision bf16]
+  python -m benchmarks.soak [--minutes 60] [--rate 50] [--sample_s 60] [--precision auto]
       [--input ARCHIVE] [--results DIR] [--keep DIR]
 
 Starts redis-server (persistence on) and the chaos benchmark's producer at `--rate`
@@ -155,7 +155,8 @@ def main(argv=None):
   parser.add_argument('--minutes', type=float, default=60)
   parser.add_argument('--rate', type=float, default=50, help='Events per second.')
   parser.add_argument('--sample_s', type=float, default=60, help='Seconds between samples.')
-  parser.add_argument('--precision', default='bf16', help="The job's --precision.")
+  parser.add_argument('--precision', default='auto',
+                      help="The job's --precision (auto: the job's own default).")
   parser.add_argument('--input', default=str(DEFAULT_INPUT))
   parser.add_argument('--results', default=str(RESULTS))
   parser.add_argument('--keep', default=None, help='Keep output, Redis files and job log here.')

@@ -181,6 +181,12 @@ def test_the_vector_store_is_compacted_and_its_old_versions_removed(tmp_path):
   assert table.count_rows() == 36
 
 
+def test_a_compaction_that_fails_says_why_and_does_not_stop_the_writer(tmp_path):
+  from transforms.io.vector_store import compact_table
+  failed = compact_table(str(tmp_path / 'vectors'), 'no_such_table', 0)
+  assert failed is not None and 'no_such_table' in failed
+
+
 def test_a_large_bundle_is_merged_in_parts_and_its_windows_passed_on_meanwhile(tmp_path):
   """A batch runner's bundle may be the whole archive: windows wait for at most merge_rows
   rows, then are merged and passed on, the store the same as with one merge."""

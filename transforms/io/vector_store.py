@@ -13,9 +13,10 @@ identity (models/identity.py), recorded in its schema's metadata: the job
 refuses at start to write another identity's vectors into it, and after a
 live model update writes the new model's rows to TABLE_FINGERPRINT instead.
 """
-import datetime
 import json
 import logging
+import subprocess
+import sys
 from typing import Dict, List, Optional
 
 import apache_beam as beam
@@ -26,6 +27,7 @@ import pyarrow as pa
 from models.identity import ModelIdentity, of_config
 from transforms.records import WindowRows
 from transforms.io.sinks import TIMESTAMP
+from transforms.spill import release_free_memory
 
 TABLE = 'events'
 IDENTITY_KEY = b'model_identity'
@@ -41,6 +43,34 @@ KEEP_VERSIONS_S = 300.0
 # time 2.9 s against 2.7 s for 4,096 and 3.9 s for 512); a replay of the 39,244-event
 # archive makes 39 merges.
 MERGE_ROWS = 1024
+# A compaction runs in a child process, which hands its memory back when it exits: in the
+# job's own process, LanceDB kept what each compaction allocated, and that grew with the
+# table (a table merged 250 rows at a time, compacted every 100 merges: RSS 276 -> 483 MB
+# over 200,000 rows in the process, 280 -> 314 MB with the compactions in a child; the hour
+# at 50 events/s of benchmarks/soak.py rose in steps at compactions). Costs about 3 s each.
+_COMPACT = '''
+import datetime, sys, lancedb
+table = lancedb.connect(sys.argv[1]).open_table(sys.argv[2])
+table.optimize(cleanup_older_than=datetime.timedelta(seconds=float(sys.argv[3])))
+'''
+COMPACT_TIMEOUT_S = 1800.0
+
+
+def compact_table(uri: str, table: str, keep_versions_s: float,
+                  timeout_s: float = COMPACT_TIMEOUT_S) -> Optional[str]:
+  """Compacts `table` of the store at `uri` and removes versions older than
+  `keep_versions_s`, in a child process; returns why it failed (None: done)."""
+  try:
+    done = subprocess.run([sys.executable, '-c', _COMPACT, uri, table, str(keep_versions_s)],
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
+  except subprocess.TimeoutExpired:
+    return f'not done within {timeout_s:.0f} s'
+  except OSError as e:
+    return str(e)
+  if done.returncode:
+    lines = done.stderr.strip().splitlines()
+    return lines[-1] if lines else f'exit {done.returncode}'
+  return None
 from transforms.io.targets import VECTORS_DIR  # noqa: F401 (where the store lives)
 
 
@@ -186,10 +216,10 @@ class _UpsertFn(beam.DoFn):
     """Compacts the tables' files and removes their old versions."""
     if self._merges:
       for table in self._tables.values():
-        try:
-          table.optimize(cleanup_older_than=datetime.timedelta(seconds=self._keep_versions_s))
-        except (OSError, RuntimeError, ValueError) as e:  # a peer compacting too: next time
-          logging.warning('Could not compact the vector store %s: %s', self._uri, e)
+        failed = compact_table(self._uri, table.name, self._keep_versions_s)
+        if failed:  # e.g. a peer compacting too: next time
+          logging.warning('Could not compact the vector store %s: %s', self._uri, failed)
+        table.checkout_latest()  # the compacted version, not one the child removed
       self._merges = 0
 
   def teardown(self):
@@ -222,6 +252,7 @@ class _UpsertFn(beam.DoFn):
        .merge_insert(list(KEYS)).when_matched_update_all().when_not_matched_insert_all()
        .execute(data))
     self._merges += 1
+    release_free_memory()  # what the merge's threads freed (its join reads the whole table)
     if self._merges >= self._compact_every:
       self.compact()
     pending, self._pending, self._pending_rows = self._pending, [], 0
