@@ -20,15 +20,13 @@ least 0.95. The setting's texts go through the job's own forward passes.
 Writes JSON under benchmarks/results/.
 """
 import argparse
-import json
 import os
-import pathlib
 import time
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, archive_texts, describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, archive_texts, describe, write_result
 
 STS_DEV = ROOT.parent / 'shared' / 'data' / 'sts-dev.csv'
 NEAR_EXACT_COSINE = 0.995
@@ -230,19 +228,14 @@ def main(argv=None):
           f'{m["sts_spearman"] - fp32_spearman:>+8.5f} {m["dedup_agreement"]:>9.4f} '
           f'{m["top10_overlap"]:>7.4f} {m["min_cosine"]:>8.4f} {m["mean_cosine"]:>9.5f}  '
           f'{verdict}')
-  results_dir = pathlib.Path(args.results)
-  results_dir.mkdir(parents=True, exist_ok=True)
   stem = f'accuracy-{args.device}{"-" + args.label if args.label else ""}'
-  (results_dir / f'{stem}.json').write_text(json.dumps({
+  write_result(args.results, stem, {
       'machine': machine, 'device': args.device, 'sts_pairs': len(sts[0]),
       'archive_texts': len(texts), 'dedup_threshold': DEFAULT_DEDUP_THRESHOLD,
       'rules': {'near-exact': f'min cosine to fp32 >= {NEAR_EXACT_COSINE}',
                 'accurate': f'|STS-B rho - fp32| <= {SPEARMAN_TOLERANCE} and top-10 overlap '
                             f'>= {TOP_K_OVERLAP}'},
-      'load_average_before_after': [load_before, os.getloadavg()[0]],
-      'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': results},
-      indent=2) + '\n')
-  print(f'Wrote {results_dir / stem}.json')
+      'results': results}, load_before)
 
 
 if __name__ == '__main__':

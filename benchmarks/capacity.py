@@ -33,7 +33,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe, read_texts, write_slice
+from benchmarks.common import (DEFAULT_INPUT, RESULTS, ROOT, describe, read_texts, write_result,
+                               write_slice)
 from tests.redis_server import redis_server
 
 GROUP = 'capacity'
@@ -243,20 +244,14 @@ def main(argv=None):
         f'{best["rate"] if best else "none"} events/s = '
         f'{best["ratio_to_bare"] if best else 0:.2f}x bare encode ({bare_rate:.1f}/s); '
         f'{machine}')
-  results = pathlib.Path(args.results)
-  results.mkdir(parents=True, exist_ok=True)
   stem = f'capacity-{args.precision}{"-" + args.label if args.label else ""}'
-  (results / f'{stem}.json').write_text(json.dumps({
+  write_result(args.results, stem, {
       'machine': machine, 'precision': args.precision, 'seconds_per_step': args.seconds,
       'warmup_s': args.warmup, 'window_size': args.window_size,
       'max_out_of_orderness': args.max_out_of_orderness, 'distinct_texts': distinct,
       'bare_texts_per_s': round(bare_rate, 1), 'bare': bare,
       'highest_sustained_rate': best['rate'] if best else None,
-      'ratio_to_bare': best['ratio_to_bare'] if best else None,
-      'load_average_before_after': [load_before, os.getloadavg()[0]],
-      'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'steps': steps},
-      indent=2) + '\n')
-  print(f'Wrote {results / stem}.json')
+      'ratio_to_bare': best['ratio_to_bare'] if best else None, 'steps': steps}, load_before)
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import platform
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / 'benchmarks' / 'results'
@@ -81,3 +82,18 @@ def bar_chart(summary, path, title):
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
+
+
+def write_result(folder, stem: str, record: dict, load_before=None) -> pathlib.Path:
+  """Writes `record` as FOLDER/STEM.json, with the machine (unless given), the load average
+  before (`load_before`, when given) and after, and when; says where."""
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  record = {'machine': record.get('machine') or describe(), **record}
+  if load_before is not None:
+    record['load_average_before_after'] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+  record['when'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+  path = folder / f'{stem}.json'
+  path.write_text(json.dumps(record, indent=2) + '\n')
+  print(f'Wrote {path}')
+  return path

@@ -15,13 +15,11 @@ precision; writes JSON to benchmarks/results/. The table in models/loading.py
 (FORWARD_TOKENS) records what this measured.
 """
 import argparse
-import json
 import os
-import pathlib
 import statistics
 import time
 
-from benchmarks.common import DEFAULT_INPUT, RESULTS, archive_texts, describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, archive_texts, describe, write_result
 
 
 def main(argv=None):
@@ -84,16 +82,11 @@ def main(argv=None):
           'texts_per_s': rate, 'ratio_to_best': rate / best,
           'seconds': [round(t, 3) for t in times[(precision, batch)]]}
       print(f'{precision:<5} {name:>11}: {rate:8.1f} texts/s  {rate / best:5.2f} of best')
-  folder = pathlib.Path(args.results)
-  folder.mkdir(parents=True, exist_ok=True)
   stem = f'forward-batch-{args.device}{"-" + args.label if args.label else ""}'
   record = {'texts': len(texts), 'device': args.device, 'machine': machine,
             'rounds': args.rounds, 'torch_threads': args.torch_threads,
-            'load_average_before_after': [load_before[0], os.getloadavg()[0]],
-            'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
             'results': results}
-  (folder / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
-  print(f'Wrote {folder / stem}.json')
+  write_result(args.results, stem, record, load_before[0])
 
 
 def _gpu_name() -> str:

@@ -21,10 +21,9 @@ import json
 import os
 import time
 
-import numpy as np
 
 from benchmarks.accuracy import row_cosines, top_k_overlap
-from benchmarks.common import DEFAULT_INPUT, RESULTS, archive_texts, describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, archive_texts, write_result
 
 VARIANTS = ('bf16', 'static', 'static-keep-ffn-out',
             'static-keep-ffn-out-last', 'static-keep-ffn-out-ends', 'weights-int8')
@@ -96,12 +95,8 @@ def main(argv=None):
                      'mean_cosine': round(float(cosines.mean()), 5),
                      'load_average': round(os.getloadavg()[0], 1)}
     print(name, json.dumps(results[name]), flush=True)
-  RESULTS.mkdir(parents=True, exist_ok=True)
-  path = RESULTS / f'int8-variants{"-" + args.label if args.label else ""}.json'
-  path.write_text(json.dumps({'machine': describe(), 'texts': len(texts),
-                              'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                              'results': results}, indent=2) + '\n')
-  print(f'Wrote {path}')
+  write_result(RESULTS, f'int8-variants{"-" + args.label if args.label else ""}',
+               {'texts': len(texts), 'results': results})
 
 
 if __name__ == '__main__':

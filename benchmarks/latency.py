@@ -32,7 +32,7 @@ import types
 import numpy as np
 import pyarrow.dataset as ds
 
-from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe, write_result
 from tests.kafka_broker import FAST_GROUP, started_broker
 from tests.redis_server import redis_server
 
@@ -136,13 +136,10 @@ def main(argv=None):
     results.append(result)
     print(json.dumps(result), flush=True)
   machine = describe()
-  RESULTS.mkdir(parents=True, exist_ok=True)
   name = ('' if args.source == 'redis' else f'{args.source}-') + args.rates.replace(',', '-')
-  (RESULTS / f'latency-{name}.json').write_text(json.dumps(
-      {'machine': machine, 'source': args.source, 'window_size': args.window_size,
-       'seconds': args.seconds,
-       'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': results},
-      indent=2) + '\n')
+  write_result(RESULTS, f'latency-{name}', {
+      'machine': machine, 'source': args.source, 'window_size': args.window_size,
+      'seconds': args.seconds, 'results': results})
 
 
 if __name__ == '__main__':

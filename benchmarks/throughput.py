@@ -35,7 +35,7 @@ import tempfile
 import time
 
 from benchmarks.common import (DEFAULT_INPUT, RESULTS, ROOT, bar_chart, describe, read_texts,
-                               write_slice)
+                               write_result, write_slice)
 from models.embedding_cache import hit_rate
 
 VARIANTS = ('bare', 'bare-tuned', 'pipeline', 'mltransform')
@@ -288,17 +288,15 @@ def main(argv=None):
           f'{s["peak_rss_mb"]:>12.0f} {accuracy:>21} '
           f'{s["cache_hit_rate"] if "cache_hit_rate" in s else "-":>10.3}')
   results = pathlib.Path(args.results)
-  results.mkdir(parents=True, exist_ok=True)
   stem = f'throughput-{args.device}-{"-".join(precisions)}{"-" + args.label if args.label else ""}'
   record = {'texts': n, 'distinct': args.distinct, 'device': args.device,
             'precisions': precisions, 'rounds': args.rounds, 'machine': machine,
             'gpu': _gpu_name(args.device), 'pipeline_args': args.pipeline_args,
             'embedding_cache': _cache_setting(args.pipeline_args),
-            'load_average_before_after': [load_before, os.getloadavg()[0]],
-            'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': summary}
-  (results / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
+            'results': summary}
+  write_result(results, stem, record, load_before)
   bar_chart(summary, results / f'{stem}.png', f'{n} texts, {args.device}, {machine}')
-  print(f'Wrote {results / stem}.json and .png')
+  print(f'Wrote {results / stem}.png')
 
 
 if __name__ == '__main__':

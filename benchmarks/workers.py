@@ -15,7 +15,6 @@ Wall time of the whole process (start-up included) and the peak of the summed RS
 its process tree (sampled every 0.1 s). Writes JSON to benchmarks/results/.
 """
 import argparse
-import json
 import os
 import pathlib
 import statistics
@@ -24,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, ROOT, describe, write_result
 from benchmarks.common import write_slice
 
 
@@ -123,14 +122,11 @@ def main(argv=None):
     results[name] = {'events_per_s': rate, 'ratio_to_1_worker': rate / baseline,
                      'peak_rss_mb': peak, 'seconds': [round(s, 2) for s, _ in measured]}
     print(f'{name:<26} {rate:7.1f} events/s {rate / baseline:5.2f}x  peak RSS {peak:6.0f} MB')
-  RESULTS.mkdir(parents=True, exist_ok=True)
   stem = f'workers-{args.device}-{args.precision}{"-" + args.label if args.label else ""}'
   record = {'texts': n, 'device': args.device, 'precision': args.precision, 'machine': machine,
             'rounds': args.rounds, 'replay_args': args.replay_args,
-            'load_average_before_after': [load_before, os.getloadavg()[0]],
-            'when': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'results': results}
-  (RESULTS / f'{stem}.json').write_text(json.dumps(record, indent=2) + '\n')
-  print(f'Wrote {RESULTS / stem}.json')
+            'results': results}
+  write_result(RESULTS, stem, record, load_before)
 
 
 if __name__ == '__main__':
