@@ -94,6 +94,33 @@ def test_a_window_s_rows_read_again_after_a_restart_are_not_written_twice(tmp_pa
   assert len(list((tmp_path / 'enriched').glob('window=*/part-*.parquet'))) == 3  # none empty
 
 
+def test_a_window_s_rows_read_again_are_summarised_once_with_their_file(tmp_path):
+  # --topics: each summary covers the rows its enriched file holds, so a window's summaries
+  # add up to its rows; a firing whose every row was written before gets no summary.
+  import pyarrow.dataset as ds
+  from transforms.io.sinks import WriteEnrichedParquet
+  from transforms.topics import SummarizeWindows
+
+  def write(*windows):
+    with batch_pipeline() as p:
+      _ = (p | beam.Create(list(windows), reshuffle=False)
+           | WriteEnrichedParquet(str(tmp_path), 'm', window=SLIDING)
+           | SummarizeWindows(str(tmp_path), 0.5))
+
+  def window(entries):
+    batch = _window(10, entries)
+    return batch._replace(rows=[row._replace(embedding=np.array([1.0, n], np.float32))
+                                for n, row in enumerate(batch.rows)])
+
+  write(window(['1-0', '2-0', '3-0']))
+  write(window(['2-0', '3-0']))  # after a restart: all written before
+  write(window(['3-0', '4-0', '5-0']))  # one written before, two new
+  summaries = ds.dataset(tmp_path / 'windows', format='parquet', partitioning='hive').to_table()
+  assert sorted(summaries.column('events').to_pylist()) == [2, 3]
+  parts = {path.name for path in (tmp_path / 'enriched').glob('window=*/part-*.parquet')}
+  assert set(summaries.column('part').to_pylist()) == parts  # each names its own file
+
+
 def test_the_count_check_holds_for_sliding_windows(tmp_path):
   lines = [json.dumps({'id': f'e{n}', 'time': 1_442_016_000 + n, 'text': f'event {n}'})
            for n in range(30)] + ['not json']

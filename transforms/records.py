@@ -3,7 +3,7 @@
 NamedTuples keep them cheap to pickle and easy to read in tests.
 """
 import json
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Union
 
 
 class RawRecord(NamedTuple):
@@ -170,6 +170,9 @@ class WindowRows(NamedTuple):
   extras: Optional[Dict[str, list]] = None
   context: Tuple[Embedded, ...] = ()  # rows of earlier windows within the look-back, sorted, not written
   deadletters: int = 0  # dead letters with an event time in this window (not late ones)
+  # Sources of rows an earlier file of this window already holds (entries read again after a
+  # restart): the Parquet writer left them out, and so does the window's summary.
+  written_before: FrozenSet[str] = frozenset()
 
 
 class DeadLetterBatch(NamedTuple):

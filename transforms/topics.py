@@ -12,7 +12,7 @@ from models.vectors import unit_rows
 from transforms.io import faults
 from transforms.records import WindowRows
 from transforms.io.files import ParquetFiles
-from transforms.io.sinks import TIMESTAMP, embedding_matrix, window_part_path
+from transforms.io.sinks import TIMESTAMP, embedding_matrix, not_yet_written, window_part_path
 
 WINDOWS_DIR = 'windows'
 TOPIC_TYPE = pa.struct([
@@ -116,7 +116,14 @@ class _SummarizeFn(beam.DoFn):
   def setup(self):
     self._files = ParquetFiles(self._policy)
 
-  def process(self, batch: WindowRows):
+  def process(self, whole: WindowRows):
+    # Rows an earlier file of the window holds were summarised with it (entries read again
+    # after a restart): this summary covers what its own file holds, and none is written for
+    # a firing whose every row was written before.
+    batch = not_yet_written(whole, whole.written_before)
+    if not batch.rows:
+      yield whole
+      return
     self._assigned.inc(max(0, len(batch.rows) - MAX_CLUSTERED))
     extras = batch.extras or {}
     labels = extras.get('label')
@@ -129,7 +136,7 @@ class _SummarizeFn(beam.DoFn):
                 if row.event.event_time_us >= batch.start_us - self._horizon_us]
       earlier = embedding_matrix(recent) if recent else np.zeros((0, 1), np.float32)
     topics = window_topics(texts, embeddings, labels, self._distance, earlier=earlier)
-    path = window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', batch)
+    path = window_part_path(f'{self._output_dir}/{WINDOWS_DIR}', whole)  # as its file's
     summary = pa.table([
         pa.array([batch.start_us], pa.int64()).cast(TIMESTAMP),
         pa.array([batch.end_us], pa.int64()).cast(TIMESTAMP),
@@ -147,7 +154,7 @@ class _SummarizeFn(beam.DoFn):
     except faults.WriteAbandoned:
       pass  # the job is stopping; not passed on, so never acknowledged
     else:
-      yield batch
+      yield whole
 
 
 class SummarizeWindows(beam.PTransform):
@@ -157,6 +164,8 @@ class SummarizeWindows(beam.PTransform):
   With several writers of one output (consumers of one group), a window holds one
   enriched file per writer and so one summary per writer: each is partial, over
   that writer's rows; counts add up across a window's summaries, topics do not merge.
+  Entries read again after a restart are summarised only where their rows were written:
+  a summary covers exactly the rows of its file.
   """
 
   def __init__(self, output_dir: str, distance: float, horizon_s: float = 0.0,

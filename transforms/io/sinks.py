@@ -153,7 +153,7 @@ class _WriteWindowFn(beam.DoFn):
     path = window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch)
     directory, name = path.rsplit('/', 1)
     try:
-      fresh = _not_yet_written(batch, self._files.sources_in(directory, name))
+      fresh = not_yet_written(batch, self._files.sources_in(directory, name))
       if fresh.rows:
         self._files.write(enriched_table(fresh.rows, batch.start_us, batch.end_us, self._model,
                                          fresh.extras), path)
@@ -170,13 +170,18 @@ class _WriteWindowFn(beam.DoFn):
         last = [t for t in times if self._spec.in_last_window(t, batch.start_us)]
         self._events.inc(len(last))
         self._copies.inc(sum(self._spec.windows_of(t) for t in last))
-      yield batch
+      # Passed on whole (every entry is acknowledged), saying which rows were there before.
+      yield (batch if fresh is batch else batch._replace(
+          written_before=frozenset(row.event.source for row in batch.rows) - frozenset(
+              row.event.source for row in fresh.rows)))
 
 
-def _not_yet_written(batch: WindowRows, written: frozenset) -> WindowRows:
-  """The rows of `batch` whose records are in none of its window's other files: on sliding
-  windows an entry is acknowledged with its last window, so a restart reads again entries
-  whose earlier windows were already written."""
+def not_yet_written(batch: WindowRows, written: frozenset) -> WindowRows:
+  """The rows of `batch` whose records are in none of its window's other files (`written`:
+  their sources): on sliding windows an entry is acknowledged with its last window, so a
+  restart reads again entries whose earlier windows were already written."""
+  if not written:
+    return batch
   keep = [n for n, row in enumerate(batch.rows) if row.event.source not in written]
   if len(keep) == len(batch.rows):
     return batch
