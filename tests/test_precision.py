@@ -14,7 +14,7 @@ HAS_OPENVINO = all(importlib.util.find_spec(p) for p in ('openvino', 'nncf'))
 
 # --- the choice ---
 
-@pytest.mark.parametrize('device,units', [('cpu', 'avx2'), ('cpu', 'avx512'),
+@pytest.mark.parametrize('device,units', [('cpu', 'avx512'),
                                           ('cuda', None), ('cuda:1', None)])
 def test_unmeasured_rows_fall_back_to_fp32(device, units):
   for precision in ('auto', 'fast'):
@@ -24,7 +24,7 @@ def test_unmeasured_rows_fall_back_to_fp32(device, units):
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason='openvino and nncf are not installed')
-@pytest.mark.parametrize('units', ['avx512-bf16', 'amx'])
+@pytest.mark.parametrize('units', ['avx2', 'avx512-bf16', 'amx'])
 def test_measured_row_picks_each_tier_and_says_why(units):
   near_exact = choose(ModelConfig(precision='auto'), 'cpu', units)
   accurate = choose(ModelConfig(precision='fast'), 'cpu', units)
