@@ -153,7 +153,8 @@ class _WriteWindowFn(beam.DoFn):
     path = window_part_path(f'{self._output_dir}/{ENRICHED_DIR}', batch)
     directory, name = path.rsplit('/', 1)
     try:
-      fresh = not_yet_written(batch, self._files.sources_in(directory, name))
+      written = self._files.sources_in(directory, name)
+      fresh = not_yet_written(batch, written)
       if fresh.rows:
         self._files.write(enriched_table(fresh.rows, batch.start_us, batch.end_us, self._model,
                                          fresh.extras), path)
@@ -171,9 +172,8 @@ class _WriteWindowFn(beam.DoFn):
         self._events.inc(len(last))
         self._copies.inc(sum(self._spec.windows_of(t) for t in last))
       # Passed on whole (every entry is acknowledged), saying which rows were there before.
-      yield (batch if fresh is batch else batch._replace(
-          written_before=frozenset(row.event.source for row in batch.rows) - frozenset(
-              row.event.source for row in fresh.rows)))
+      yield (batch if fresh is batch else batch._replace(written_before=frozenset(
+          row.event.source for row in batch.rows if row.event.source in written)))
 
 
 def not_yet_written(batch: WindowRows, written: frozenset) -> WindowRows:
