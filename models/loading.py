@@ -14,7 +14,8 @@ _PACKAGED_ALIASES = frozenset({DEFAULT_MODEL, 'all-MiniLM-L6-v2'})
 PRECISIONS = ('auto', 'fast', 'fp32', 'fp16', 'bf16')
 DEVICES = ('auto', 'cpu', 'cuda')
 BACKENDS = ('torch', 'onnx', 'openvino')
-QUANTIZATIONS = ('none', 'int8')
+# int8_weights: weight-only int8, the arithmetic at --precision (OpenVINO only).
+QUANTIZATIONS = ('none', 'int8', 'int8_weights')
 SHARE_MODEL = ('auto', 'always', 'never')
 # Vectors the exact-repeat cache holds per model copy: at 384 dimensions about
 # 1.7 KB each (README, Performance), so at most about 85 MB.
@@ -92,9 +93,11 @@ class ModelConfig:
     if self.backend not in BACKENDS:
       raise ValueError(f'--backend must be one of {", ".join(BACKENDS)}')
     if self.quantize not in QUANTIZATIONS:
-      raise ValueError('--quantize must be none or int8')
+      raise ValueError(f'--quantize must be one of {", ".join(QUANTIZATIONS)}')
     if self.quantize != 'none' and self.backend == 'torch':
       raise ValueError('--quantize needs --backend onnx or openvino')
+    if self.quantize == 'int8_weights' and self.backend != 'openvino':
+      raise ValueError('--quantize int8_weights needs --backend openvino')
     if self.precision == 'fast' and (self.backend != 'torch' or self.quantize != 'none'):
       raise ValueError('--precision fast chooses the backend and quantization itself: '
                        'leave out --backend and --quantize')

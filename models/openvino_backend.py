@@ -7,7 +7,10 @@ bf16 arithmetic (native with AVX512-BF16 or AMX; elsewhere the plugin keeps f32)
 `--quantize int8` quantizes the graph statically with NNCF: weights per channel,
 activation ranges calibrated on the texts in models/calibration/, and the
 operations NNCF's transformer preset knows to be sensitive (softmax, layer norm,
-the residual adds) left in higher precision. Converted and quantized graphs are
+the residual adds) left in higher precision; `--quantize int8_weights` stores only the
+weights in int8 (NNCF's weight compression, asymmetric, per output channel) and computes
+at `--precision`: it kept the archive's neighbours where static int8 did not
+(docs/precision.md). Converted and quantized graphs are
 cached beside the ONNX export, keyed by the weights' fingerprint and the library
 versions (models/onnx_backend.py).
 """
@@ -72,12 +75,14 @@ def converted(model, quantize: str) -> str:
   import openvino as ov
   onnx_path = exported_onnx(model)
   versions = [ov.__version__]
-  if quantize == 'int8':
+  if quantize in ('int8', 'int8_weights'):
     import nncf
-    versions += [nncf.__version__, _calibration_digest()]
+    versions.append(nncf.__version__)
+  if quantize == 'int8':
+    versions.append(_calibration_digest())
   folder = cached_folder('openvino', model, ['ir-1', quantize, *versions,
                                              os.path.basename(os.path.dirname(onnx_path))])
-  path = os.path.join(folder, 'model-int8.xml' if quantize == 'int8' else 'model.xml')
+  path = os.path.join(folder, f'model-{quantize}.xml' if quantize != 'none' else 'model.xml')
   if os.path.exists(path):
     return path
   os.makedirs(folder, exist_ok=True)
@@ -90,6 +95,9 @@ def converted(model, quantize: str) -> str:
                         model.max_seq_length))
     graph = nncf.quantize(graph, nncf.Dataset(items), subset_size=len(items) * _CALIBRATION_BATCH,
                           model_type=nncf.ModelType.TRANSFORMER)
+  elif quantize == 'int8_weights':
+    logging.info('Compressing the weights to int8 with NNCF (once: later runs reuse %s)', path)
+    graph = nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)
   temporary = f'{path[:-4]}.{os.getpid()}.tmp.xml'
   ov.save_model(graph, temporary, compress_to_fp16=False)  # fp16 weights would change vectors
   os.replace(temporary[:-4] + '.bin', path[:-4] + '.bin')

@@ -42,6 +42,7 @@ SETTINGS = types.MappingProxyType({
     'openvino-bf16': Setting('openvino', 'bf16'),
     'openvino-int8': Setting('openvino', 'fp32', 'int8'),
     'openvino-int8-bf16': Setting('openvino', 'bf16', 'int8'),
+    'openvino-int8w-bf16': Setting('openvino', 'bf16', 'int8_weights'),
 })
 
 
@@ -102,7 +103,7 @@ def vector_units() -> str:
 def _missing(setting: Setting) -> Optional[str]:
   """The Python package a setting needs that is not installed, if any."""
   needs = {'onnx': ['onnxruntime'], 'openvino': ['openvino']}.get(setting.backend, [])
-  if setting.backend == 'openvino' and setting.quantize == 'int8':
+  if setting.backend == 'openvino' and setting.quantize != 'none':
     needs.append('nncf')
   for package in needs:
     if importlib.util.find_spec(package) is None:

@@ -128,7 +128,8 @@ class ModelOptions(PipelineOptions):
                         'the CPU); both exported once from the local weights and cached.')
     parser.add_argument('--quantize', default='none',
                         help='With --backend onnx: none or int8 (dynamic, per channel); with '
-                        '--backend openvino: int8 is static, calibrated (NNCF).')
+                        '--backend openvino: int8 is static, calibrated (NNCF), int8_weights '
+                        'weight-only int8 (arithmetic at --precision).')
     parser.add_argument('--max_batch_duration_secs', type=float, default=None,
                         help='Longest wait for a batch to fill (streaming).')
     parser.add_argument('--chunk_tokens', type=int, default=None,

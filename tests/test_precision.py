@@ -50,6 +50,8 @@ def test_explicit_settings_are_kept():
     (ModelConfig(precision='fp16', backend='openvino'), 'fp32 or bf16 on the CPU'),
     (ModelConfig(backend='openvino', device='cuda'), 'fp32 or bf16 on the CPU'),
     (ModelConfig(quantize='int8'), 'needs --backend onnx or openvino'),
+    (ModelConfig(backend='onnx', quantize='int8_weights'), 'int8_weights needs --backend openvino'),
+    (ModelConfig(backend='openvino', quantize='int4'), '--quantize must be one of'),
     (ModelConfig(precision='int4'), '--precision must be one of'),
 ])
 def test_precision_flags_are_checked(config, message):
@@ -152,3 +154,19 @@ def test_openvino_int8_is_calibrated_and_stays_near(real_model):
                                                   quantize='int8'))
   vectors = encoder.encode(TEXTS)
   assert min(cosine(v, d) for v, d in zip(vectors, real_model.encode(TEXTS))) > 0.95
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not HAS_OPENVINO, reason='openvino and nncf are not installed')
+def test_openvino_weight_only_int8_is_cached_apart_and_stays_near(tmp_path, monkeypatch,
+                                                                  real_model):
+  """Weight-only int8 is its own cached graph, with int8 weights, and computes close to fp32."""
+  monkeypatch.setenv('STREAM_EMBEDDINGS_CACHE', str(tmp_path))
+  encoder = load_sentence_transformer(ModelConfig(device='cpu', backend='openvino',
+                                                  precision='bf16', quantize='int8_weights'))
+  vectors = encoder.encode(TEXTS)
+  assert min(cosine(v, d) for v, d in zip(vectors, real_model.encode(TEXTS))) > 0.99
+  graphs = list(tmp_path.rglob('model-int8_weights.xml'))
+  assert len(graphs) == 1 and 'element_type="u8"' in graphs[0].read_text()  # asymmetric int8
+  assert (graphs[0].with_suffix('.bin').stat().st_size
+          < 0.5 * next(tmp_path.rglob('model.onnx')).stat().st_size)

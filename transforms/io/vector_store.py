@@ -71,7 +71,6 @@ def compact_table(uri: str, table: str, keep_versions_s: float,
     lines = done.stderr.strip().splitlines()
     return lines[-1] if lines else f'exit {done.returncode}'
   return None
-from transforms.io.targets import VECTORS_DIR  # noqa: F401 (where the store lives)
 
 
 def vector_schema(dimensions: int, identity: Optional[dict] = None) -> pa.Schema:
