@@ -41,7 +41,8 @@ def build(name, onnx_path, items):
   if name == 'bf16':
     return graph
   if name == 'weights-int8':
-    return nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    from models.openvino_backend import compressed_weights
+    return compressed_weights(graph)  # what --quantize int8_weights builds
   ignored = []
   if 'keep-ffn-out' in name:
     ignored += _matmuls(graph, lambda n: n.endswith('/output/dense/MatMul') and 'attention' not in n)

@@ -97,12 +97,18 @@ def converted(model, quantize: str) -> str:
                           model_type=nncf.ModelType.TRANSFORMER)
   elif quantize == 'int8_weights':
     logging.info('Compressing the weights to int8 with NNCF (once: later runs reuse %s)', path)
-    graph = nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    graph = compressed_weights(graph)
   temporary = f'{path[:-4]}.{os.getpid()}.tmp.xml'
   ov.save_model(graph, temporary, compress_to_fp16=False)  # fp16 weights would change vectors
   os.replace(temporary[:-4] + '.bin', path[:-4] + '.bin')
   os.replace(temporary, path)
   return path
+
+
+def compressed_weights(graph):
+  """`graph` with its weights stored in int8 (asymmetric), what --quantize int8_weights builds."""
+  import nncf
+  return nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
 def _calibration_digest() -> str:
