@@ -241,6 +241,16 @@ def pick_device(requested: str) -> str:
   return requested
 
 
+_BACKEND_NAMES = types.MappingProxyType({'onnx': 'ONNX Runtime', 'openvino': 'OpenVINO'})
+
+
+def _record(folder: Optional[str], model) -> None:
+  """Lets the next load of `folder` open its cached graph directly (models/cached_encoder.py)."""
+  if folder:
+    from models.cached_encoder import record
+    record(folder, model)
+
+
 def load_sentence_transformer(config: ModelConfig):
   """Loads the model on its device at its precision (auto and fast chosen here, for
   this machine, and logged with why). Heavy: call from load_model()."""
@@ -251,25 +261,36 @@ def load_sentence_transformer(config: ModelConfig):
   else:
     source = os.path.expanduser(config.model)
   import torch
-  import transformers
-  from sentence_transformers import SentenceTransformer
-  transformers.utils.logging.disable_progress_bar()  # a bar per load clutters job logs
   device = pick_device(config.device)
   if config.precision in ('auto', 'fast'):
     from models.precision import choose
     choice = choose(config, device)
     logging.info('%s', choice.reason)
     config = choice.config
-  if config.backend != 'torch':
-    device = 'cpu'  # the exported graphs run on the CPU
   if config.torch_threads:
     torch.set_num_threads(config.torch_threads)
+  folder = source if os.path.isdir(source) else None
+  if config.backend != 'torch':
+    device = 'cpu'  # the exported graphs run on the CPU
+    if folder:
+      from models.cached_encoder import open_cached
+      encoder = open_cached(folder, config.backend, config.precision, config.quantize,
+                            config.torch_threads)
+      if encoder is not None:
+        logging.info('Loaded %s from %s with %s at %s (quantize: %s; its cached graph, '
+                     'without building the torch model)', config.model, source,
+                     _BACKEND_NAMES[config.backend], config.precision, config.quantize)
+        return encoder
+  import transformers
+  from sentence_transformers import SentenceTransformer
+  transformers.utils.logging.disable_progress_bar()  # a bar per load clutters job logs
   model = SentenceTransformer(source, device=device)
   bound_shapes(model)
   if config.backend == 'openvino':
     from models.openvino_backend import load_openvino  # OpenVINO: an optional extra
     encoder = load_openvino(model.eval(), config.precision, config.quantize,
                             config.torch_threads)
+    _record(folder, model)
     logging.info('Loaded %s from %s with OpenVINO at %s (quantize: %s)', config.model, source,
                  config.precision, config.quantize)
     return encoder
@@ -285,6 +306,7 @@ def load_sentence_transformer(config: ModelConfig):
   if config.backend == 'onnx':
     from models.onnx_backend import load_onnx  # ONNX Runtime: an optional extra
     encoder = load_onnx(model, config.quantize)
+    _record(folder, model)
     logging.info('Loaded %s from %s with ONNX Runtime (quantize: %s)', config.model, source,
                  config.quantize)
     return encoder

@@ -46,19 +46,31 @@ def weights_fingerprint(model) -> str:
   return model._weights_fingerprint  # pylint: disable=protected-access
 
 
-def cached_folder(kind: str, model, parts: Sequence[str]) -> str:
-  """cache_dir()/kind/<digest of the weights and `parts`> (settings, library versions)."""
-  key = hashlib.sha256('|'.join([weights_fingerprint(model), *parts]).encode()).hexdigest()
+def cached_folder(kind: str, fingerprint: str, parts: Sequence[str]) -> str:
+  """cache_dir()/kind/<digest of the weights' fingerprint and `parts`> (settings, library
+  versions)."""
+  key = hashlib.sha256('|'.join([fingerprint, *parts]).encode()).hexdigest()
   return os.path.join(cache_dir(), kind, key[:20])
+
+
+def onnx_path(fingerprint: str, pooling: str, max_seq_length) -> str:
+  """Where the fp32 ONNX export of the weights with `fingerprint` is cached."""
+  import torch
+  folder = cached_folder('onnx', fingerprint, ['export-1', torch.__version__, pooling,
+                                               str(max_seq_length)])
+  return os.path.join(folder, 'model.onnx')
+
+
+def int8_path(plain: str) -> str:
+  """Where ONNX Runtime's dynamic int8 quantization of the export at `plain` is cached."""
+  from importlib.metadata import version
+  return os.path.join(os.path.dirname(plain), f'model-int8-ort{version("onnxruntime")}.onnx')
 
 
 def exported_onnx(model) -> str:
   """The fp32 ONNX graph of a CPU fp32 SentenceTransformer, exported once and cached."""
-  import torch
   _, pooling, _ = _graph_parts(model)
-  folder = cached_folder('onnx', model, ['export-1', torch.__version__, pooling,
-                                         str(model.max_seq_length)])
-  path = os.path.join(folder, 'model.onnx')
+  path = onnx_path(weights_fingerprint(model), pooling, model.max_seq_length)
   if not os.path.exists(path):
     logging.info('Exporting the model to ONNX at %s (once: later runs reuse it)', path)
     export(model, path)
@@ -144,15 +156,20 @@ def export(model, path: str) -> None:
 
 def load_onnx(model, quantize: str = 'none') -> OnnxEncoder:
   """Opens an ONNX Runtime encoder on the cached export (quantized once if asked)."""
-  import onnxruntime
   transformer, _, normalize = _graph_parts(model)
   path = plain = exported_onnx(model)
   if quantize == 'int8':
-    path = os.path.join(os.path.dirname(plain), f'model-int8-ort{onnxruntime.__version__}.onnx')
+    path = int8_path(plain)
     if not os.path.exists(path):
       from onnxruntime.quantization import QuantType, quantize_dynamic
       temporary = f'{path}.{os.getpid()}.tmp'
       quantize_dynamic(plain, temporary, weight_type=QuantType.QInt8, per_channel=True)
       os.replace(temporary, path)
+  return onnx_encoder(path, transformer.tokenizer, model.max_seq_length, normalize)
+
+
+def onnx_encoder(path: str, tokenizer, max_seq_length: int, normalize: bool) -> OnnxEncoder:
+  """An ONNX Runtime encoder on the graph at `path`."""
+  import onnxruntime
   session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-  return OnnxEncoder(session, transformer.tokenizer, model.max_seq_length, normalize)
+  return OnnxEncoder(session, tokenizer, max_seq_length, normalize)

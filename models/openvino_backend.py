@@ -24,7 +24,8 @@ from typing import List
 
 import numpy as np
 
-from models.onnx_backend import OnnxEncoder, _graph_parts, cached_folder, exported_onnx
+from models.onnx_backend import (OnnxEncoder, _graph_parts, cached_folder, exported_onnx,
+                                 onnx_path, weights_fingerprint)
 
 CALIBRATION = pathlib.Path(__file__).resolve().parent / 'calibration' / 'wikiticker-comments.jsonl'
 _CALIBRATION_BATCH = 16
@@ -70,24 +71,33 @@ def _feeds(tokenizer, texts: List[str], names: List[str], max_length: int):
     yield {name: tokens[name].astype(np.int64) for name in names}
 
 
+def ir_path(fingerprint: str, pooling: str, max_seq_length, quantize: str) -> str:
+  """Where the OpenVINO IR (.xml) of the weights with `fingerprint` is cached, as
+  `quantize` leaves it; named without importing NNCF (a second on its own)."""
+  from importlib.metadata import version
+  import openvino as ov
+  versions = [ov.__version__]
+  if quantize in ('int8', 'int8_weights'):
+    versions.append(version('nncf'))
+  if quantize == 'int8':
+    versions.append(_calibration_digest())
+  export = onnx_path(fingerprint, pooling, max_seq_length)
+  folder = cached_folder('openvino', fingerprint, ['ir-1', quantize, *versions,
+                                                   os.path.basename(os.path.dirname(export))])
+  return os.path.join(folder, f'model-{quantize}.xml' if quantize != 'none' else 'model.xml')
+
+
 def converted(model, quantize: str) -> str:
   """The OpenVINO IR (.xml) of the model, fp32 or int8, built once and cached."""
   import openvino as ov
-  onnx_path = exported_onnx(model)
-  versions = [ov.__version__]
-  if quantize in ('int8', 'int8_weights'):
-    import nncf
-    versions.append(nncf.__version__)
-  if quantize == 'int8':
-    versions.append(_calibration_digest())
-  folder = cached_folder('openvino', model, ['ir-1', quantize, *versions,
-                                             os.path.basename(os.path.dirname(onnx_path))])
-  path = os.path.join(folder, f'model-{quantize}.xml' if quantize != 'none' else 'model.xml')
+  _, pooling, _ = _graph_parts(model)
+  path = ir_path(weights_fingerprint(model), pooling, model.max_seq_length, quantize)
   if os.path.exists(path):
     return path
-  os.makedirs(folder, exist_ok=True)
-  graph = ov.convert_model(onnx_path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  graph = ov.convert_model(exported_onnx(model))
   if quantize == 'int8':
+    import nncf
     logging.info('Quantizing the model to int8 with NNCF (once: later runs reuse %s)', path)
     transformer = model[0]
     names = [port.get_any_name() for port in graph.inputs]
@@ -119,12 +129,18 @@ def _calibration_digest() -> str:
 def load_openvino(model, precision: str = 'fp32', quantize: str = 'none',
                   threads: int = 0) -> OnnxEncoder:
   """An encoder on OpenVINO's CPU plugin at `precision` (its inference hint)."""
-  import openvino as ov
   transformer, _, normalize = _graph_parts(model)
-  path = converted(model, quantize)
+  return openvino_encoder(converted(model, quantize), transformer.tokenizer,
+                          model.max_seq_length, normalize, precision, threads)
+
+
+def openvino_encoder(path: str, tokenizer, max_seq_length: int, normalize: bool,
+                     precision: str = 'fp32', threads: int = 0) -> OnnxEncoder:
+  """An encoder on the IR at `path`, compiled for OpenVINO's CPU plugin at `precision`."""
+  import openvino as ov
   core = ov.Core()
   properties = {'INFERENCE_PRECISION_HINT': _HINTS[precision], 'PERFORMANCE_HINT': 'LATENCY'}
   if threads:
     properties['INFERENCE_NUM_THREADS'] = threads
   compiled = core.compile_model(core.read_model(path), 'CPU', properties)
-  return OnnxEncoder(_Session(compiled), transformer.tokenizer, model.max_seq_length, normalize)
+  return OnnxEncoder(_Session(compiled), tokenizer, max_seq_length, normalize)

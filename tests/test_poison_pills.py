@@ -24,7 +24,8 @@ from transforms.io.sinks import window_label
 from transforms.io.sources import ReadArchive, read_archive
 from transforms.io.vector_store import UpsertVectors, open_table
 from transforms.parse import ParseEvents, _ParseFn, parse_record
-from transforms.windowing import WindowSpec
+from transforms.enrich import EmbedEvents
+from transforms.windowing import FlagLateEvents, WindowSpec
 
 MAPPING = FieldMapping.from_flags('id', 'time', 'text')
 START = 1_442_016_000
@@ -207,3 +208,28 @@ def test_a_large_bundle_is_merged_in_parts_and_its_windows_passed_on_meanwhile(t
   assert sorted(table.column('id').to_pylist()) == sorted({f'id{n}' for n in range(19)})
   assert {row['id']: row['text'] for row in table.to_pylist()}['id1'] == 'text 0'  # the later
   assert len(open_table(uri).list_versions()) >= 4
+
+
+def _event(n, event_time_us):
+  return r.Event(id=f'e{n}', event_time_us=event_time_us, text=f'event {n}', source=f's:{n}',
+                 stream='s', raw=_line(n, 0))
+
+
+def test_a_late_check_that_raises_on_one_event_dead_letters_it(tmp_path):
+  """A bug in judging one event's lateness costs that event, not the job."""
+  events = [_event(1, START * 10**6), _event(2, 'not a number'), _event(3, START * 10**6 + 1)]
+  with batch_pipeline() as p:
+    on_time, dead = p | beam.Create(events) | FlagLateEvents(WindowSpec(7))
+    assert_that(on_time | beam.Map(lambda e: e.id), equal_to(['e1', 'e3']), label='on time')
+    assert_that(dead | beam.Map(lambda d: (d.id, d.reason, d.error.split(':')[0], d.source)),
+                equal_to([('e2', r.RECORD_ERROR, 'TypeError', 's:2')]), label='dead')
+
+
+def test_a_result_that_cannot_be_stamped_dead_letters_its_event(tmp_path):
+  """After inference, one event that cannot be stamped costs its own row only."""
+  events = [_event(1, START * 10**6), _event(2, 'not a number')]
+  with batch_pipeline() as p:
+    embedded, dead = p | beam.Create(events) | EmbedEvents(HashingModelHandler())
+    assert_that(embedded | beam.Map(lambda e: e.event.id), equal_to(['e1']), label='rows')
+    assert_that(dead | beam.Map(lambda d: (d.id, d.reason)), equal_to([('e2', r.RECORD_ERROR)]),
+                label='dead')

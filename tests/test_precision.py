@@ -140,11 +140,12 @@ def test_openvino_graphs_are_built_once_per_weights(tmp_path, monkeypatch, real_
   assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob('*.xml')) == built  # reused
 
   import torch
-  from models.onnx_backend import cached_folder
+  from models.onnx_backend import cached_folder, weights_fingerprint
   changed = load_sentence_transformer(ModelConfig(device='cpu', precision='fp32'))
   with torch.no_grad():
     next(changed.parameters())[0, 0] += 1.0
-  assert cached_folder('onnx', changed, []) != cached_folder('onnx', real_model, [])
+  assert cached_folder('onnx', weights_fingerprint(changed), []) != cached_folder(
+      'onnx', weights_fingerprint(real_model), [])
 
 
 @pytest.mark.real_model

@@ -81,7 +81,6 @@ BAD_ID = 'bad_id'
 LATE = 'late'
 FUTURE_TIME = 'future_time'
 DAMAGED_FILE = 'damaged_file'
-TOO_LARGE = 'too_large'
 INFERENCE_ERROR = 'inference_error'
 TOO_LARGE = 'too_large'  # over --max_record_bytes, refused before it is decoded
 RECORD_ERROR = 'record_error'  # a per-record step raised on it: a bug, kept from crashing the job
@@ -96,6 +95,14 @@ KEPT_OF_REFUSED = 1024
 # Everything json.loads raises on bad input: JSONDecodeError, the integer digit
 # limit and surrogate errors are ValueErrors; deep nesting is a RecursionError.
 DECODE_ERRORS = (ValueError, RecursionError)
+
+
+def event_error(event: Event, error: Exception) -> DeadLetter:
+  """The dead letter of a parsed event on which a per-record step raised (a poison pill
+  otherwise: live, its entry would be re-read and raise again after every restart)."""
+  return DeadLetter(event.raw, RECORD_ERROR, f'{type(error).__name__}: {error}', event.source,
+                    id=event.id, event_time_us=event.event_time_us
+                    if isinstance(event.event_time_us, int) else None)
 
 
 class Undecodable(NamedTuple):
