@@ -56,11 +56,12 @@ class Row(NamedTuple):
 # By (device, CPU vector units). Measured with benchmarks/accuracy.py (the verdicts) and
 # benchmarks/throughput.py (the speed); figures in docs/precision.md.
 TABLE = types.MappingProxyType({
-    # AMD EPYC, AVX512-BF16 + AVX512-VNNI, 2 cores, 2026-12-01: OpenVINO bf16 is
-    # near-exact (min cosine 0.9999, STS-B +0.0001) and the fastest such setting. No int8
-    # passed the accurate rule (top-10 overlap: ONNX dynamic 0.861, OpenVINO static 0.918,
-    # with the FFN outputs and first and last layers kept in bf16 0.948), so fast takes
-    # bf16 too.
+    # AMD EPYC, AVX512-BF16 + AVX512-VNNI, 2 cores, 2026-12-01/02: OpenVINO bf16 is
+    # near-exact (min cosine 0.9999, STS-B +0.0001) and the fastest such setting (3.29x bare
+    # fp32 through the pipeline, 3000 distinct texts). No static int8 passed the accurate rule
+    # (top-10 overlap: ONNX dynamic 0.861, OpenVINO static 0.918, with the FFN outputs and
+    # first and last layers kept in bf16 0.948); weight-only int8 is near-exact (min cosine
+    # 0.9967, top-10 0.966) but ran 3.04x, slower than bf16; so fast takes bf16 too.
     ('cpu', 'avx512-bf16'): Row('openvino-bf16', 'openvino-bf16',
                                 'measured on AMD EPYC with AVX512-BF16 and AVX512-VNNI'),
     # Intel Xeon, AMX + AVX512-BF16 + AVX512-VNNI, 2 cores, 2026-12-02 (soak and chaos runs
