@@ -43,3 +43,11 @@ def test_one_short_step_writes_its_record(tmp_path):
   (step,) = record['steps']
   assert step['rate'] == 10 and step['events'] == 40 and step['written'] == 40
   assert record['bare_texts_per_s'] > 0 and 'cores' in record['machine']
+
+
+def test_a_step_longer_than_the_slice_cycles_it(tmp_path):
+  path = tmp_path / 'slice.jsonl'
+  path.write_text('a\nb\nc\n')
+  assert capacity.cycled_slice(str(path), 3, str(tmp_path)) == str(path)
+  cycled = capacity.cycled_slice(str(path), 7, str(tmp_path))
+  assert open(cycled).read().splitlines() == ['a', 'b', 'c', 'a', 'b', 'c', 'a']
