@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import List, Optional, Sequence
 
@@ -127,9 +128,11 @@ def _record_path(folder: str) -> str:
 
 
 def record(folder: str, model) -> None:
-  """Notes what opening the graphs of `model` (a SentenceTransformer loaded from the local
-  `folder`) needs, for open_cached; a model these graphs cannot serve is not noted."""
+  """Notes what opening the graphs of `model` (a SentenceTransformer loaded from `folder`)
+  needs, for open_cached; a hub name, or a model these graphs cannot serve, is not noted."""
   from models.onnx_backend import _graph_parts, weights_fingerprint
+  if not os.path.isdir(folder):
+    return
   try:
     transformer, pooling, normalize = _graph_parts(model)
   except ValueError:
@@ -146,6 +149,22 @@ def record(folder: str, model) -> None:
   with open(temporary, 'w', encoding='utf-8') as out:
     json.dump(fields, out)
   os.replace(temporary, path)
+
+
+_BACKEND_NAMES = types.MappingProxyType({'onnx': 'ONNX Runtime', 'openvino': 'OpenVINO'})
+
+
+def open_recorded(config, source: str):
+  """open_cached for a concrete ModelConfig loading from `source` (None: load it fully)."""
+  if not os.path.isdir(source):
+    return None
+  encoder = open_cached(source, config.backend, config.precision, config.quantize,
+                        config.torch_threads)
+  if encoder is not None:
+    logging.info('Loaded %s from %s with %s at %s (quantize: %s; its cached graph, without '
+                 'building the torch model)', config.model, source,
+                 _BACKEND_NAMES[config.backend], config.precision, config.quantize)
+  return encoder
 
 
 def open_cached(folder: str, backend: str, precision: str, quantize: str, threads: int = 0):

@@ -241,16 +241,6 @@ def pick_device(requested: str) -> str:
   return requested
 
 
-_BACKEND_NAMES = types.MappingProxyType({'onnx': 'ONNX Runtime', 'openvino': 'OpenVINO'})
-
-
-def _record(folder: Optional[str], model) -> None:
-  """Lets the next load of `folder` open its cached graph directly (models/cached_encoder.py)."""
-  if folder:
-    from models.cached_encoder import record
-    record(folder, model)
-
-
 def load_sentence_transformer(config: ModelConfig):
   """Loads the model on its device at its precision (auto and fast chosen here, for
   this machine, and logged with why). Heavy: call from load_model()."""
@@ -269,18 +259,12 @@ def load_sentence_transformer(config: ModelConfig):
     config = choice.config
   if config.torch_threads:
     torch.set_num_threads(config.torch_threads)
-  folder = source if os.path.isdir(source) else None
   if config.backend != 'torch':
     device = 'cpu'  # the exported graphs run on the CPU
-    if folder:
-      from models.cached_encoder import open_cached
-      encoder = open_cached(folder, config.backend, config.precision, config.quantize,
-                            config.torch_threads)
-      if encoder is not None:
-        logging.info('Loaded %s from %s with %s at %s (quantize: %s; its cached graph, '
-                     'without building the torch model)', config.model, source,
-                     _BACKEND_NAMES[config.backend], config.precision, config.quantize)
-        return encoder
+    from models.cached_encoder import open_recorded, record
+    encoder = open_recorded(config, source)  # without torch's model where the graph is cached
+    if encoder is not None:
+      return encoder
   import transformers
   from sentence_transformers import SentenceTransformer
   transformers.utils.logging.disable_progress_bar()  # a bar per load clutters job logs
@@ -290,7 +274,7 @@ def load_sentence_transformer(config: ModelConfig):
     from models.openvino_backend import load_openvino  # OpenVINO: an optional extra
     encoder = load_openvino(model.eval(), config.precision, config.quantize,
                             config.torch_threads)
-    _record(folder, model)
+    record(source, model)
     logging.info('Loaded %s from %s with OpenVINO at %s (quantize: %s)', config.model, source,
                  config.precision, config.quantize)
     return encoder
@@ -306,7 +290,7 @@ def load_sentence_transformer(config: ModelConfig):
   if config.backend == 'onnx':
     from models.onnx_backend import load_onnx  # ONNX Runtime: an optional extra
     encoder = load_onnx(model, config.quantize)
-    _record(folder, model)
+    record(source, model)
     logging.info('Loaded %s from %s with ONNX Runtime (quantize: %s)', config.model, source,
                  config.quantize)
     return encoder
