@@ -144,11 +144,15 @@ def record(folder: str, model) -> None:
             'pooling': pooling, 'normalize': normalize,
             'max_seq_length': model.max_seq_length, 'tokenizer': tokenizer.to_json()}
   path = _record_path(folder)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   temporary = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
-  with open(temporary, 'w', encoding='utf-8') as out:
-    json.dump(fields, out)
-  os.replace(temporary, path)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(temporary, 'w', encoding='utf-8') as out:
+      json.dump(fields, out)
+    os.replace(temporary, path)
+  except OSError as e:  # only the next load's speed depends on it
+    logging.warning('Could not record the cached graph at %s (%s): later loads build the '
+                    'model again', path, e)
 
 
 _BACKEND_NAMES = types.MappingProxyType({'onnx': 'ONNX Runtime', 'openvino': 'OpenVINO'})

@@ -113,3 +113,13 @@ def test_a_changed_folder_or_a_lost_graph_loads_fully(tmp_path, monkeypatch):
   assert open_cached(str(folder), 'openvino', 'fp32', 'none') is None
   assert os.path.exists(_record_path(str(folder)))
   assert not isinstance(load_sentence_transformer(config).tokenizer, GraphTokenizer)
+
+
+@pytest.mark.real_model
+def test_a_record_that_cannot_be_written_only_warns(tmp_path, monkeypatch, real_model, caplog):
+  from models.cached_encoder import record
+  blocker = tmp_path / 'a-file-not-a-folder'
+  blocker.write_text('')
+  monkeypatch.setenv('STREAM_EMBEDDINGS_CACHE', str(blocker))
+  record(packaged_model_path(), real_model)  # the load that called it goes on
+  assert 'Could not record the cached graph' in caplog.text
