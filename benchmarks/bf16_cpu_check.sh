@@ -12,24 +12,13 @@
 # set, else benchmarks/results/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && PY=.venv/bin/python
+source benchmarks/check_steps.sh
 ARCHIVE="${1:-../shared/data/wikiticker-2015-09-12-sampled.json.gz}"
-RESULTS="${OUT:-benchmarks/results}"
-mkdir -p "$RESULTS"
-export HF_HUB_OFFLINE=1
 if ! grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo; then
   echo "this CPU has neither AMX nor AVX512-BF16: bf16 is emulated here, nothing to measure" >&2
   exit 2
 fi
 exec > >(tee -a "$RESULTS/bf16-cpu-check.log") 2>&1
-failed=0
-step() {  # step NAME COMMAND...: runs it and carries on whatever happens
-  local name=$1
-  shift
-  echo "== $name $(date -u +%H:%M:%S), load: $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$@" || { echo "== $name FAILED (status $?)"; failed=1; }
-}
 grep -m1 'model name' /proc/cpuinfo
 step 'forward passes, fp32 and bf16' "$PY" -m benchmarks.forward_batch --input "$ARCHIVE" \
     --limit 3000 --rounds 2 --batches 32 --budgets 1024,2048,3072,4096 \

@@ -13,12 +13,8 @@
 # labelled with the CPU's class (amx, avx512-bf16, avx512, avx2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && PY=.venv/bin/python
+source benchmarks/check_steps.sh
 ARCHIVE="${1:-../shared/data/wikiticker-2015-09-12-sampled.json.gz}"
-RESULTS="${OUT:-benchmarks/results}"
-mkdir -p "$RESULTS"
-export HF_HUB_OFFLINE=1
 UNITS=$("$PY" -c 'from models.precision import vector_units; print(vector_units())')
 # Candidates: OpenVINO at the precision the CPU computes natively, with and without
 # weight-only int8, and static int8 (the fastest int8, though it has failed the rule so far).
@@ -28,13 +24,6 @@ else
   CANDIDATES=openvino,onnx,openvino-int8
 fi
 exec > >(tee -a "$RESULTS/tiers-check-$UNITS.log") 2>&1
-failed=0
-step() {  # step NAME COMMAND...: runs it and carries on whatever happens
-  local name=$1
-  shift
-  echo "== $name $(date -u +%H:%M:%S), load: $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$@" || { echo "== $name FAILED (status $?)"; failed=1; }
-}
 grep -m1 'model name' /proc/cpuinfo
 echo "CPU class: $UNITS; candidates: $CANDIDATES"
 step 'accuracy guard' "$PY" -m benchmarks.accuracy --settings "$CANDIDATES" \
