@@ -21,7 +21,7 @@ UNITS=$("$PY" -c 'from models.precision import vector_units; print(vector_units(
 if [[ $UNITS == amx || $UNITS == avx512-bf16 ]]; then
   CANDIDATES=openvino-bf16,openvino-int8w-bf16,openvino-int8-bf16
 else
-  CANDIDATES=openvino,onnx,openvino-int8
+  CANDIDATES=openvino,openvino-int8w,onnx,openvino-int8
 fi
 exec > >(tee -a "$RESULTS/tiers-check-$UNITS.log") 2>&1
 grep -m1 'model name' /proc/cpuinfo

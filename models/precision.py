@@ -42,6 +42,7 @@ SETTINGS = types.MappingProxyType({
     'openvino-bf16': Setting('openvino', 'bf16'),
     'openvino-int8': Setting('openvino', 'fp32', 'int8'),
     'openvino-int8-bf16': Setting('openvino', 'bf16', 'int8'),
+    'openvino-int8w': Setting('openvino', 'fp32', 'int8_weights'),
     'openvino-int8w-bf16': Setting('openvino', 'bf16', 'int8_weights'),
 })
 
