@@ -34,8 +34,9 @@ import time
 
 import numpy as np
 
-from benchmarks.common import (DEFAULT_INPUT, RESULTS, ROOT, describe, read_texts, write_result,
-                               write_slice)
+from benchmarks.common import (DEFAULT_INPUT, RESULTS, ROOT, describe, fitted_rise, read_texts,
+                               write_result, write_slice)
+from benchmarks.latency import latencies
 from tests.redis_server import redis_server
 
 GROUP = 'capacity'
@@ -47,9 +48,7 @@ def backlog_growth(samples, rate: float) -> float:
   (seconds, events) samples, in seconds' worth of events at `rate`."""
   if len(samples) < 3 or rate <= 0:
     return 0.0
-  times, counts = np.array(samples, np.float64).T
-  slope = np.polyfit(times, counts, 1)[0]
-  return float(slope * (times[-1] - times[0]) / rate)
+  return fitted_rise(samples)[0] / rate
 
 
 def sustained(p99_s: float, growth_s: float, window_s: float, out_of_order_s: float) -> bool:
@@ -149,7 +148,7 @@ def measure(rate: float, args, setting_flags) -> dict:
         job.wait(120)
       except subprocess.TimeoutExpired:
         job.kill()
-    values, times = latencies_with_times(out)
+    values, times = latencies(out)
   warm = times >= first_s + args.warmup
   measured = values[warm] if warm.any() else values
   growth = backlog_growth([(t - first_s, n) for t, n in samples
@@ -168,21 +167,6 @@ def measure(rate: float, args, setting_flags) -> dict:
       'sustained': bool(sustained(p99, growth, args.window_size, args.max_out_of_orderness)
                         and left == 0 and len(values) >= count),
   }
-
-
-def latencies_with_times(out: pathlib.Path):
-  """(latency, event time) of every written row, from latencies()'s files."""
-  import pyarrow.dataset as ds
-  values, times = [], []
-  for path in (out / 'enriched').rglob('*.parquet') if out.exists() else []:
-    if path.name.startswith('.'):
-      continue
-    written = path.stat().st_mtime
-    table = ds.dataset(path, format='parquet').to_table(columns=['event_time'])
-    stamps = table.column('event_time').cast('int64').to_numpy() / 1e6
-    values.extend(written - stamps)
-    times.extend(stamps)
-  return np.array(values), np.array(times)
 
 
 def _wait_for_model(log_path, job, limit_s: float):

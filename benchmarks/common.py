@@ -97,3 +97,12 @@ def write_result(folder, stem: str, record: dict, load_before=None) -> pathlib.P
   path.write_text(json.dumps(record, indent=2) + '\n')
   print(f'Wrote {path}')
   return path
+
+
+def fitted_rise(points):
+  """(rise over the points' span, value at the first point) of the least-squares line
+  through (x, y) points: a trend that one outlying sample does not move much."""
+  import numpy as np
+  xs, ys = np.array(points, np.float64).T
+  slope, intercept = np.polyfit(xs, ys, 1)
+  return float(slope * (xs[-1] - xs[0])), float(intercept + slope * xs[0])

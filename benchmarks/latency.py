@@ -56,9 +56,12 @@ SOURCES = types.MappingProxyType({'redis': redis_stream, 'kafka': kafka_topic})
 
 
 def latencies(out: pathlib.Path):
-  """(latency, event time) of every written row, in seconds, as two arrays."""
+  """(latency, event time) of every written row, in seconds, as two arrays: a row's
+  latency is its Parquet file's modification time less its event time."""
   values, events = [], []
-  for path in (out / 'enriched').rglob('*.parquet'):
+  for path in (out / 'enriched').rglob('*.parquet') if out.exists() else []:
+    if path.name.startswith('.'):  # a file still being written
+      continue
     written = path.stat().st_mtime
     table = ds.dataset(path, format='parquet').to_table(columns=['event_time'])
     times = table.column('event_time').cast('int64').to_numpy() / 1e6

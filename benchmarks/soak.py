@@ -25,7 +25,7 @@ import psutil
 import redis
 
 from benchmarks.chaos import _GROUP, _STREAM, Producer, Supervisor, comments
-from benchmarks.common import DEFAULT_INPUT, RESULTS, describe
+from benchmarks.common import DEFAULT_INPUT, RESULTS, describe, fitted_rise
 from tests.redis_server import RedisServer, free_port
 
 _SINK = 'enriched'
@@ -94,11 +94,8 @@ def trend(samples, after_minute: float = 10.0):
            if s['minute'] >= after_minute and s['rss_mb']]
   if len(later) < 3:
     return None
-  import numpy as np
-  minutes, rss = np.array(later, np.float64).T
-  slope, intercept = np.polyfit(minutes, rss, 1)
-  start = intercept + slope * minutes[0]
-  return round(float(slope * (minutes[-1] - minutes[0]) / start), 4)
+  rise, start = fitted_rise(later)
+  return round(rise / start, 4)
 
 
 def run(minutes: float, rate: float, sample_s: float, precision: str, archive: str,
