@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import apache_beam as beam
 import pytest
@@ -281,3 +282,29 @@ def _event(record):
   body = json.loads(record.raw)
   return Event(f'e{body["t"]}', body['t'] * 1_000_000, body['text'], record.source,
                record.stream, record.raw)
+
+
+def test_whether_a_step_runs_serially_is_decided_once_per_step(monkeypatch):
+  """Patch 9: Beam inspected a ParDo's signatures on every scheduled bundle."""
+  from apache_beam.runners.direct import transform_evaluator as te
+  local_streaming.install()
+  asked = []
+
+  def counting(dofn):
+    asked.append(dofn)
+    return False
+
+  monkeypatch.setattr(te, 'is_stateful_dofn', counting)
+  step = types.SimpleNamespace(transform=beam.ParDo(_Doubling()))
+  registry = te.TransformEvaluatorRegistry.__new__(te.TransformEvaluatorRegistry)
+  assert [registry.should_execute_serially(step) for _ in range(3)] == [False] * 3
+  assert len(asked) == 1
+  other = types.SimpleNamespace(transform=beam.ParDo(_Doubling()))
+  registry.should_execute_serially(other)
+  assert len(asked) == 2  # each step asks once
+
+
+class _Doubling(beam.DoFn):
+
+  def process(self, value):
+    yield 2 * value
