@@ -22,7 +22,11 @@ class _SplitResultsFn(beam.DoFn):
 
   def process(self, keyed_result, win=beam.DoFn.WindowParam):
     event, result = keyed_result
-    yield from r.outputs_or_dead_letter(self._split(event, result, win), event)
+    try:
+      split = list(self._split(event, result, win))
+    except Exception as e:  # pylint: disable=broad-except
+      split = [beam.pvalue.TaggedOutput(DEADLETTER, r.event_error(event, e))]
+    yield from split
 
   def _split(self, event, result, win):
     if isinstance(result.inference, InferenceFailure):

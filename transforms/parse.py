@@ -72,6 +72,13 @@ def _encodable(text: str) -> bool:
     return False
 
 
+def record_error(record: r.RawRecord, error: Exception) -> r.DeadLetter:
+  """The dead letter of a record on which a per-record step raised (a poison pill otherwise:
+  live, the entry would be re-read and raise again after every restart)."""
+  return r.DeadLetter(record.raw[:r.KEPT_OF_REFUSED * 64], r.RECORD_ERROR,
+                      f'{type(error).__name__}: {error}', record.source)
+
+
 class _ParseFn(beam.DoFn):
 
   def __init__(self, mapping: FieldMapping, time_parser: TimeParser, max_record_bytes: int):
@@ -85,7 +92,7 @@ class _ParseFn(beam.DoFn):
     try:
       parsed = parse_record(record, self._mapping, self._time_parser, self._max_record_bytes)
     except Exception as e:  # pylint: disable=broad-except
-      parsed = r.record_error(record, e)
+      parsed = record_error(record, e)
     if isinstance(parsed, r.Event):
       yield parsed
     else:

@@ -3,9 +3,7 @@
 NamedTuples keep them cheap to pickle and easy to read in tests.
 """
 import json
-from typing import Any, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union
-
-from apache_beam import pvalue
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Tuple, Union
 
 
 class RawRecord(NamedTuple):
@@ -99,31 +97,12 @@ KEPT_OF_REFUSED = 1024
 DECODE_ERRORS = (ValueError, RecursionError)
 
 
-def record_error(record: RawRecord, error: Exception) -> DeadLetter:
-  """The dead letter of a record on which a per-record step raised (a poison pill otherwise:
-  live, the entry would be re-read and raise again after every restart)."""
-  return DeadLetter(record.raw[:KEPT_OF_REFUSED * 64], RECORD_ERROR, _raised(error),
-                    record.source)
-
-
 def event_error(event: Event, error: Exception) -> DeadLetter:
-  """record_error for a parsed event: its id and event time kept where they are sound."""
-  return DeadLetter(event.raw, RECORD_ERROR, _raised(error), event.source, id=event.id,
-                    event_time_us=event.event_time_us
+  """The dead letter of a parsed event on which a per-record step raised (a poison pill
+  otherwise: live, its entry would be re-read and raise again after every restart)."""
+  return DeadLetter(event.raw, RECORD_ERROR, f'{type(error).__name__}: {error}', event.source,
+                    id=event.id, event_time_us=event.event_time_us
                     if isinstance(event.event_time_us, int) else None)
-
-
-def outputs_or_dead_letter(outputs: Iterable, event: Event) -> list:
-  """What a per-record step yields for `event` (`outputs`, run here), or, where it raises,
-  the event's record_error dead letter on DEADLETTER."""
-  try:
-    return list(outputs)
-  except Exception as e:  # pylint: disable=broad-except
-    return [pvalue.TaggedOutput(DEADLETTER, event_error(event, e))]
-
-
-def _raised(error: Exception) -> str:
-  return f'{type(error).__name__}: {error}'
 
 
 class Undecodable(NamedTuple):

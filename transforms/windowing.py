@@ -111,7 +111,11 @@ class _FlagLateFn(beam.DoFn):
     self._watermarks = {}  # stream -> Watermark
 
   def process(self, event: r.Event):
-    yield from r.outputs_or_dead_letter(self._judge(event), event)
+    try:
+      judged = list(self._judge(event))
+    except Exception as e:  # pylint: disable=broad-except
+      judged = [beam.pvalue.TaggedOutput(DEADLETTER, r.event_error(event, e))]
+    yield from judged
 
   def _judge(self, event: r.Event):
     if is_future(event.event_time_us, self._spec.max_future_skew_s):
