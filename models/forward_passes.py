@@ -28,6 +28,10 @@ PAD_TO_MULTIPLE_OF = 16
 # is tokenized, so a 20 MB text costs what its readable beginning costs. Word pieces of real
 # text average 3 to 5 characters; 16 leaves room for long words, numbers, markup and blanks.
 CHARS_PER_TOKEN = 16
+# The fixed cost of one forward pass, in padded tokens' worth: a pass of 8 texts of 16 word
+# pieces took 11.7 ms where 128 tokens of larger passes took 9.6 ms (75 us a token; the
+# default model, OpenVINO bf16, AVX512 host). Plans weigh fewer passes against less padding.
+PASS_OVERHEAD_TOKENS = 32
 
 
 def readable_part(model, texts: Sequence[str]) -> List[str]:
@@ -62,29 +66,53 @@ def token_counts(model, texts: Sequence[str]) -> Optional[List[int]]:
   return [len(one) for one in ids]
 
 
-def plan_passes(counts: Sequence[int], token_budget: int, max_texts: int = 0
-                ) -> List[List[int]]:
+def plan_passes(counts: Sequence[int], token_budget: int, max_texts: int = 0,
+                batch_multiple: int = 1) -> List[List[int]]:
   """Indices of the texts of each forward pass, longest texts first.
 
-  A pass takes texts while (texts x its longest text) stays within
-  `token_budget` (0: no budget) and, when `max_texts` is set, while it holds
-  fewer than that. A text longer than the budget runs alone.
+  With a token budget, the texts in length order are cut into the consecutive
+  passes that compute the fewest padded tokens (dynamic programming): a pass
+  costs its longest text x its texts rounded up to `batch_multiple` (the
+  fillers encode_in_passes adds), plus PASS_OVERHEAD_TOKENS. Filling each pass
+  as far as the budget allows pads a few long texts' passes with much shorter
+  ones: on live bundles of 150 archive texts that computed 48 padded tokens a
+  text against 35 planned this way. A pass holds at most `max_texts` texts
+  (when set) and (texts x its longest text) stays within `token_budget`; a text
+  longer than the budget runs alone. Without a budget, passes of `max_texts`
+  texts in length order, as sentence-transformers batches.
   """
   if not token_budget and not max_texts:
     raise ValueError('a forward pass needs a token budget or a most texts')
   order = sorted(range(len(counts)), key=lambda i: -counts[i])  # stable: ties keep arrival
-  passes, current = [], []
-  for index in order:
-    longest = counts[current[0]] if current else 0
-    full = (token_budget and (len(current) + 1) * max(longest, 1) > token_budget) or (
-        max_texts and len(current) >= max_texts)
-    if current and full:
-      passes.append(current)
-      current = []
-    current.append(index)
-  if current:
-    passes.append(current)
-  return passes
+  if not token_budget:
+    return [order[start:start + max_texts] for start in range(0, len(order), max_texts)]
+  return [order[start:end] for start, end in _cheapest_cuts(
+      np.array([max(counts[i], 1) for i in order], np.int64), token_budget, max_texts,
+      max(batch_multiple, 1))]
+
+
+def _cheapest_cuts(lengths: np.ndarray, token_budget: int, max_texts: int, multiple: int):
+  """(start, end) of each pass over `lengths` (longest first) for the least padded work."""
+  n = len(lengths)
+  most = max_texts or n
+  best = np.zeros(n + 1, np.int64)  # best[j]: the least cost of the first j texts
+  start_of = np.zeros(n + 1, np.int64)
+  for end in range(1, n + 1):
+    # Lengths fall, so a pass ending here fits only if it is at most this wide.
+    widest = max(1, min(most, token_budget // int(lengths[end - 1])))
+    starts = np.arange(max(0, end - widest), end)
+    sizes = end - starts
+    fits = (sizes == 1) | (lengths[starts] * sizes <= token_budget)
+    costs = (best[starts] + PASS_OVERHEAD_TOKENS
+             + lengths[starts] * (-(-sizes // multiple) * multiple))
+    costs[~fits] = np.iinfo(np.int64).max
+    pick = int(np.argmin(costs))
+    best[end], start_of[end] = costs[pick], starts[pick]
+  cuts, end = [], n
+  while end:
+    cuts.append((int(start_of[end]), end))
+    end = int(start_of[end])
+  return cuts[::-1]
 
 
 def pad_multiple(max_seq_length) -> Optional[int]:
@@ -123,7 +151,7 @@ def encode_in_passes(model, texts: List[str], encode_kwargs: dict, token_budget:
   pad = pad_multiple(getattr(model, 'max_seq_length', None))
   if pad:  # plan with the lengths the passes are padded to (models/loading.bound_shapes)
     counts = [-(-count // pad) * pad for count in counts]
-  for chosen in plan_passes(counts, token_budget, max_texts):
+  for chosen in plan_passes(counts, token_budget, max_texts, _BATCH_MULTIPLE if pad else 1):
     batch = [texts[i] for i in chosen]
     if pad and len(batch) % _BATCH_MULTIPLE:
       # Empty fillers round a short pass up, so passes take a bounded set of batch sizes

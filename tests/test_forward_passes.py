@@ -9,7 +9,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from hypothesis import given, settings, strategies as st
 
 from models.embedding_cache import CachingEncoder
-from models.forward_passes import COUNTED_BATCH, plan_passes, token_counts
+from models.forward_passes import (COUNTED_BATCH, PASS_OVERHEAD_TOKENS, plan_passes,
+                                   token_counts)
 from models.handler import SentenceTransformerHandler
 from models.loading import ModelConfig
 from pipelines.config import job_config
@@ -19,13 +20,14 @@ from tests.fakes import HashingModel, hashed_vector
 
 @settings(max_examples=300, derandomize=True, deadline=None)
 @given(counts=st.lists(st.integers(1, 300), max_size=200),
-       budget=st.integers(0, 5000), max_texts=st.integers(0, 40))
-def test_every_text_runs_once_in_a_pass_within_its_limits(counts, budget, max_texts):
+       budget=st.integers(0, 5000), max_texts=st.integers(0, 40),
+       multiple=st.sampled_from([1, 8]))
+def test_every_text_runs_once_in_a_pass_within_its_limits(counts, budget, max_texts, multiple):
   if not budget and not max_texts:
     with pytest.raises(ValueError):
-      plan_passes(counts, budget, max_texts)
+      plan_passes(counts, budget, max_texts, multiple)
     return
-  passes = plan_passes(counts, budget, max_texts)
+  passes = plan_passes(counts, budget, max_texts, multiple)
   assert sorted(itertools.chain.from_iterable(passes)) == list(range(len(counts)))
   flat = [counts[i] for i in itertools.chain.from_iterable(passes)]
   assert flat == sorted(flat, reverse=True)  # longest first: each pass pads to its first text
@@ -35,16 +37,50 @@ def test_every_text_runs_once_in_a_pass_within_its_limits(counts, budget, max_te
       assert len(chosen) <= max_texts
     if budget and len(chosen) > 1:
       assert len(chosen) * counts[chosen[0]] <= budget
-  # Passes are as full as the limits allow: the next text would not have fitted.
-  for chosen, following in zip(passes, passes[1:]):
-    grown = len(chosen) + 1
-    assert (budget and grown * counts[chosen[0]] > budget) or (max_texts and grown > max_texts)
+  if not budget:  # counted passes, as sentence-transformers batches: all full but the last
+    assert all(len(chosen) == max_texts for chosen in passes[:-1])
+
+
+def _work(lengths, cuts, multiple):
+  """Padded tokens computed by passes cut at `cuts` over `lengths` (longest first)."""
+  bounds = [0, *cuts, len(lengths)]
+  return sum(PASS_OVERHEAD_TOKENS + lengths[start] * -(-(end - start) // multiple) * multiple
+             for start, end in zip(bounds, bounds[1:]))
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(counts=st.lists(st.sampled_from([16, 32, 48, 64, 128, 256]), min_size=1, max_size=9),
+       budget=st.integers(16, 1200), max_texts=st.integers(0, 6),
+       multiple=st.sampled_from([1, 8]))
+def test_passes_compute_the_fewest_padded_tokens_any_cut_would(counts, budget, max_texts,
+                                                                multiple):
+  lengths = sorted(counts, reverse=True)
+  passes = plan_passes(counts, budget, max_texts, multiple)
+  planned = _work(lengths, list(itertools.accumulate(len(p) for p in passes[:-1])), multiple)
+
+  def allowed(cuts):
+    bounds = [0, *cuts, len(lengths)]
+    return all((end - start == 1 or lengths[start] * (end - start) <= budget)
+               and (not max_texts or end - start <= max_texts)
+               for start, end in zip(bounds, bounds[1:]))
+
+  every_cut = (cuts for k in range(len(lengths))
+               for cuts in itertools.combinations(range(1, len(lengths)), k))
+  assert planned == min(_work(lengths, list(cuts), multiple)
+                        for cuts in every_cut if allowed(cuts))
 
 
 def test_short_texts_share_a_pass_and_a_long_one_runs_alone():
   counts = [10, 3, 500, 3, 10]
   assert plan_passes(counts, 25) == [[2], [0, 4], [1, 3]]
   assert plan_passes(counts, 0, 2) == [[2, 0], [4, 1], [3]]
+
+
+def test_a_long_text_does_not_pad_a_pass_of_short_ones():
+  # Filling the budget would run all 16 at 128 tokens (2,048). The long text's pass is 8 wide
+  # anyway (7 fillers, 1,024), so 7 short texts take the fillers' places; 8 run at 16 (128).
+  counts = [128] + [16] * 15
+  assert plan_passes(counts, 2048, 0, 8) == [list(range(8)), list(range(8, 16))]
 
 
 class PassRecordingModel(HashingModel):
@@ -69,7 +105,8 @@ def test_the_encoder_runs_one_encode_per_pass_and_keeps_the_order():
   texts = ['a b c d e f', 'a', 'a b', 'b', 'c d']
   assert token_counts(model, texts) == [4, 3, 4, 3, 4]  # truncated at max_seq_length
   vectors, _, _ = CachingEncoder(model, {}, None, token_budget=8).embed(texts)
-  assert [call for call, _ in model.calls] == [['a b c d e f', 'a b'], ['c d', 'a'], ['b']]
+  # 4 | 4+4 | 3+3 pads to 18 tokens, where filling each pass (4+4 | 4+3 | 3) pads to 19.
+  assert [call for call, _ in model.calls] == [['a b c d e f'], ['a b', 'c d'], ['a', 'b']]
   assert all(size == len(call) for call, size in model.calls)
   assert np.array_equal(vectors, np.stack([hashed_vector(t) for t in texts]))
 
