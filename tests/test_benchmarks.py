@@ -94,12 +94,12 @@ def test_forward_batch_benchmark_names_each_setting(tmp_path):
   done = subprocess.run(
       [sys.executable, '-m', 'benchmarks.forward_batch', '--input', str(ARCHIVE), '--limit', '40',
        '--rounds', '1', '--batches', '8,16', '--budgets', '512', '--precisions', 'fp32',
-       '--label', 'smoke',
+       '--bundle', '16', '--label', 'smoke',
        '--results', str(tmp_path)],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   record = json.loads((tmp_path / 'forward-batch-cpu-smoke.json').read_text())
-  assert record['texts'] == 40 and set(record['results']) == {
+  assert record['texts'] == 40 and record['bundle'] == 16 and set(record['results']) == {
       'fp32@batch 8', 'fp32@batch 16', 'fp32@tokens 512'}
   results = record['results']
   best = max(r['texts_per_s'] for r in results.values())
