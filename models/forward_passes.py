@@ -6,8 +6,9 @@ for tokens (Korean, IPv6 addresses in "Reverted edits by [[Special:Contributions
 2601:646:...", wiki markup): batches of 32 in character order pad to 2.0x the
 real tokens, in token order to 1.03x. And a fixed count makes passes of short
 texts too small to keep the cores busy. So the job counts each text's tokens
-with the model's own tokenizer and fills each pass up to a budget of padded
-tokens (longest text x texts), then calls `encode` once per pass. The vectors
+with the model's own tokenizer, cuts them in length order into the passes
+within a budget of padded tokens (longest text x texts) that compute the least
+padding (plan_passes), then calls `encode` once per pass. The vectors
 are the model's own: a text's embedding does not depend on its neighbours in
 a pass beyond float rounding (tests compare with plain `encode`). A model's
 default prompt, which `encode` prepends, is not counted: a few tokens per text.

@@ -36,7 +36,7 @@ class ModelConfig:
     normalize: whether embeddings are scaled to unit length.
     min_batch_size, max_batch_size: bounds for Beam's batching (texts per call).
     encode_batch_tokens: padded tokens per forward pass: texts are sorted by their
-      token count and each pass filled up to this (models/forward_passes.py).
+      token count and cut into passes of at most this (models/forward_passes.py).
       0: by device, precision and CPU features, from FORWARD_TOKENS (measured),
       unless encode_batch_size is set.
     encode_batch_size: most texts per forward pass; set alone, passes are

@@ -108,8 +108,8 @@ class ModelOptions(PipelineOptions):
                         help='Most texts Beam hands the model at once.')
     parser.add_argument('--encode_batch_tokens', type=int, default=0,
                         help='Padded tokens per forward pass: texts are sorted by token '
-                        'count and each pass filled up to this. 0: chosen by device, '
-                        'precision and CPU (measured; README Performance), unless '
+                        'count and cut into the cheapest passes of at most this. 0: chosen '
+                        'by device, precision and CPU (measured; README Performance), unless '
                         '--encode_batch_size is set.')
     parser.add_argument('--encode_batch_size', type=int, default=0,
                         help='Most texts per forward pass; set alone, passes are counted in '
