@@ -152,12 +152,14 @@ def encode_in_passes(model, texts: List[str], encode_kwargs: dict, token_budget:
   pad = pad_multiple(getattr(model, 'max_seq_length', None))
   if pad:  # plan with the lengths the passes are padded to (models/loading.bound_shapes)
     counts = [-(-count // pad) * pad for count in counts]
-  for chosen in plan_passes(counts, token_budget, max_texts, _BATCH_MULTIPLE if pad else 1):
+  # Padded passes are also rounded to a multiple of texts (the plan counts these fillers).
+  multiple = _BATCH_MULTIPLE if pad else 1
+  for chosen in plan_passes(counts, token_budget, max_texts, multiple):
     batch = [texts[i] for i in chosen]
-    if pad and len(batch) % _BATCH_MULTIPLE:
+    if len(batch) % multiple:
       # Empty fillers round a short pass up, so passes take a bounded set of batch sizes
       # too (each new input shape keeps kernels in memory); their rows are dropped.
-      batch += [''] * (_BATCH_MULTIPLE - len(batch) % _BATCH_MULTIPLE)
+      batch += [''] * (multiple - len(batch) % multiple)
     vectors = _float_rows(model.encode(batch, batch_size=len(batch), **kwargs))[:len(chosen)]
     if out is None:
       out = np.empty((len(texts), vectors.shape[1]), np.float32)
