@@ -61,6 +61,18 @@ class GraphTokenizer:
             'padding_side': self._pad['direction'], 'truncation_side': self._truncation_side,
             'model_input_names': list(self._names)}
 
+  @property
+  def pad_token_id(self) -> int:
+    return self._pad['pad_id']
+
+  @property
+  def pad_token_type_id(self) -> int:
+    return self._pad['pad_type_id']
+
+  @property
+  def padding_side(self) -> str:
+    return self._pad['direction']
+
   @classmethod
   def from_json(cls, fields: dict) -> 'GraphTokenizer':
     return cls(**fields)

@@ -19,7 +19,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from models.forward_passes import pad_multiple
+from models.forward_passes import graph_lengths, padded_length
 from models.vectors import unit_rows
 
 
@@ -84,6 +84,8 @@ class OnnxEncoder:
     self._session = session
     self.tokenizer = tokenizer  # public, as on SentenceTransformer: forward passes count tokens
     self.max_seq_length = max_seq_length
+    # The lengths its passes are padded to (read by models/forward_passes.py when it plans).
+    self.pass_lengths = graph_lengths(max_seq_length)
     self._normalize = normalize
     self._inputs = [i.name for i in session.get_inputs()]
 
@@ -95,9 +97,8 @@ class OnnxEncoder:
     for start in range(0, len(texts), batch_size):
       chosen = order[start:start + batch_size]
       tokens = self.tokenizer([texts[i] for i in chosen], padding=True, truncation=True,
-                               max_length=self.max_seq_length, return_tensors='np',
-                               pad_to_multiple_of=pad_multiple(self.max_seq_length))
-      feed = {name: tokens[name].astype(np.int64) for name in self._inputs}
+                               max_length=self.max_seq_length, return_tensors='np')
+      feed = self._padded({name: tokens[name].astype(np.int64) for name in self._inputs})
       vectors = self._session.run(None, feed)[0]
       if out is None:
         out = np.zeros((len(texts), vectors.shape[1]), np.float32)
@@ -107,6 +108,24 @@ class OnnxEncoder:
     if self._normalize or normalize_embeddings:
       out = unit_rows(out)
     return torch.from_numpy(out) if convert_to_tensor else out
+
+  def _padded(self, feed: dict) -> dict:
+    """`feed` (padded to its longest text) padded further to its pass length, as the
+    tokenizer pads (its side, the pad token, attention 0), so the vectors do not change."""
+    width = next(iter(feed.values())).shape[1]
+    length = padded_length(self.pass_lengths, width) if self.pass_lengths else width
+    if length == width:
+      return feed
+    values = _pad_values(self.tokenizer)
+    extra = length - width
+    side = (extra, 0) if getattr(self.tokenizer, 'padding_side', 'right') == 'left' else (0, extra)
+    return {name: np.pad(array, ((0, 0), side), constant_values=values.get(name, 0))
+            for name, array in feed.items()}
+
+
+def _pad_values(tokenizer) -> dict:
+  return {'input_ids': getattr(tokenizer, 'pad_token_id', None) or 0,
+          'token_type_ids': getattr(tokenizer, 'pad_token_type_id', None) or 0}
 
 
 def _graph_parts(model):

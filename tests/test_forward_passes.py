@@ -9,8 +9,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from hypothesis import given, settings, strategies as st
 
 from models.embedding_cache import CachingEncoder
-from models.forward_passes import (COUNTED_BATCH, PASS_OVERHEAD_TOKENS, plan_passes,
-                                   token_counts)
+from models.forward_passes import (COUNTED_BATCH, PASS_OVERHEAD_TOKENS, graph_lengths,
+                                   padded_length, plan_passes, token_counts)
 from models.handler import SentenceTransformerHandler
 from models.loading import ModelConfig
 from pipelines.config import job_config
@@ -182,3 +182,25 @@ def test_passes_take_a_bounded_set_of_shapes_and_padding_leaves_the_vectors(real
   finally:
     real_model[0].processing_kwargs = padding
   assert np.abs(ours - unpadded).max() < 1e-4
+
+
+@given(window=st.integers(1, 4096), count=st.integers(1, 4096))
+def test_graph_lengths_rise_to_the_window_and_pad_a_text_the_least_they_can(window, count):
+  lengths = graph_lengths(window)
+  assert list(lengths) == sorted(set(lengths)) and lengths[-1] == window
+  assert all(length % 8 == 0 for length in lengths[:-1])
+  count = min(count, window)  # the tokenizer truncates at the window
+  padded = padded_length(lengths, count)
+  assert padded in lengths and padded >= count
+  assert all(length < count for length in lengths if length < padded)
+  # Fine where texts are: a text of up to 64 tokens pads by fewer than 8.
+  if count <= 64:
+    assert padded - count < 8
+  # Few shapes, however long the window: 8 lengths to 64, then 4 per doubling.
+  assert len(lengths) <= 8 + 4 * max(0, (window - 1).bit_length() - 6) + 1
+
+
+def test_the_default_window_takes_sixteen_lengths():
+  assert graph_lengths(256) == (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224,
+                                256)
+  assert graph_lengths(None) is None and graph_lengths(0) is None

@@ -35,6 +35,36 @@ def test_onnx_matches_torch_and_is_exported_once(cache, real_model):
   assert list(cache.rglob('model.onnx')) == exported  # reused, not exported again
 
 
+def test_graph_passes_take_the_graph_lengths_and_padding_leaves_the_vectors(cache, real_model,
+                                                                            wiki_archive):
+  # The graph encoders pad each pass to the next of graph_lengths (finer than torch's
+  # multiples of 16, where the archive's short texts are) and to 8 texts; the extra
+  # padding is masked, so each text's vector is what it is padded to its own length alone.
+  from models.forward_passes import graph_lengths
+  from tests.test_forward_passes import _first_distinct_texts
+  texts = _first_distinct_texts(wiki_archive, 300)
+  encoder = load_sentence_transformer(ModelConfig(device='cpu', backend='onnx'))
+  assert encoder.pass_lengths == graph_lengths(256)
+  shapes, run = [], encoder._session.run
+
+  def recording(outputs, feed):
+    shapes.append(feed['input_ids'].shape)
+    return run(outputs, feed)
+
+  encoder._session.run = recording
+  try:
+    ours, _, _ = SentenceTransformerHandler(
+        ModelConfig(device='cpu', backend='onnx', embedding_cache=0)).wrap(encoder).embed(texts)
+  finally:
+    encoder._session.run = run
+  assert shapes and all(length in encoder.pass_lengths and batch % 8 == 0
+                        for batch, length in shapes), shapes
+  assert {length for _, length in shapes} - set(range(16, 257, 16))  # finer lengths were used
+  encoder.pass_lengths = None  # padded to each text's own length
+  alone = np.concatenate([encoder.encode([text]) for text in texts[:40]])
+  assert np.abs(ours[:40] - alone).max() < 1e-5
+
+
 @pytest.mark.slow
 def test_int8_quantization_loads_and_stays_near(cache, real_model):
   encoder = load_sentence_transformer(ModelConfig(device='cpu', backend='onnx', quantize='int8'))
