@@ -22,6 +22,7 @@ import numpy as np
 
 from models.chunking import model_reading
 from models.forward_passes import encode_in_passes
+from models.onnx_backend import OnnxEncoder
 
 _BLOCK_ROWS = 1024  # rows per allocated block: memory follows use, not the bound
 # This process's hits and misses, for status lines (Beam counters carry the job's totals).
@@ -101,7 +102,10 @@ class CachingEncoder:
   def __init__(self, model, encode_kwargs: dict, cache: Optional[EmbeddingCache] = None,
                token_budget: int = 0, max_texts: int = 0):
     self.model = model
-    self._kwargs = dict(encode_kwargs, show_progress_bar=False, convert_to_tensor=True)
+    # Torch models hand over tensors (numpy has no bf16); the graph encoders float32 arrays,
+    # without importing torch.
+    self._kwargs = dict(encode_kwargs, show_progress_bar=False,
+                        convert_to_tensor=not isinstance(model, OnnxEncoder))
     self._cache = cache
     self._token_budget = token_budget
     self._max_texts = max_texts

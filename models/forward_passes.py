@@ -210,6 +210,8 @@ def encode_in_passes(model, texts: List[str], encode_kwargs: dict, token_budget:
   return out
 
 
-def _float_rows(tensor) -> np.ndarray:
+def _float_rows(rows) -> np.ndarray:
   # fp16/bf16 models still hand out float32, the type the sinks write.
-  return tensor.float().cpu().numpy()
+  if isinstance(rows, np.ndarray):  # the graph encoders' rows
+    return rows.astype(np.float32, copy=False)
+  return rows.float().cpu().numpy()

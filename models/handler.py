@@ -4,7 +4,7 @@ import time
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from runners.beam_inference import ModelHandler, PredictionResult
 
 from models.chunking import embed_documents
 from models.embedding_cache import CachingEncoder, EmbeddingCache

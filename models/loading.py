@@ -134,19 +134,12 @@ def packaged_model_path() -> str:
 
 
 # Padded tokens per forward pass (models/forward_passes.py) when neither
-# --encode_batch_tokens nor --encode_batch_size is set, by (device, precision,
-# CPU vector units), measured with `python -m benchmarks.forward_batch` (README,
-# Performance, has the figures).
-#   avx2: AMD EPYC, AVX2 only, fp32, 3000 distinct archive comments, seconds for all
-#         of them (2 rounds): 1024: 19.3, 18.0; 2048: 18.8, 19.3; 3072: 18.6, 18.5;
-#         4096: 19.0, 19.0; on 10,000 distinct (1 round) 1024: 70.7, 2048: 63.0,
-#         4096: 67.6; sentence-transformers' batches of 32 in character order: 39.1,
-#         36.2 on the 3000.
-#   amx, avx512: not measured in tokens. Counted in texts (500 comments in character
-#         order, padded about 2x), the best passes held 32 to 64 texts, about 1,600 to
-#         3,200 padded tokens, so the AVX2 figure stands in until measured.
-# GPU entries are NOT measured here: 8192 keeps passes of 256-token texts at
-# sentence-transformers' 32 (benchmarks/gpu_check.sh measures them where a GPU is lent).
+# --encode_batch_tokens nor --encode_batch_size is set, by (device, precision, CPU vector
+# units), measured with `python -m benchmarks.forward_batch` (figures in docs/performance.md):
+# AVX2, fp32: 1024 to 4096 ran within 7 % of each other on 3000 distinct archive comments,
+# 2048 fastest on 10,000. AMX and AVX512 take the AVX2 figure until measured in tokens; the
+# GPU entries are not measured (8192 keeps passes of 256-token texts at 32 texts;
+# benchmarks/gpu_check.sh measures them where a GPU is lent).
 FORWARD_TOKENS = types.MappingProxyType({
     ('cpu', 'fp32', 'avx2'): 2048,
     ('cpu', 'fp32', 'avx512'): 2048,  # not measured
@@ -205,8 +198,7 @@ def shares_model(config: ModelConfig) -> bool:
     return config.share_model == 'always'
   if config.device != 'auto':
     return config.device.startswith('cuda')
-  import torch
-  return torch.cuda.is_available()
+  return pick_device('auto') == 'cuda'
 
 
 def threads_per_worker(cpus: int, workers: int) -> int:
@@ -231,8 +223,16 @@ def native_on_cpu(precision: str) -> bool:
     return False
 
 
+def cuda_possible() -> bool:
+  """Whether an NVIDIA driver is here, without importing torch (seconds): without one, torch
+  sees no CUDA device either."""
+  return os.path.exists('/proc/driver/nvidia') or os.path.exists('/dev/nvidia0')
+
+
 def pick_device(requested: str) -> str:
-  """'auto' becomes 'cuda' when torch sees a GPU, else 'cpu'."""
+  """'auto' becomes 'cuda' when torch sees a GPU, else 'cpu' (no torch without a driver)."""
+  if requested == 'cpu' or (requested == 'auto' and not cuda_possible()):
+    return 'cpu'
   import torch
   if requested == 'auto':
     return 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -250,14 +250,14 @@ def load_sentence_transformer(config: ModelConfig):
     source = packaged_model_path()
   else:
     source = os.path.expanduser(config.model)
-  import torch
   device = pick_device(config.device)
   if config.precision in ('auto', 'fast'):
     from models.precision import choose
     choice = choose(config, device)
     logging.info('%s', choice.reason)
     config = choice.config
-  if config.torch_threads:
+  if config.torch_threads and config.backend == 'torch':
+    import torch
     torch.set_num_threads(config.torch_threads)
   if config.backend != 'torch':
     device = 'cpu'  # the exported graphs run on the CPU
@@ -265,6 +265,7 @@ def load_sentence_transformer(config: ModelConfig):
     encoder = open_recorded(config, source)  # without torch's model where the graph is cached
     if encoder is not None:
       return encoder
+  import torch
   import transformers
   from sentence_transformers import SentenceTransformer
   transformers.utils.logging.disable_progress_bar()  # a bar per load clutters job logs

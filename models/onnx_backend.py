@@ -54,9 +54,10 @@ def cached_folder(kind: str, fingerprint: str, parts: Sequence[str]) -> str:
 
 
 def onnx_path(fingerprint: str, pooling: str, max_seq_length) -> str:
-  """Where the fp32 ONNX export of the weights with `fingerprint` is cached."""
-  import torch
-  folder = cached_folder('onnx', fingerprint, ['export-1', torch.__version__, pooling,
+  """Where the fp32 ONNX export of the weights with `fingerprint` is cached (named by the
+  torch that exports, read from its metadata: importing torch costs seconds)."""
+  from importlib.metadata import version
+  folder = cached_folder('onnx', fingerprint, ['export-1', version('torch'), pooling,
                                                str(max_seq_length)])
   return os.path.join(folder, 'model.onnx')
 
@@ -91,7 +92,6 @@ class OnnxEncoder:
 
   def encode(self, texts: List[str], batch_size: int = 32, normalize_embeddings: bool = False,
              show_progress_bar: bool = False, convert_to_tensor: bool = False, **_):
-    import torch
     order = np.argsort([-len(t) for t in texts], kind='stable')  # as encode does: little padding
     out = None
     for start in range(0, len(texts), batch_size):
@@ -107,7 +107,10 @@ class OnnxEncoder:
       out = np.zeros((0, 0), np.float32)
     if self._normalize or normalize_embeddings:
       out = unit_rows(out)
-    return torch.from_numpy(out) if convert_to_tensor else out
+    if convert_to_tensor:
+      import torch  # only when asked for: the job takes the array
+      return torch.from_numpy(out)
+    return out
 
   def _padded(self, feed: dict) -> dict:
     """`feed` (padded to its longest text) padded further to its pass length, as the

@@ -13,7 +13,7 @@ from typing import Dict, NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler
+from runners.beam_inference import KeyedModelHandler
 
 from transforms import job_state
 

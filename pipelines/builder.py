@@ -6,7 +6,7 @@ so a live stream and an archive replay go through the same transforms.
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler
+from runners.beam_inference import ModelHandler
 from apache_beam.transforms.window import TimestampedValue
 
 from models.handler import SentenceTransformerHandler

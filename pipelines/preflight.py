@@ -81,7 +81,8 @@ def check_device(device: str) -> None:
   """--device cuda[:N] needs a CUDA device that torch sees here."""
   if not device.startswith('cuda'):
     return
-  if os.path.exists('/proc/driver/nvidia') or os.path.exists('/dev/nvidia0'):
+  from models.loading import cuda_possible
+  if cuda_possible():
     import torch  # seconds: only where a driver makes CUDA possible
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     seen = f'torch sees {count} CUDA device(s)'

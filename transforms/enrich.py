@@ -1,6 +1,6 @@
 """Embedding: prepare the text, RunInference, and split results from failures."""
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler, RunInference
+from runners.beam_inference import ModelHandler, RunInference
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
