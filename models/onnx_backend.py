@@ -87,6 +87,8 @@ class OnnxEncoder:
     self.max_seq_length = max_seq_length
     # The lengths its passes are padded to (read by models/forward_passes.py when it plans).
     self.pass_lengths = graph_lengths(max_seq_length)
+    self._pad_values = _pad_values(tokenizer)
+    self._pad_left = getattr(tokenizer, 'padding_side', 'right') == 'left'
     self._normalize = normalize
     self._inputs = [i.name for i in session.get_inputs()]
 
@@ -119,10 +121,9 @@ class OnnxEncoder:
     length = padded_length(self.pass_lengths, width) if self.pass_lengths else width
     if length == width:
       return feed
-    values = _pad_values(self.tokenizer)
     extra = length - width
-    side = (extra, 0) if getattr(self.tokenizer, 'padding_side', 'right') == 'left' else (0, extra)
-    return {name: np.pad(array, ((0, 0), side), constant_values=values.get(name, 0))
+    side = (extra, 0) if self._pad_left else (0, extra)
+    return {name: np.pad(array, ((0, 0), side), constant_values=self._pad_values.get(name, 0))
             for name, array in feed.items()}
 
 

@@ -78,8 +78,8 @@ TABLE = types.MappingProxyType({
     # the rounds' spread of each other). int8 is neither accurate (top-10 overlap: ONNX
     # dynamic 0.852, OpenVINO static 0.892) nor faster without VNNI (1.42x, 0.68x); torch
     # bf16 is emulated and slow. So both tiers take OpenVINO fp32. Again on 2026-12-03 (Zen 2,
-    # quiet), with cached graphs opened directly and finer pass lengths: 2.02x and 2.12x;
-    # weight-only int8 1.95x (it decompresses to fp32 arithmetic).
+    # quiet), with cached graphs opened directly and finer pass lengths: 2.02x and 2.12x, then
+    # 2.32x with start-up without torch; weight-only int8 1.95x (it decompresses to fp32).
     ('cpu', 'avx2'): Row('openvino', 'openvino', 'measured on AMD EPYC with AVX2 only'),
     ('cuda', None): Row(None, None, 'not measured on a GPU (fp16 is the row expected; '
                         'benchmarks/gpu_check.sh measures it)'),

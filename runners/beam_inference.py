@@ -21,15 +21,11 @@ def _import_base_without_model_manager():
   try:
     import apache_beam.ml.inference.base  # pylint: disable=unused-import
   except ImportError:
-    refused = True  # a Beam whose base needs the module: it is imported as it is, below
-  else:
-    refused = False
+    pass  # a Beam whose base cannot do without the module: imported as it is just below
   finally:
     if sys.modules.get(_MODEL_MANAGER, 0) is None:
       del sys.modules[_MODEL_MANAGER]  # a later import finds the real module
-  if refused:
-    import apache_beam.ml.inference.base  # pylint: disable=unused-import,redefined-outer-name
-  base = sys.modules['apache_beam.ml.inference.base']
+  from apache_beam.ml.inference import base  # the module imported above, or now as it is
   if getattr(base, 'resource', True) is None:  # the same failed import dropped it too
     import resource
     base.resource = resource  # RunInference's memory figures

@@ -92,22 +92,24 @@ def test_second_load_opens_the_graph_without_sentence_transformers(tmp_path, mon
 @pytest.mark.real_model
 @pytest.mark.skipif(not HAS_OPENVINO, reason='openvino is not installed')
 def test_a_job_on_a_cached_graph_never_imports_torch(tmp_path, monkeypatch):
-  WRITTEN = [text for text in ARCHIVE_LIKE if text.strip()]  # blank ones are dead letters
   # Beam's RunInference module imports torch for an option the job never sets
   # (runners/beam_inference.py); the graph backends need none of it: seconds of start-up.
-  monkeypatch.setenv('STREAM_EMBEDDINGS_CACHE', str(tmp_path / 'cache'))
+  cache = str(tmp_path / 'cache')
+  monkeypatch.setenv('STREAM_EMBEDDINGS_CACHE', cache)
   load_sentence_transformer(ModelConfig(device='cpu', backend='openvino', precision='fp32'))
+  written = [text for text in ARCHIVE_LIKE if text.strip()]  # blank ones are dead letters
   events = tmp_path / 'events.jsonl'
-  events.write_text(''.join(json.dumps({'time': f'2026-12-03T10:00:{i:02d}Z', 'text': text}) + '\n'
-                            for i, text in enumerate(WRITTEN)))
-  probe = ('import sys; from pipelines import replay; '
-           f"r = replay.run(['--input', {str(events)!r}, '--output', {str(tmp_path / 'out')!r}, "
-           "'--time_field', 'time', '--text_field', 'text', '--device', 'cpu', '--backend', 'openvino', '--precision', 'fp32']); "
+  events.write_text(''.join(json.dumps({'time': f'2026-12-03T10:00:{i:02d}Z', 'text': text})
+                            + '\n' for i, text in enumerate(written)))
+  flags = ['--input', str(events), '--output', str(tmp_path / 'out'), '--time_field', 'time',
+           '--text_field', 'text', '--device', 'cpu', '--backend', 'openvino',
+           '--precision', 'fp32']
+  probe = (f'import sys; from pipelines import replay; r = replay.run({flags!r}); '
            "print(r.enriched_rows, 'torch' in sys.modules, 'scipy' in sys.modules)")
   done = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, capture_output=True,
-                        text=True, env=dict(os.environ, STREAM_EMBEDDINGS_CACHE=str(tmp_path / 'cache'),
+                        text=True, env=dict(os.environ, STREAM_EMBEDDINGS_CACHE=cache,
                                             HF_HUB_OFFLINE='1'), timeout=240)
-  assert done.stdout.split()[-3:] == [str(len(WRITTEN)), 'False', 'False'], (
+  assert done.stdout.split()[-3:] == [str(len(written)), 'False', 'False'], (
       done.stdout, done.stderr[-3000:])
 
 
