@@ -62,7 +62,8 @@ TABLE = types.MappingProxyType({
     # fp32 through the pipeline, 3000 distinct texts). No static int8 passed the accurate rule
     # (top-10 overlap: ONNX dynamic 0.861, OpenVINO static 0.918, with the FFN outputs and
     # first and last layers kept in bf16 0.948); weight-only int8 is near-exact (min cosine
-    # 0.9967, top-10 0.966) but ran 3.04x, slower than bf16; so fast takes bf16 too.
+    # 0.9967, top-10 0.966) but ran 3.04x, slower than bf16; so fast takes bf16 too. Again on
+    # 2026-12-03 with start-up without torch: bf16 4.50x and 4.30x, int8w 3.84x.
     ('cpu', 'avx512-bf16'): Row('openvino-bf16', 'openvino-bf16',
                                 'measured on AMD EPYC with AVX512-BF16 and AVX512-VNNI'),
     # Intel Xeon, AMX + AVX512-BF16 + AVX512-VNNI, 2 cores, 2026-12-02 (soak and chaos runs
