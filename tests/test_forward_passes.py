@@ -9,8 +9,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from hypothesis import given, settings, strategies as st
 
 from models.embedding_cache import CachingEncoder
-from models.forward_passes import (COUNTED_BATCH, PASS_OVERHEAD_TOKENS, graph_lengths,
-                                   padded_length, plan_passes, token_counts)
+from models.forward_passes import (COUNTED_BATCH, EXACT_PASS_TEXTS, PASS_OVERHEAD_TOKENS,
+                                   graph_lengths, graph_pass_texts, padded_length, plan_passes,
+                                   token_counts, torch_pass_texts, unpadded_texts)
 from models.handler import SentenceTransformerHandler
 from models.loading import ModelConfig
 from pipelines.config import job_config
@@ -21,13 +22,13 @@ from tests.fakes import HashingModel, hashed_vector
 @settings(max_examples=300, derandomize=True, deadline=None)
 @given(counts=st.lists(st.integers(1, 300), max_size=200),
        budget=st.integers(0, 5000), max_texts=st.integers(0, 40),
-       multiple=st.sampled_from([1, 8]))
-def test_every_text_runs_once_in_a_pass_within_its_limits(counts, budget, max_texts, multiple):
+       runs_as=st.sampled_from([unpadded_texts, torch_pass_texts, graph_pass_texts]))
+def test_every_text_runs_once_in_a_pass_within_its_limits(counts, budget, max_texts, runs_as):
   if not budget and not max_texts:
     with pytest.raises(ValueError):
-      plan_passes(counts, budget, max_texts, multiple)
+      plan_passes(counts, budget, max_texts, runs_as)
     return
-  passes = plan_passes(counts, budget, max_texts, multiple)
+  passes = plan_passes(counts, budget, max_texts, runs_as)
   assert sorted(itertools.chain.from_iterable(passes)) == list(range(len(counts)))
   flat = [counts[i] for i in itertools.chain.from_iterable(passes)]
   assert flat == sorted(flat, reverse=True)  # longest first: each pass pads to its first text
@@ -41,22 +42,22 @@ def test_every_text_runs_once_in_a_pass_within_its_limits(counts, budget, max_te
     assert all(len(chosen) == max_texts for chosen in passes[:-1])
 
 
-def _work(lengths, cuts, multiple):
+def _work(lengths, cuts, runs_as):
   """Padded tokens computed by passes cut at `cuts` over `lengths` (longest first)."""
   bounds = [0, *cuts, len(lengths)]
-  return sum(PASS_OVERHEAD_TOKENS + lengths[start] * -(-(end - start) // multiple) * multiple
+  return sum(PASS_OVERHEAD_TOKENS + lengths[start] * runs_as(end - start)
              for start, end in zip(bounds, bounds[1:]))
 
 
 @settings(max_examples=300, derandomize=True, deadline=None)
 @given(counts=st.lists(st.sampled_from([16, 32, 48, 64, 128, 256]), min_size=1, max_size=9),
        budget=st.integers(16, 1200), max_texts=st.integers(0, 6),
-       multiple=st.sampled_from([1, 8]))
+       runs_as=st.sampled_from([unpadded_texts, torch_pass_texts, graph_pass_texts]))
 def test_passes_compute_the_fewest_padded_tokens_any_cut_would(counts, budget, max_texts,
-                                                                multiple):
+                                                                runs_as):
   lengths = sorted(counts, reverse=True)
-  passes = plan_passes(counts, budget, max_texts, multiple)
-  planned = _work(lengths, list(itertools.accumulate(len(p) for p in passes[:-1])), multiple)
+  passes = plan_passes(counts, budget, max_texts, runs_as)
+  planned = _work(lengths, list(itertools.accumulate(len(p) for p in passes[:-1])), runs_as)
 
   def allowed(cuts):
     bounds = [0, *cuts, len(lengths)]
@@ -66,7 +67,7 @@ def test_passes_compute_the_fewest_padded_tokens_any_cut_would(counts, budget, m
 
   every_cut = (cuts for k in range(len(lengths))
                for cuts in itertools.combinations(range(1, len(lengths)), k))
-  assert planned == min(_work(lengths, list(cuts), multiple)
+  assert planned == min(_work(lengths, list(cuts), runs_as)
                         for cuts in every_cut if allowed(cuts))
 
 
@@ -80,7 +81,17 @@ def test_a_long_text_does_not_pad_a_pass_of_short_ones():
   # Filling the budget would run all 16 at 128 tokens (2,048). The long text's pass is 8 wide
   # anyway (7 fillers, 1,024), so 7 short texts take the fillers' places; 8 run at 16 (128).
   counts = [128] + [16] * 15
-  assert plan_passes(counts, 2048, 0, 8) == [list(range(8)), list(range(8, 16))]
+  assert plan_passes(counts, 2048, 0, torch_pass_texts) == [list(range(8)), list(range(8, 16))]
+
+
+def test_graph_passes_run_as_few_text_counts_with_few_fillers():
+  # Small passes (live bundles) run as they are; larger ones as a power of two or 1.5 times
+  # one: fillers add at most half the texts, and 1 to 2048 texts meet 22 counts, not 256.
+  runs = [graph_pass_texts(count) for count in range(1, 2049)]
+  assert runs[:EXACT_PASS_TEXTS] == list(range(1, EXACT_PASS_TEXTS + 1))
+  assert all(run >= count and run * 2 <= count * 3 for count, run in enumerate(runs, 1))
+  assert sorted(set(runs)) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256,
+                               384, 512, 768, 1024, 1536, 2048]
 
 
 class PassRecordingModel(HashingModel):
@@ -149,7 +160,8 @@ def test_token_passes_give_the_vectors_of_plain_encode_on_the_archive(real_model
   counts = token_counts(real_model, texts)
   # What the forward pass sees: sentence-transformers' own tokenization, unpadded.
   assert counts == real_model.tokenize(texts)['attention_mask'].sum(1).tolist()
-  encoder = SentenceTransformerHandler(ModelConfig(device='cpu', embedding_cache=0)).wrap(real_model)
+  config = ModelConfig(device='cpu', embedding_cache=0)
+  encoder = SentenceTransformerHandler(config).wrap(real_model)
   ours, _, _ = encoder.embed(texts)
   assert encoder.embed([])[0].shape[0] == 0  # the tokenizer is not asked about nothing
   plain = real_model.encode(texts, convert_to_numpy=True)

@@ -38,9 +38,9 @@ def test_onnx_matches_torch_and_is_exported_once(cache, real_model):
 def test_graph_passes_take_the_graph_lengths_and_padding_leaves_the_vectors(cache, real_model,
                                                                             wiki_archive):
   # The graph encoders pad each pass to the next of graph_lengths (finer than torch's
-  # multiples of 16, where the archive's short texts are) and to 8 texts; the extra
+  # multiples of 16, where the archive's short texts are) and to graph_pass_texts; the extra
   # padding is masked, so each text's vector is what it is padded to its own length alone.
-  from models.forward_passes import graph_lengths
+  from models.forward_passes import graph_lengths, graph_pass_texts
   from tests.test_forward_passes import _first_distinct_texts
   texts = _first_distinct_texts(wiki_archive, 300)
   encoder = load_sentence_transformer(ModelConfig(device='cpu', backend='onnx'))
@@ -57,7 +57,7 @@ def test_graph_passes_take_the_graph_lengths_and_padding_leaves_the_vectors(cach
         ModelConfig(device='cpu', backend='onnx', embedding_cache=0)).wrap(encoder).embed(texts)
   finally:
     encoder._session.run = run
-  assert shapes and all(length in encoder.pass_lengths and batch % 8 == 0
+  assert shapes and all(length in encoder.pass_lengths and batch == graph_pass_texts(batch)
                         for batch, length in shapes), shapes
   assert {length for _, length in shapes} - set(range(16, 257, 16))  # finer lengths were used
   encoder.pass_lengths = None  # padded to each text's own length
