@@ -7,9 +7,9 @@ Two tiers, judged by `python -m benchmarks.accuracy` (docs/precision.md):
               overlap at least 0.95 on the same 2,000 texts.
 `auto` (the job's default) takes the fastest near-exact setting measured for the
 device and its CPU's vector units, `fast` the fastest accurate one; `fp32` is
-exact. A row not measured on such a machine falls back to fp32: GPUs have not been lent yet (fp16 is the row
-expected there; benchmarks/gpu_check.sh measures it). The choice is made where
-the model loads, so each worker follows its own CPU.
+exact. A row not measured on such a machine falls back to fp32: GPUs have not
+been lent yet (fp16 is the row expected there; benchmarks/gpu_check.sh measures
+it). The choice is made where the model loads, so each worker follows its own CPU.
 """
 import importlib.util
 import types
@@ -81,6 +81,8 @@ TABLE = types.MappingProxyType({
     # bf16 is emulated and slow. So both tiers take OpenVINO fp32. Again on 2026-12-03 (Zen 2,
     # quiet), with cached graphs opened directly and finer pass lengths: 2.02x and 2.12x, then
     # 2.32x with start-up without torch; weight-only int8 1.95x (it decompresses to fp32).
+    # On Zen 3 the same afternoon: 1.91x and 1.76x; ONNX 2.03x (rounds 2.19x, 1.90x, within
+    # OpenVINO's spread; its passes 179.9 against 172.7 texts/s in one process): kept.
     ('cpu', 'avx2'): Row('openvino', 'openvino', 'measured on AMD EPYC with AVX2 only'),
     ('cuda', None): Row(None, None, 'not measured on a GPU (fp16 is the row expected; '
                         'benchmarks/gpu_check.sh measures it)'),
