@@ -6,9 +6,8 @@ Ctrl-C or SIGTERM while Beam, pyarrow and torch import (the first seconds of
 any command) would otherwise end in a KeyboardInterrupt traceback from deep
 inside an import, and SIGTERM would end a command silently. Here either ends
 in one line and a conventional status (130 for SIGINT, 143 for SIGTERM).
-Only the standard library and the light start checks are imported before the
-guard is in place; a live job installs its own handlers (drain, then exit 0)
-once it starts.
+Only the standard library is imported before the guard is in place; a live job
+installs its own handlers (drain, then exit 0) once it starts.
 
 Before the command's module is imported, the Kafka addresses it names are
 checked (pipelines.first_checks): a broker it cannot use is one `error:` line
@@ -19,8 +18,7 @@ import runpy
 import sys
 import types
 
-from pipelines import first_checks, interrupts
-from transforms.io.uri_query import redacted
+from pipelines import interrupts
 
 COMMANDS = types.MappingProxyType({
     'replay': 'pipelines.replay', 'stream': 'pipelines.stream', 'demo': 'pipelines.demo',
@@ -42,6 +40,10 @@ def main(argv) -> int:
   interrupts.raise_on_sigterm()
   sys.argv = [f'python -m {COMMANDS[command]}', *args]
   try:
+    # Imported once SIGTERM has its handler (they take 0.1 s and more on a loaded machine),
+    # so that a SIGTERM while they import is one line too, not a silent end.
+    from pipelines import first_checks
+    from transforms.io.uri_query import redacted
     problem = first_checks.first_problem(command, args)
     if problem:
       print(f'error: {redacted(problem)}', file=sys.stderr)
