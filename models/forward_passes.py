@@ -174,19 +174,22 @@ def graph_lengths(max_seq_length) -> Optional[Tuple[int, ...]]:
   return tuple(lengths) + (max_seq_length,)
 
 
-def pass_lengths(model) -> Optional[Tuple[int, ...]]:
-  """The lengths in tokens `model`'s forward passes are padded to, shortest first, or None
-  where they are padded to the longest text only: a graph encoder's own (`pass_lengths`),
-  else multiples of PAD_TO_MULTIPLE_OF (bound_shapes)."""
+def pass_shapes(model) -> Tuple[Optional[Tuple[int, ...]], Callable[[int], int]]:
+  """The lengths in tokens `model`'s forward passes are padded to, shortest first, and the
+  texts a pass of so many runs as: a graph encoder's own lengths (`pass_lengths`) with
+  graph_pass_texts, else multiples of PAD_TO_MULTIPLE_OF (bound_shapes) with
+  torch_pass_texts; (None, unpadded_texts) where passes are padded to their longest text."""
   try:
     own = getattr(model, 'pass_lengths', None)
     window = getattr(model, 'max_seq_length', None)
   except (AttributeError, NotImplementedError, ValueError):
-    return None
+    return None, unpadded_texts
   if own:
-    return tuple(own)
+    return tuple(own), graph_pass_texts
   pad = pad_multiple(window)
-  return tuple(range(pad, window + 1, pad)) if pad else None
+  if not pad:
+    return None, unpadded_texts
+  return tuple(range(pad, window + 1, pad)), torch_pass_texts
 
 
 def padded_length(lengths: Sequence[int], count: int) -> int:
@@ -221,13 +224,10 @@ def encode_in_passes(model, texts: List[str], encode_kwargs: dict, token_budget:
     kwargs.setdefault('batch_size', max_texts or COUNTED_BATCH)
     return _float_rows(model.encode(texts, **kwargs))
   out = None
-  lengths = pass_lengths(model)
+  # Padded passes also run as a bounded set of text counts (the plan counts the fillers).
+  lengths, runs_as = pass_shapes(model)
   if lengths:  # plan with the lengths the passes are padded to
     counts = [padded_length(lengths, count) for count in counts]
-  # Padded passes also run as a bounded set of text counts (the plan counts the fillers).
-  runs_as = unpadded_texts
-  if lengths:
-    runs_as = graph_pass_texts if getattr(model, 'pass_lengths', None) else torch_pass_texts
   for chosen in plan_passes(counts, token_budget, max_texts, runs_as):
     batch = [texts[i] for i in chosen]
     # Empty fillers round a pass up, so passes take a bounded set of batch sizes too (each
