@@ -83,6 +83,8 @@ TABLE = types.MappingProxyType({
     # 2.32x with start-up without torch; weight-only int8 1.95x (it decompresses to fp32).
     # On Zen 3 the same afternoon: 1.91x and 1.76x; ONNX 2.03x (rounds 2.19x, 1.90x, within
     # OpenVINO's spread; its passes 179.9 against 172.7 texts/s in one process): kept.
+    # Zen 3 again that evening, quiet (benchmarks/tiers_check.sh): 2.14x and 2.38x, 2.42x in
+    # a run before; ONNX 1.88x and 1.95x.
     ('cpu', 'avx2'): Row('openvino', 'openvino', 'measured on AMD EPYC with AVX2 only'),
     ('cuda', None): Row(None, None, 'not measured on a GPU (fp16 is the row expected; '
                         'benchmarks/gpu_check.sh measures it)'),
